@@ -1,0 +1,28 @@
+# Finds every third-party dependency once, as imported targets. All come from Debian packages
+# (scripts/install-deps.sh installs them); CONFIG mode where the package ships a config file.
+find_package(Threads REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+find_package(nlohmann_json CONFIG REQUIRED)
+find_package(CLI11 CONFIG REQUIRED)
+
+if(NOT KVBLOCK_CORE_ONLY)
+  find_package(Protobuf REQUIRED)
+  find_package(gRPC CONFIG REQUIRED)
+  find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+  find_package(RocksDB CONFIG REQUIRED)
+  find_package(ucx CONFIG REQUIRED)
+  find_package(OpenBLAS CONFIG REQUIRED)
+  pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
+  pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+else()
+  find_package(RocksDB CONFIG REQUIRED)
+endif()
+
+if(KVBLOCK_BUILD_TESTS)
+  find_package(GTest CONFIG REQUIRED)
+endif()
+if(KVBLOCK_BUILD_BENCH AND NOT KVBLOCK_CORE_ONLY)
+  find_package(benchmark CONFIG REQUIRED)
+endif()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): installs what is missing, builds everything, and runs every
+# suite. Builds:
+#   build/       the full project (g++, CUDA compiled where nvcc exists) and its ctest suites
+#   build-fuzz/  cache/ with clang + libFuzzer/ASan/UBSan; each fuzzer runs for a bounded time
+# Environment: KVBLOCK_FUZZ_SECONDS (default 30), KVBLOCK_JOBS (default: all cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+jobs="${KVBLOCK_JOBS:-$(nproc)}"
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/kvblock-ccache}"
+
+configure_build() {  # DIR [cmake args...]
+  local dir="$1"; shift
+  cmake -S . -B "$dir" -G Ninja "$@" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; return 1; }
+  cmake --build "$dir" -j "$jobs"
+}
+
+mkdir -p build build-fuzz
+configure_build build-fuzz -DKVBLOCK_CORE_ONLY=ON -DKVBLOCK_FUZZ=ON \
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+  -DKVBLOCK_FUZZ_SECONDS="${KVBLOCK_FUZZ_SECONDS:-30}"
+configure_build build
+ctest --test-dir build-fuzz --output-on-failure -j "$jobs"
+# The full suite runs last so its summary is the run's closing line.
+ctest --test-dir build --output-on-failure -j "$jobs"

@@ -1,0 +1,17 @@
+// The `kvblock` binary. main only dispatches: every subcommand is defined in its own module
+// (cache/, services/, worker/) and registered here.
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "cache/inspect_command.h"
+#include "worker/demo_command.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvblock: Block-Attention serving with a cluster-wide KV cache of passages"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kvblock 0.1.0");
+  kvblock::AddDemoCommand(app);
+  kvblock::AddInspectCommand(app);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
