@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config clang libclang-rt-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libucx-dev ucx-utils libabsl-dev libxxhash-dev nlohmann-json3-dev
-  libre2-dev libcli11-dev libcpp-httplib-dev libopenblas-dev
+  libre2-dev libutf8proc-dev libcli11-dev libcpp-httplib-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-venv python3-pip
 )
