@@ -81,12 +81,13 @@ __global__ void RopeStoreKernel(RopeStoreParams p) {
 
 template <typename T>
 __global__ void ReencodeKKernel(const T* src, T* dst, int32_t num_tokens, int32_t head_dim,
-                                int64_t head_stride, float offset, const float* inv_freq) {
+                                int64_t head_stride, int32_t offset, const float* inv_freq) {
   const int t = blockIdx.x, h = blockIdx.y, half = head_dim / 2;
   const int64_t base = static_cast<int64_t>(h) * head_stride + static_cast<int64_t>(t) * head_dim;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(offset * inv_freq[i], &s, &c);
+    double sd, cd;  // angle in f64, as the CPU twin
+    sincos(static_cast<double>(offset) * inv_freq[i], &sd, &cd);
+    const float s = static_cast<float>(sd), c = static_cast<float>(cd);
     const float x0 = ToF(src[base + i]), x1 = ToF(src[base + i + half]);
     dst[base + i] = FromF<T>(x0 * c - x1 * s);
     dst[base + i + half] = FromF<T>(x1 * c + x0 * s);
@@ -158,7 +159,7 @@ cudaError_t LaunchReencodeK(DType dtype, const void* src, void* dst, int32_t num
   KVBLOCK_DISPATCH_DTYPE(dtype, T,
                          ReencodeKKernel<T><<<grid, 64, 0, stream>>>(
                              static_cast<const T*>(src), static_cast<T*>(dst), num_tokens,
-                             head_dim, head_stride, static_cast<float>(offset), inv_freq));
+                             head_dim, head_stride, offset, inv_freq));
   return cudaGetLastError();
 }
 

@@ -34,7 +34,6 @@ size_t AttentionWorkspaceBytes(const AttentionParams& p, int32_t splits);
 cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* workspace,
                             bool force_generic, cudaStream_t stream);
 
-size_t SamplingWorkspaceBytes(int32_t rows);
 cudaError_t LaunchSample(const float* logits, int32_t rows, int32_t vocab, int64_t row_stride,
                          const SamplingParams* params, int32_t* out_tokens, cudaStream_t stream);
 
