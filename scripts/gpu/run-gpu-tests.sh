@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine, in a tree where scripts/gpu/prepare.sh packed binaries into .device/:
+#   1. environment report (GPU, driver, that every packed binary resolves its libraries);
+#   2. every packed GPU test (.device/bin/*_test; each exits 77 without a GPU);
+#   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` if .device/bin/kvblock exists and
+#      KVBLOCK_BENCH_ARGS is set;
+#   4. the Hugging Face baseline (.device/tools/bench_hf_ttft.py) if KVBLOCK_HF=1.
+# Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out. Exit status: the
+# number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-gpu-out}"
+mkdir -p "$out"
+failed=0
+
+# The machine brings its own CUDA runtime and cuBLAS (pack.sh leaves them out).
+cuda_lib=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+  if [ -e "$d/libcublas.so.13" ]; then cuda_lib="$d"; break; fi
+done
+if [ -z "$cuda_lib" ]; then
+  cuda_lib="$(dirname "$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")"
+fi
+export LD_LIBRARY_PATH="$PWD/.device/lib:${cuda_lib}:${LD_LIBRARY_PATH:-}"
+{
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  uname -r
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  echo "cuda libs: $cuda_lib"
+  for b in .device/bin/*; do
+    if ldd "$b" | grep -q "not found"; then echo "MISSING LIBS for $b:"; ldd "$b" | grep "not found"; fi
+  done
+} 2>&1 | tee "$out/env.log"
+
+for t in .device/bin/*_test; do
+  [ -e "$t" ] || continue
+  name="$(basename "$t")"
+  echo "=== $name"
+  "$t" --gtest_color=no 2>&1 | tee "$out/$name.log" | grep -E "^\[  (FAILED|  OK|PASSED)|^  |rel err|Failure|Expected|Which is|error" | head -200
+  rc=${PIPESTATUS[0]}
+  echo "=== $name exit $rc"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
+done
+
+if [ -x .device/bin/kvblock ] && [ -n "${KVBLOCK_BENCH_ARGS:-}" ]; then
+  echo "=== kvblock bench ttft $KVBLOCK_BENCH_ARGS"
+  # shellcheck disable=SC2086
+  .device/bin/kvblock bench ttft $KVBLOCK_BENCH_ARGS --json "$out/bench_ttft.json" 2>&1 | tee "$out/bench_ttft.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
+fi
+
+if [ "${KVBLOCK_HF:-0}" = 1 ] && [ -e .device/tools/bench_hf_ttft.py ]; then
+  echo "=== Hugging Face baseline"
+  PYTHONUNBUFFERED=1 python3 .device/tools/bench_hf_ttft.py "$out/hf_ttft.json" 2>&1 | grep -v Warning | tee "$out/hf.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
+fi
+echo "run-gpu-tests: $failed failed step(s)"
+exit "$failed"
