@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -15,6 +17,7 @@
 #include "cache/internal/rocks_records.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
@@ -171,6 +174,23 @@ absl::Status CheckFormatMarker(const RocksTierOptions& o) {
   return absl::OkStatus();
 }
 
+// RocksDB's own LOG file lives in the data dir, and on a full disk RocksDB trips over its
+// failed LOG writes; warnings and errors go to stderr instead, tagged with the dir.
+class StderrLogger final : public rocksdb::Logger {
+ public:
+  explicit StderrLogger(std::string path)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), path_(std::move(path)) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    std::fprintf(stderr, "rocksdb[%s]: %s\n", path_.c_str(), line);
+  }
+
+ private:
+  const std::string path_;
+};
+
 }  // namespace
 
 std::string_view SyncPolicyName(SyncPolicy policy) {
@@ -228,7 +248,12 @@ absl::Status RocksTier::OpenDb() {
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
+  // RocksDB's default. A full disk then fails writes at once with NoSpace instead of stalling
+  // them forever. Cost: a corrupt SST block met by a compaction stops writes (DATA_LOSS naming
+  // the file) until the dir is rebuilt; reads stay correct either way.
   db_options.paranoid_checks = true;
+  db_options.info_log = std::make_shared<StderrLogger>(options_.path);
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.max_background_jobs = options_.max_background_jobs;
   // A SIGKILL can leave a torn last WAL record: recover the consistent prefix.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
@@ -276,8 +301,10 @@ absl::Status RocksTier::OpenDb() {
     auto state = std::make_unique<ModelCf>();
     state->model = *model;
     state->handle = handles[i];
-    if (absl::Status c = CountBlocks(*state); !c.ok()) return c;
     cfs_[*model] = std::move(state);
+  }
+  for (auto& [model, cf] : cfs_) {
+    if (absl::Status c = CountBlocks(*cf); !c.ok()) return c;
   }
   return absl::OkStatus();
 }
@@ -295,7 +322,9 @@ absl::Status RocksTier::CountBlocks(ModelCf& cf) {
                                   it->value().size()));
     bytes += kRecordOverheadBytes + (h.ok() ? kBlockHeaderBytes + h->data_bytes : 0);
   }
-  if (!it->status().ok()) {
+  // A corrupt SST block ends the scan early: the counts are then a lower bound, and the
+  // corrupt records surface (and are dropped) when read. Other errors fail the open.
+  if (!it->status().ok() && !it->status().IsCorruption()) {
     return FromRocks(it->status(), absl::StrCat("counting blocks in ", options_.path));
   }
   cf.blocks = blocks;
