@@ -51,7 +51,7 @@ class ServerMetrics final : public CacheServiceObserver {
     if (auto c = service_.bytes->WithLabels(labels); c.ok()) (*c)->Increment(bytes);
   }
 
-  void OnLookup(absl::Span<const LookupResult> results) {
+  void OnLookup(absl::Span<const LookupResult> results) override {
     uint64_t memory = 0, disk = 0, miss = 0;
     for (const LookupResult& r : results) {
       if (!r.present) {
@@ -79,29 +79,6 @@ class ServerMetrics final : public CacheServiceObserver {
 
  private:
   metrics::ServiceMetrics service_;
-};
-
-// Counts Lookup hits/misses per tier for the metrics while delegating to the real store.
-class CountingStore final : public BlockStore {
- public:
-  CountingStore(BlockStore* inner, ServerMetrics* metrics) : inner_(inner), metrics_(metrics) {}
-  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
-    return inner_->Put(key, payload);
-  }
-  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override { return inner_->Get(key); }
-  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
-    inner_->Lookup(keys, out);
-    if (metrics_ != nullptr) metrics_->OnLookup(out);
-  }
-  absl::Status Delete(const BlockKey& key) override { return inner_->Delete(key); }
-  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
-    return inner_->DeleteModel(model);
-  }
-  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
-
- private:
-  BlockStore* inner_;
-  ServerMetrics* metrics_;
 };
 
 }  // namespace
@@ -132,7 +109,6 @@ struct CacheServer::Impl {
   metrics::MetricsRegistry registry;
   ServerMetrics server_metrics;
   std::unique_ptr<TieredStore> store;
-  std::unique_ptr<CountingStore> counting;
   std::unique_ptr<UcxServer> ucx;
   std::unique_ptr<CacheServiceCore> core;
   std::unique_ptr<CacheGrpcService> service;
@@ -170,7 +146,6 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
   absl::StatusOr<std::unique_ptr<TieredStore>> store = TieredStore::Open(so);
   if (!store.ok()) return store.status();
   m.store = *std::move(store);
-  m.counting = std::make_unique<CountingStore>(m.store.get(), &m.server_metrics);
 
   if (!m.options.ucx_listen.empty()) {
     UcxServerOptions uo;
@@ -179,14 +154,15 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
       uo.registered_regions.emplace_back(static_cast<const uint8_t*>(base), length);
     });
     absl::StatusOr<std::unique_ptr<UcxServer>> ucx =
-        UcxServer::Start(std::move(uo), m.counting.get(), &m.server_metrics);
+        UcxServer::Start(std::move(uo), m.store.get(), &m.server_metrics);
     if (!ucx.ok()) return ucx.status();
     m.ucx = *std::move(ucx);
     m.ucx_address = m.ucx->address();
   }
 
   if (service.node_id.empty()) service.node_id = m.options.listen;
-  m.core = std::make_unique<CacheServiceCore>(service, m.counting.get(), m.ucx.get());
+  m.core = std::make_unique<CacheServiceCore>(service, m.store.get(), m.ucx.get(),
+                                              &m.server_metrics);
   m.service = std::make_unique<CacheGrpcService>(m.core.get(), &m.server_metrics);
 
   std::shared_ptr<grpc::ServerCredentials> creds;
@@ -300,14 +276,13 @@ void CacheServer::Shutdown() {
   m.server.reset();
   m.service.reset();
   m.core.reset();
-  m.counting.reset();
   m.store.reset();  // closes RocksDB (flushes its WAL state)
 }
 
 const std::string& CacheServer::grpc_address() const { return impl_->grpc_address; }
 const std::string& CacheServer::ucx_address() const { return impl_->ucx_address; }
 const std::string& CacheServer::metrics_address() const { return impl_->metrics_address; }
-BlockStore* CacheServer::store() { return impl_->counting.get(); }
+BlockStore* CacheServer::store() { return impl_->store.get(); }
 CacheServiceCore* CacheServer::core() { return impl_->core.get(); }
 
 }  // namespace kvblock

@@ -47,8 +47,8 @@ v1::Tier ToProtoTier(StoreTier tier) {
 }
 
 CacheServiceCore::CacheServiceCore(CacheServiceOptions options, BlockStore* store,
-                                   DataPlaneSessions* data_plane)
-    : options_(std::move(options)), store_(store), data_plane_(data_plane) {}
+                                   DataPlaneSessions* data_plane, CacheServiceObserver* observer)
+    : options_(std::move(options)), store_(store), data_plane_(data_plane), observer_(observer) {}
 
 absl::Status CacheServiceCore::Authenticate(const std::string* authorization) const {
   return CheckBearer(options_.auth_token, authorization);
@@ -71,6 +71,7 @@ absl::Status CacheServiceCore::Lookup(const v1::LookupRequest& request,
   for (const v1::Hash128& k : request.keys()) keys.push_back(FromProto(k));
   std::vector<LookupResult> results(keys.size());
   store_->Lookup(keys, absl::MakeSpan(results));
+  if (observer_ != nullptr) observer_->OnLookup(results);
   response->mutable_results()->Reserve(static_cast<int>(keys.size()));
   for (size_t i = 0; i < keys.size(); ++i) {
     v1::LookupResult* r = response->add_results();

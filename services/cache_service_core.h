@@ -70,6 +70,8 @@ class CacheServiceObserver {
   virtual void OnCall(std::string_view method, absl::StatusCode code, absl::Duration latency) = 0;
   // plane: "grpc" | "ucx"; direction: "in" | "out".
   virtual void OnBytes(std::string_view plane, std::string_view direction, uint64_t bytes) = 0;
+  // The store's answer to a client's Lookup (hits by tier, misses).
+  virtual void OnLookup(absl::Span<const LookupResult> results) = 0;
 };
 
 class CacheServiceCore;
@@ -124,9 +126,10 @@ class GetStream {
 
 class CacheServiceCore {
  public:
-  // `store` is borrowed and must outlive the core; `data_plane` may be null (no UCX).
-  // Options must have passed Validate().
-  CacheServiceCore(CacheServiceOptions options, BlockStore* store, DataPlaneSessions* data_plane);
+  // `store` is borrowed and must outlive the core; `data_plane` (no UCX) and `observer` may be
+  // null. Options must have passed Validate().
+  CacheServiceCore(CacheServiceOptions options, BlockStore* store, DataPlaneSessions* data_plane,
+                   CacheServiceObserver* observer = nullptr);
 
   const CacheServiceOptions& options() const { return options_; }
 
@@ -167,6 +170,7 @@ class CacheServiceCore {
   const CacheServiceOptions options_;
   BlockStore* const store_;
   DataPlaneSessions* const data_plane_;
+  CacheServiceObserver* const observer_;
   std::function<void(bool)> drain_listener_;
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> inflight_calls_{0};
