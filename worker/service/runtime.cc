@@ -1,0 +1,201 @@
+#include "worker/service/runtime.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "cache/memory_tier.h"
+#include "cache/tiered_store.h"
+#include "worker/engine/cpu_backend.h"
+
+namespace kvblock {
+
+absl::Status LayeredStoreOptions::Validate() const {
+  if (max_pending_writes == 0) return absl::InvalidArgumentError("max_pending_writes must be > 0");
+  return absl::OkStatus();
+}
+
+LayeredStore::LayeredStore(BlockStore* local, BlockStore* remote, LayeredStoreOptions options)
+    : local_(local), remote_(remote), options_(options) {
+  writer_ = std::thread([this] { WriterLoop(); });
+}
+
+LayeredStore::~LayeredStore() {
+  WaitForWriteBacks();
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  writer_.join();
+}
+
+void LayeredStore::WriterLoop() {
+  while (true) {
+    std::pair<BlockKey, std::vector<uint8_t>> item;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+            return s->stop_ || !s->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // stop_
+      item = std::move(queue_.front());
+      queue_.pop_front();
+      ++in_flight_;
+    }
+    absl::Status s = remote_->Put(item.first, item.second);
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+    ++remote_writes_;
+    if (!s.ok()) ++remote_write_errors_;
+  }
+}
+
+void LayeredStore::WaitForWriteBacks() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+        return s->queue_.empty() && s->in_flight_ == 0;
+      },
+      this));
+}
+
+int64_t LayeredStore::remote_writes() const {
+  absl::MutexLock lock(&mu_);
+  return remote_writes_;
+}
+int64_t LayeredStore::remote_write_errors() const {
+  absl::MutexLock lock(&mu_);
+  return remote_write_errors_;
+}
+int64_t LayeredStore::dropped_writes() const {
+  absl::MutexLock lock(&mu_);
+  return dropped_writes_;
+}
+
+absl::Status LayeredStore::Put(const BlockKey& key, absl::Span<const uint8_t> payload) {
+  absl::Status local = local_->Put(key, payload);
+  if (!options_.write_back) return local;
+  absl::MutexLock lock(&mu_);
+  if (queue_.size() >= options_.max_pending_writes) {
+    ++dropped_writes_;
+  } else {
+    queue_.emplace_back(key, std::vector<uint8_t>(payload.begin(), payload.end()));
+  }
+  // A full local tier is not the request's problem: the block is still going to the remote.
+  return local.code() == absl::StatusCode::kResourceExhausted ? absl::OkStatus() : local;
+}
+
+absl::StatusOr<BlockBytes> LayeredStore::Get(const BlockKey& key) {
+  absl::StatusOr<BlockBytes> local = local_->Get(key);
+  if (local.ok() || local.status().code() != absl::StatusCode::kNotFound) return local;
+  absl::StatusOr<BlockBytes> remote = remote_->Get(key);
+  if (remote.ok()) local_->Put(key, remote->bytes).IgnoreError();  // best-effort promotion
+  return remote;
+}
+
+void LayeredStore::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) {
+  local_->Lookup(keys, out);
+  std::vector<BlockKey> missing;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!out[i].present) {
+      missing.push_back(keys[i]);
+      where.push_back(i);
+    }
+  }
+  if (missing.empty()) return;
+  std::vector<LookupResult> remote(missing.size());
+  remote_->Lookup(missing, absl::MakeSpan(remote));
+  for (size_t j = 0; j < missing.size(); ++j) out[where[j]] = remote[j];
+}
+
+absl::Status LayeredStore::Delete(const BlockKey& key) {
+  absl::Status a = local_->Delete(key);
+  absl::Status b = remote_->Delete(key);
+  if (!a.ok() && a.code() != absl::StatusCode::kNotFound) return a;
+  return b;
+}
+
+absl::StatusOr<uint64_t> LayeredStore::DeleteModel(const ModelFingerprint& model) {
+  absl::StatusOr<uint64_t> a = local_->DeleteModel(model);
+  if (!a.ok()) return a.status();
+  return remote_->DeleteModel(model);
+}
+
+std::vector<TierStats> LayeredStore::Stats() const {
+  std::vector<TierStats> out = local_->Stats();
+  for (TierStats& s : remote_->Stats()) out.push_back(s);
+  return out;
+}
+
+absl::Status RuntimeOptions::Validate() const {
+  if (model_dir.empty()) return absl::InvalidArgumentError("a model directory is required");
+  if (cache_dir.empty() && cluster.members.empty()) {
+    return absl::InvalidArgumentError("give a cache directory or cluster members");
+  }
+  if (memory_bytes == 0) return absl::InvalidArgumentError("memory_bytes must be > 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  auto rt = std::make_unique<Runtime>();
+  ModelLoadOptions mo;
+  mo.model_id = options.model_id;
+  absl::StatusOr<LoadedModel> model = LoadModel(options.model_dir, mo);
+  if (!model.ok()) return model.status();
+  rt->model = std::move(*model);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(options.model_dir);
+  if (!tok.ok()) return tok.status();
+  rt->tokenizer = std::move(*tok);
+
+  if (options.cluster.members.empty()) {
+    absl::StatusOr<std::unique_ptr<BlockStore>> store =
+        OpenEmbeddedStore(options.cache_dir, options.memory_bytes);
+    if (!store.ok()) return store.status();
+    rt->embedded = std::move(*store);
+    rt->store = rt->embedded.get();
+  } else {
+    absl::StatusOr<std::unique_ptr<CacheClient>> client = CacheClient::Create(options.cluster);
+    if (!client.ok()) return client.status();
+    rt->cluster = std::move(*client);
+    rt->store = rt->cluster.get();
+    if (options.local_tier) {
+      MemoryTierOptions mt;
+      mt.capacity_bytes = options.memory_bytes;
+      absl::StatusOr<std::unique_ptr<MemoryTier>> local = MemoryTier::Create(mt);
+      if (!local.ok()) return local.status();
+      rt->embedded = std::move(*local);
+      LayeredStoreOptions lo;
+      lo.write_back = options.write_back;
+      rt->layered = std::make_unique<LayeredStore>(rt->embedded.get(), rt->cluster.get(), lo);
+      rt->store = rt->layered.get();
+    }
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateCpuBackend(rt->model.weights, rt->model.config);
+  if (!backend.ok()) return backend.status();
+  EngineOptions eo;
+  eo.kv_dtype = options.kv_dtype;
+  eo.write_back = options.write_back;
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(std::move(*backend), rt->store, rt->model.fingerprint, eo);
+  if (!engine.ok()) return engine.status();
+  rt->engine = std::move(*engine);
+  return rt;
+}
+
+absl::Status CheckClusterReachable(CacheClient& client) {
+  std::vector<absl::StatusOr<v1::StatsResponse>> stats = client.NodeStats();
+  std::vector<std::string> errors;
+  for (size_t i = 0; i < stats.size(); ++i) {
+    if (stats[i].ok()) return absl::OkStatus();
+    errors.push_back(absl::StrCat(client.options().members[i], ": ", stats[i].status().message()));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("no cache node is reachable (", absl::StrJoin(errors, "; "), ")"));
+}
+
+}  // namespace kvblock

@@ -1,0 +1,120 @@
+// What `kvblock index`, `kvblock worker` and `kvblock demo` open before they run: the model
+// (LoadModel), its tokenizer, the block store (an embedded store in a directory, or the cluster
+// through CacheClient behind a worker-local memory tier) and the Engine over them. Also
+// LayeredStore, the worker's store: a local BlockStore in front of a remote one, with misses
+// written to the remote one in the background so an answer never waits for the cluster.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "cache/block_store.h"
+#include "services/cache_client.h"
+#include "worker/engine/engine.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+namespace kvblock {
+
+struct LayeredStoreOptions {
+  // Remote Puts queued at most (blocks); beyond it a write-back is dropped and counted.
+  // Default: 1024.
+  size_t max_pending_writes = 1024;
+  // Write misses back to the remote store at all. Default: true.
+  bool write_back = true;
+
+  absl::Status Validate() const;
+};
+
+// Reads: local, then remote (a remote hit is copied into local). Writes: local now, remote in
+// the background (Put returns without waiting for it). Lookup: local, then remote for the keys
+// local lacks. Thread-safe; owns neither store (both must outlive it).
+class LayeredStore final : public BlockStore {
+ public:
+  LayeredStore(BlockStore* local, BlockStore* remote, LayeredStoreOptions options = {});
+  // Waits for queued remote writes to finish.
+  ~LayeredStore() override;
+
+  // Local Put errors pass through; remote errors are counted (remote_write_errors()).
+  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override;
+  // NOT_FOUND when neither has it; a remote error other than NOT_FOUND passes through.
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override;
+  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override;
+  absl::Status Delete(const BlockKey& key) override;
+  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override;
+  // Local tiers then remote tiers.
+  std::vector<TierStats> Stats() const override;
+
+  // Blocks until every queued remote write has been attempted.
+  void WaitForWriteBacks();
+  int64_t remote_writes() const;
+  int64_t remote_write_errors() const;
+  int64_t dropped_writes() const;
+
+ private:
+  void WriterLoop();
+
+  BlockStore* local_;
+  BlockStore* remote_;
+  const LayeredStoreOptions options_;
+  mutable absl::Mutex mu_;
+  std::deque<std::pair<BlockKey, std::vector<uint8_t>>> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t remote_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t remote_write_errors_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t dropped_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread writer_;
+};
+
+struct RuntimeOptions {
+  // Hugging Face model directory. Required. Default: empty.
+  std::string model_dir;
+  // Explicit model id replacing the weight fingerprint. Default: empty.
+  std::string model_id;
+  // Embedded store directory (memory over RocksDB); used when `cluster` has no members.
+  // Default: empty.
+  std::string cache_dir;
+  // Memory of the embedded store, or of the worker-local tier in front of the cluster (bytes).
+  // Default: 256 MiB.
+  uint64_t memory_bytes = uint64_t{256} << 20;
+  // The cluster; members empty = embedded store. Default: no members.
+  CacheClientOptions cluster;
+  // Put the worker-local memory tier in front of the cluster. Default: true.
+  bool local_tier = true;
+  // KV dtype of the payloads. Default: f32.
+  KvDtype kv_dtype = KvDtype::kF32;
+  // Write missed blocks back. Default: true.
+  bool write_back = true;
+
+  // INVALID_ARGUMENT when model_dir is empty or neither a cache_dir nor members are given.
+  absl::Status Validate() const;
+};
+
+// Everything opened; members are destroyed in reverse order (engine before stores).
+struct Runtime {
+  LoadedModel model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<BlockStore> embedded;     // the embedded store, or the worker-local tier
+  std::unique_ptr<CacheClient> cluster;     // null for an embedded store
+  std::unique_ptr<LayeredStore> layered;    // local tier over the cluster
+  BlockStore* store = nullptr;              // what the engine uses
+  std::unique_ptr<Engine> engine;
+};
+
+// Loads and opens everything. The model's and store's errors pass through (NOT_FOUND for a
+// missing model, INVALID_ARGUMENT for bad options, UNAVAILABLE-free: an unreachable cluster
+// is only detected on use; see CheckClusterReachable).
+absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& options);
+
+// UNAVAILABLE naming the nodes when no cluster node answers Stats; OK otherwise.
+absl::Status CheckClusterReachable(CacheClient& client);
+
+}  // namespace kvblock
