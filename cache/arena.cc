@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "cache/internal/tsan_mutex.h"
 
 namespace kvblock {
 
@@ -38,7 +39,7 @@ absl::StatusOr<std::shared_ptr<Arena>> Arena::Create(const ArenaOptions& options
                                                        " bytes failed: ", std::strerror(errno)));
     }
     arena->regions_.push_back({static_cast<uint8_t*>(base), length});
-    absl::MutexLock lock(&arena->mu_);
+    internal::MutexLock lock(&arena->mu_);
     arena->free_by_offset_.emplace_back();
     arena->InsertFreeLocked(static_cast<uint32_t>(arena->regions_.size() - 1), 0, length);
   }
@@ -68,7 +69,7 @@ void Arena::EraseFreeLocked(uint32_t region, uint64_t offset, uint64_t length) {
 absl::StatusOr<uint8_t*> Arena::Allocate(uint64_t size) {
   if (size == 0) return absl::InvalidArgumentError("arena: allocation of 0 bytes");
   const uint64_t need = RoundUp(size);
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   auto it = free_by_size_.lower_bound({need, 0, 0});
   if (it == free_by_size_.end()) {
     return absl::ResourceExhaustedError(
@@ -87,7 +88,7 @@ void Arena::Free(uint8_t* ptr, uint64_t size) {
   if (!loc.has_value() || size == 0) return;
   uint64_t offset = loc->offset;
   uint64_t length = RoundUp(size);
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   allocated_ -= length;
   std::map<uint64_t, uint64_t>& by_offset = free_by_offset_[loc->region];
   // Coalesce with the free range after, then the one before.
@@ -126,12 +127,12 @@ std::optional<ArenaLocation> Arena::Locate(const void* ptr) const {
 }
 
 uint64_t Arena::allocated_bytes() const {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   return allocated_;
 }
 
 uint64_t Arena::largest_free_range() const {
-  absl::MutexLock lock(&mu_);
+  internal::MutexLock lock(&mu_);
   return free_by_size_.empty() ? 0 : std::get<0>(*free_by_size_.rbegin());
 }
 

@@ -5,6 +5,7 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "cache/internal/tsan_mutex.h"
 #include "cache/block_payload.h"
 
 namespace kvblock {
@@ -90,7 +91,7 @@ MemoryTier::MemoryTier(const MemoryTierOptions& options, std::shared_ptr<Core> c
   shards_.reserve(options.num_shards);
   for (uint32_t i = 0; i < options.num_shards; ++i) {
     auto shard = std::make_unique<Shard>();
-    absl::MutexLock lock(&shard->mu);
+    internal::MutexLock lock(&shard->mu);
     shard->policy = MakeEvictionPolicy(options.eviction, options.s3fifo);
     shards_.push_back(std::move(shard));
   }
@@ -120,7 +121,7 @@ bool MemoryTier::EvictOne(size_t start_shard) {
     std::shared_ptr<const Allocation> victim_alloc;
     BlockKey victim;
     {
-      absl::MutexLock lock(&shard.mu);
+      internal::MutexLock lock(&shard.mu);
       std::optional<BlockKey> k = shard.policy->Evict();
       if (!k.has_value()) continue;
       victim = *k;
@@ -178,7 +179,7 @@ absl::StatusOr<BlockBytes> MemoryTier::Insert(const BlockKey& key,
   const size_t shard_index = ShardIndex(key);
   Shard& shard = *shards_[shard_index];
   {
-    absl::MutexLock lock(&shard.mu);
+    internal::MutexLock lock(&shard.mu);
     auto it = shard.map.find(key);
     if (it != shard.map.end()) return ToBytes(it->second.alloc);
   }
@@ -186,7 +187,7 @@ absl::StatusOr<BlockBytes> MemoryTier::Insert(const BlockKey& key,
   if (!alloc.ok()) return alloc.status();
   std::memcpy((*alloc)->data, payload.data(), payload.size());
   std::shared_ptr<const Allocation> stored = *std::move(alloc);
-  absl::MutexLock lock(&shard.mu);
+  internal::MutexLock lock(&shard.mu);
   auto [it, inserted] = shard.map.try_emplace(key, Entry{stored, view->meta().model});
   if (inserted) {
     shard.policy->Insert(key, stored->charge);
@@ -201,7 +202,7 @@ absl::StatusOr<BlockBytes> MemoryTier::Get(const BlockKey& key) {
   Shard& shard = *shards_[ShardIndex(key)];
   std::shared_ptr<const Allocation> alloc;
   {
-    absl::MutexLock lock(&shard.mu);
+    internal::MutexLock lock(&shard.mu);
     auto it = shard.map.find(key);
     if (it == shard.map.end()) {
       misses_.fetch_add(1, std::memory_order_relaxed);
@@ -214,7 +215,7 @@ absl::StatusOr<BlockBytes> MemoryTier::Get(const BlockKey& key) {
     absl::StatusOr<BlockView> view = BlockView::Parse({alloc->data, alloc->size});
     if (!view.ok() || view->meta().key != key) {
       {
-        absl::MutexLock lock(&shard.mu);
+        internal::MutexLock lock(&shard.mu);
         auto it = shard.map.find(key);
         if (it != shard.map.end() && it->second.alloc == alloc) {
           shard.map.erase(it);
@@ -235,7 +236,7 @@ absl::StatusOr<BlockBytes> MemoryTier::Get(const BlockKey& key) {
 void MemoryTier::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) {
   for (size_t i = 0; i < keys.size() && i < out.size(); ++i) {
     Shard& shard = *shards_[ShardIndex(keys[i])];
-    absl::ReaderMutexLock lock(&shard.mu);
+    internal::ReaderMutexLock lock(&shard.mu);
     auto it = shard.map.find(keys[i]);
     if (it == shard.map.end()) {
       out[i] = LookupResult{};
@@ -248,7 +249,7 @@ void MemoryTier::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult
 absl::Status MemoryTier::Delete(const BlockKey& key) {
   Shard& shard = *shards_[ShardIndex(key)];
   std::shared_ptr<const Allocation> dropped;  // released after the lock
-  absl::MutexLock lock(&shard.mu);
+  internal::MutexLock lock(&shard.mu);
   auto it = shard.map.find(key);
   if (it == shard.map.end()) return absl::OkStatus();
   dropped = std::move(it->second.alloc);
@@ -263,7 +264,7 @@ absl::StatusOr<uint64_t> MemoryTier::DeleteModel(const ModelFingerprint& model) 
   for (auto& shard_ptr : shards_) {
     Shard& shard = *shard_ptr;
     std::vector<std::shared_ptr<const Allocation>> released;
-    absl::MutexLock lock(&shard.mu);
+    internal::MutexLock lock(&shard.mu);
     for (auto it = shard.map.begin(); it != shard.map.end();) {
       if (it->second.model == model) {
         shard.policy->Erase(it->first);

@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "cache/internal/tsan_mutex.h"
 #include "cache/block_payload.h"
 #include "cache/internal/rocks_records.h"
 #include "rocksdb/cache.h"
@@ -283,7 +284,7 @@ absl::Status RocksTier::OpenDb() {
   rocksdb::Status s = rocksdb::DB::Open(db_options, options_.path, descriptors, &handles, &db_);
   if (!s.ok()) return FromRocks(s, absl::StrCat("opening RocksDB in ", options_.path));
 
-  absl::MutexLock lock(&cf_mu_);
+  internal::MutexLock lock(&cf_mu_);
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string& name = names[i];
     if (name == rocksdb::kDefaultColumnFamilyName) {
@@ -335,7 +336,7 @@ absl::Status RocksTier::CountBlocks(ModelCf& cf) {
 RocksTier::~RocksTier() {
   if (db_ == nullptr) return;
   {
-    absl::MutexLock lock(&cf_mu_);
+    internal::MutexLock lock(&cf_mu_);
     for (auto& [model, cf] : cfs_) db_->DestroyColumnFamilyHandle(cf->handle);
     cfs_.clear();
   }
@@ -350,19 +351,25 @@ RocksTier::ModelCf* RocksTier::FindCf(const ModelFingerprint& model) {
 }
 
 absl::Status RocksTier::GroupSync() {
+  // Leader/follower: whoever finds no fsync running syncs for everyone who wrote before it.
   sync_mu_.Lock();
+  internal::TsanAcquire(&sync_mu_);
   const uint64_t mine = ++written_ticket_;
   absl::Status result;
   while (synced_ticket_ < mine) {
     if (syncing_) {
+      internal::TsanRelease(&sync_mu_);
       sync_cv_.Wait(&sync_mu_);
+      internal::TsanAcquire(&sync_mu_);
       continue;
     }
     syncing_ = true;
     const uint64_t target = written_ticket_;
+    internal::TsanRelease(&sync_mu_);
     sync_mu_.Unlock();
     rocksdb::Status s = db_->SyncWAL();
     sync_mu_.Lock();
+    internal::TsanAcquire(&sync_mu_);
     syncing_ = false;
     sync_cv_.SignalAll();
     if (!s.ok()) {
@@ -371,6 +378,7 @@ absl::Status RocksTier::GroupSync() {
     }
     synced_ticket_ = std::max(synced_ticket_, target);
   }
+  internal::TsanRelease(&sync_mu_);
   sync_mu_.Unlock();
   return result;
 }
@@ -378,6 +386,11 @@ absl::Status RocksTier::GroupSync() {
 absl::Status RocksTier::Commit(void* write_batch) {
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync == SyncPolicy::kPerWrite;
+#ifdef KVBLOCK_TSAN
+  // RocksDB's write-group leader reads the other writers' batches and hands them back through
+  // uninstrumented atomics; TSan builds write one batch at a time so that handoff is visible.
+  internal::MutexLock tsan_lock(&tsan_write_mu_);
+#endif
   rocksdb::Status s = db_->Write(wo, static_cast<rocksdb::WriteBatch*>(write_batch));
   if (!s.ok()) return FromRocks(s, absl::StrCat("writing to ", options_.path));
   if (options_.sync == SyncPolicy::kGroupCommit) return GroupSync();
@@ -395,13 +408,13 @@ absl::Status RocksTier::Put(const BlockKey& key, absl::Span<const uint8_t> paylo
   // Find or create the model's column family, then write under a shared hold of cf_mu_.
   for (int attempt = 0; attempt < 3; ++attempt) {
     {
-      absl::ReaderMutexLock cf_lock(&cf_mu_);
+      internal::ReaderMutexLock cf_lock(&cf_mu_);
       if (ModelCf* cf = FindCf(meta.model); cf != nullptr) {
         const std::string mkey = RecordKey(kMetaRecord, key);
         const rocksdb::Slice header(reinterpret_cast<const char*>(payload.data()),
                                     kBlockHeaderBytes);
         const rocksdb::Slice data(reinterpret_cast<const char*>(payload.data()), payload.size());
-        absl::MutexLock key_lock(&Stripe(key));
+        internal::MutexLock key_lock(&Stripe(key));
         std::string existing;
         rocksdb::Status found = db_->Get(rocksdb::ReadOptions(), cf->handle, mkey, &existing);
         if (found.ok()) return absl::OkStatus();  // present: no-op
@@ -417,7 +430,7 @@ absl::Status RocksTier::Put(const BlockKey& key, absl::Span<const uint8_t> paylo
         return absl::OkStatus();
       }
     }
-    absl::MutexLock cf_lock(&cf_mu_);
+    internal::MutexLock cf_lock(&cf_mu_);
     if (FindCf(meta.model) != nullptr) continue;
     rocksdb::ColumnFamilyHandle* handle = nullptr;
     rocksdb::Status s = db_->CreateColumnFamily(
@@ -433,7 +446,7 @@ absl::Status RocksTier::Put(const BlockKey& key, absl::Span<const uint8_t> paylo
 }
 
 void RocksTier::DropCorrupt(ModelCf& cf, const BlockKey& key) {
-  absl::MutexLock key_lock(&Stripe(key));
+  internal::MutexLock key_lock(&Stripe(key));
   const std::string mkey = RecordKey(kMetaRecord, key);
   std::string meta;
   rocksdb::Status found = db_->Get(rocksdb::ReadOptions(), cf.handle, mkey, &meta);
@@ -454,7 +467,7 @@ void RocksTier::DropCorrupt(ModelCf& cf, const BlockKey& key) {
 }
 
 absl::StatusOr<BlockBytes> RocksTier::Get(const BlockKey& key) {
-  absl::ReaderMutexLock cf_lock(&cf_mu_);
+  internal::ReaderMutexLock cf_lock(&cf_mu_);
   const std::string dkey = RecordKey(kDataRecord, key);
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
@@ -485,7 +498,7 @@ absl::StatusOr<BlockBytes> RocksTier::Get(const BlockKey& key) {
 void RocksTier::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) {
   const size_t n = std::min(keys.size(), out.size());
   for (size_t i = 0; i < n; ++i) out[i] = LookupResult{};
-  absl::ReaderMutexLock cf_lock(&cf_mu_);
+  internal::ReaderMutexLock cf_lock(&cf_mu_);
   std::vector<std::string> mkeys;
   std::vector<size_t> index;
   for (auto& [model, cf] : cfs_) {
@@ -514,9 +527,9 @@ void RocksTier::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult>
 }
 
 absl::Status RocksTier::Delete(const BlockKey& key) {
-  absl::ReaderMutexLock cf_lock(&cf_mu_);
+  internal::ReaderMutexLock cf_lock(&cf_mu_);
   const std::string mkey = RecordKey(kMetaRecord, key);
-  absl::MutexLock key_lock(&Stripe(key));
+  internal::MutexLock key_lock(&Stripe(key));
   for (auto& [model, cf] : cfs_) {
     std::string meta;
     rocksdb::Status found = db_->Get(rocksdb::ReadOptions(), cf->handle, mkey, &meta);
@@ -536,7 +549,7 @@ absl::Status RocksTier::Delete(const BlockKey& key) {
 }
 
 absl::StatusOr<uint64_t> RocksTier::DeleteModel(const ModelFingerprint& model) {
-  absl::MutexLock cf_lock(&cf_mu_);
+  internal::MutexLock cf_lock(&cf_mu_);
   auto it = cfs_.find(model);
   if (it == cfs_.end()) return 0;
   ModelCf& cf = *it->second;
@@ -552,7 +565,7 @@ std::vector<TierStats> RocksTier::Stats() const {
   TierStats s;
   s.tier = StoreTier::kDisk;
   {
-    absl::ReaderMutexLock lock(&cf_mu_);
+    internal::ReaderMutexLock lock(&cf_mu_);
     for (const auto& [model, cf] : cfs_) {
       s.blocks += cf->blocks.load(std::memory_order_relaxed);
       s.bytes += cf->bytes.load(std::memory_order_relaxed);
@@ -566,7 +579,7 @@ std::vector<TierStats> RocksTier::Stats() const {
 }
 
 absl::Status RocksTier::FlushMemtables() {
-  absl::ReaderMutexLock lock(&cf_mu_);
+  internal::ReaderMutexLock lock(&cf_mu_);
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   for (auto& [model, cf] : cfs_) handles.push_back(cf->handle);
   if (handles.empty()) return absl::OkStatus();
@@ -574,7 +587,7 @@ absl::Status RocksTier::FlushMemtables() {
 }
 
 std::vector<ModelFingerprint> RocksTier::Models() const {
-  absl::ReaderMutexLock lock(&cf_mu_);
+  internal::ReaderMutexLock lock(&cf_mu_);
   std::vector<ModelFingerprint> out;
   for (const auto& [model, cf] : cfs_) out.push_back(model);
   return out;

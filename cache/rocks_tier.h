@@ -157,6 +157,7 @@ class RocksTier : public BlockStore {
   bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
 
   std::atomic<uint64_t> hits_{0}, misses_{0}, inserts_{0}, corrupt_{0};
+  absl::Mutex tsan_write_mu_;  // used in ThreadSanitizer builds only (see Commit)
 };
 
 }  // namespace kvblock

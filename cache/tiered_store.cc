@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cache/internal/tsan_mutex.h"
 #include "cache/block_payload.h"
 
 namespace kvblock {
@@ -40,8 +41,9 @@ absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(const TieredStore
 TieredStore::~TieredStore() {
   if (flusher_.joinable()) {
     {
-      absl::MutexLock lock(&dirty_mu_);
+      internal::MutexLock lock(&dirty_mu_);
       stop_ = true;
+      flush_cv_.Signal();
     }
     flusher_.join();
   }
@@ -49,18 +51,25 @@ TieredStore::~TieredStore() {
 }
 
 void TieredStore::OnEvicted(const BlockKey& key) {
-  absl::MutexLock lock(&dirty_mu_);
-  if (dirty_.contains(key)) evicted_dirty_ = true;
+  internal::MutexLock lock(&dirty_mu_);
+  if (dirty_.contains(key)) {
+    evicted_dirty_ = true;
+    flush_cv_.Signal();
+  }
 }
 
 void TieredStore::FlusherLoop() {
   while (true) {
     {
-      absl::MutexLock lock(&dirty_mu_);
-      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(dirty_mu_) {
-        return stop_ || evicted_dirty_;
-      };
-      dirty_mu_.AwaitWithTimeout(absl::Condition(&wake), options_.write_back_interval);
+      internal::MutexLock lock(&dirty_mu_);
+      // Waits on a CondVar (not Mutex::Await) so the condition is read by this thread only.
+      const absl::Time deadline = absl::Now() + options_.write_back_interval;
+      while (!stop_ && !evicted_dirty_) {
+        internal::TsanRelease(&dirty_mu_);
+        const bool timed_out = flush_cv_.WaitWithDeadline(&dirty_mu_, deadline);
+        internal::TsanAcquire(&dirty_mu_);
+        if (timed_out) break;
+      }
       if (stop_) return;
       evicted_dirty_ = false;
     }
@@ -69,16 +78,16 @@ void TieredStore::FlusherLoop() {
 }
 
 absl::Status TieredStore::FlushOne(const BlockKey& key) {
-  absl::MutexLock key_lock(&Stripe(key));
+  internal::MutexLock key_lock(&Stripe(key));
   BlockBytes bytes;
   {
-    absl::MutexLock lock(&dirty_mu_);
+    internal::MutexLock lock(&dirty_mu_);
     auto it = dirty_.find(key);
     if (it == dirty_.end()) return absl::OkStatus();  // deleted or flushed meanwhile
     bytes = it->second;
   }
   if (absl::Status s = rocks_->Put(key, bytes.bytes); !s.ok()) return s;
-  absl::MutexLock lock(&dirty_mu_);
+  internal::MutexLock lock(&dirty_mu_);
   dirty_.erase(key);
   return absl::OkStatus();
 }
@@ -86,7 +95,7 @@ absl::Status TieredStore::FlushOne(const BlockKey& key) {
 absl::Status TieredStore::Flush() {
   std::vector<BlockKey> keys;
   {
-    absl::MutexLock lock(&dirty_mu_);
+    internal::MutexLock lock(&dirty_mu_);
     keys.reserve(dirty_.size());
     for (const auto& [key, bytes] : dirty_) keys.push_back(key);
   }
@@ -99,7 +108,7 @@ absl::Status TieredStore::Flush() {
 }
 
 size_t TieredStore::dirty_blocks() const {
-  absl::MutexLock lock(&dirty_mu_);
+  internal::MutexLock lock(&dirty_mu_);
   return dirty_.size();
 }
 
@@ -111,7 +120,7 @@ absl::Status TieredStore::Put(const BlockKey& key, absl::Span<const uint8_t> pay
                                                    view->meta().key.ToHex(),
                                                    " but the key is ", key.ToHex()));
   }
-  absl::MutexLock key_lock(&Stripe(key));
+  internal::MutexLock key_lock(&Stripe(key));
   if (options_.write_policy == WritePolicy::kWriteThrough) {
     if (absl::Status s = rocks_->Put(key, payload); !s.ok()) return s;
     memory_->Put(key, payload).IgnoreError();  // best effort: the block is durable already
@@ -124,7 +133,7 @@ absl::Status TieredStore::Put(const BlockKey& key, absl::Span<const uint8_t> pay
   if (where.present) return absl::OkStatus();
   absl::StatusOr<BlockBytes> stored = memory_->Insert(key, payload);
   if (!stored.ok()) return rocks_->Put(key, payload);  // no room in memory: write through
-  absl::MutexLock lock(&dirty_mu_);
+  internal::MutexLock lock(&dirty_mu_);
   dirty_.emplace(key, *std::move(stored));
   return absl::OkStatus();
 }
@@ -132,9 +141,9 @@ absl::Status TieredStore::Put(const BlockKey& key, absl::Span<const uint8_t> pay
 absl::StatusOr<BlockBytes> TieredStore::Get(const BlockKey& key) {
   absl::StatusOr<BlockBytes> hit = memory_->Get(key);
   if (hit.ok()) return hit;
-  absl::ReaderMutexLock key_lock(&Stripe(key));
+  internal::ReaderMutexLock key_lock(&Stripe(key));
   {
-    absl::MutexLock lock(&dirty_mu_);
+    internal::MutexLock lock(&dirty_mu_);
     auto it = dirty_.find(key);
     if (it != dirty_.end()) return it->second;
   }
@@ -153,7 +162,7 @@ void TieredStore::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResul
   for (size_t i = 0; i < n; ++i) {
     if (out[i].present) continue;
     if (options_.write_policy == WritePolicy::kWriteBack) {
-      absl::MutexLock lock(&dirty_mu_);
+      internal::MutexLock lock(&dirty_mu_);
       auto it = dirty_.find(keys[i]);
       if (it != dirty_.end()) {
         out[i] = LookupResult{true, StoreTier::kMemory, it->second.bytes.size()};
@@ -170,9 +179,9 @@ void TieredStore::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResul
 }
 
 absl::Status TieredStore::Delete(const BlockKey& key) {
-  absl::MutexLock key_lock(&Stripe(key));
+  internal::MutexLock key_lock(&Stripe(key));
   {
-    absl::MutexLock lock(&dirty_mu_);
+    internal::MutexLock lock(&dirty_mu_);
     dirty_.erase(key);
   }
   if (absl::Status s = memory_->Delete(key); !s.ok()) return s;
@@ -181,7 +190,7 @@ absl::Status TieredStore::Delete(const BlockKey& key) {
 
 absl::StatusOr<uint64_t> TieredStore::DeleteModel(const ModelFingerprint& model) {
   {
-    absl::MutexLock lock(&dirty_mu_);
+    internal::MutexLock lock(&dirty_mu_);
     for (auto it = dirty_.begin(); it != dirty_.end();) {
       absl::StatusOr<BlockHeader> h = DecodeHeader(it->second.bytes);
       if (h.ok() && h->meta.model == model) {

@@ -101,6 +101,7 @@ class TieredStore : public BlockStore {
   absl::flat_hash_map<BlockKey, BlockBytes> dirty_ ABSL_GUARDED_BY(dirty_mu_);
   bool evicted_dirty_ ABSL_GUARDED_BY(dirty_mu_) = false;  // wakes the flusher early
   bool stop_ ABSL_GUARDED_BY(dirty_mu_) = false;
+  absl::CondVar flush_cv_;  // signalled with dirty_mu_ held
   std::thread flusher_;
 };
 

