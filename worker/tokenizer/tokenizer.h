@@ -25,6 +25,9 @@ class Tokenizer {
   // Text of `ids`; INVALID_ARGUMENT for an id outside the vocabulary.
   virtual absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids) const = 0;
   virtual int32_t VocabSize() const = 0;
+  // Whether `id` is a special (control) token such as BOS/EOS or <|eot_id|>: text shown to people
+  // usually leaves these out. Default: none is.
+  virtual bool IsSpecialToken(int32_t id) const { return false; }
 };
 
 // Loads `path`: a tokenizer.json file, or a model directory holding tokenizer.json. A model
