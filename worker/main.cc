@@ -5,12 +5,14 @@
 #include "CLI/CLI.hpp"
 #include "cache/inspect_command.h"
 #include "worker/demo_command.h"
+#include "worker/tokenize_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kvblock: Block-Attention serving with a cluster-wide KV cache of passages"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kvblock 0.1.0");
   kvblock::AddDemoCommand(app);
+  kvblock::AddTokenizeCommand(app);
   kvblock::AddInspectCommand(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
