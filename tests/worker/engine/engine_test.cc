@@ -1,0 +1,285 @@
+#include "worker/engine/engine.h"
+
+#include <algorithm>
+
+#include "cache/tiered_store.h"
+#include "gtest/gtest.h"
+#include "tests/worker/fixture_util.h"
+#include "worker/engine/cpu_backend.h"
+#include "worker/model/model.h"
+
+namespace kvblock {
+namespace {
+
+using testing::FixtureSpec;
+using testing::MaxAbsError;
+using testing::MaxRelError;
+using testing::Reference;
+using testing::TempDir;
+
+// The greedy reference continues past EOS; the engine stops at (and includes) the first EOS.
+std::vector<int32_t> CutAtEos(std::vector<int32_t> tokens, const std::vector<int32_t>& eos) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (std::find(eos.begin(), eos.end(), tokens[i]) != eos.end()) {
+      tokens.resize(i + 1);
+      break;
+    }
+  }
+  return tokens;
+}
+
+struct Loaded {
+  LoadedModel model;
+  std::unique_ptr<BlockStore> store;
+  std::unique_ptr<Engine> engine;
+};
+
+Loaded Load(const FixtureSpec& f, const std::string& cache_dir, KvDtype dtype = KvDtype::kF32) {
+  Loaded l;
+  ModelLoadOptions mo;
+  mo.model_id = "engine-test-" + f.name;  // keeps the fixture directories untouched
+  auto m = LoadModel(f.dir, mo);
+  EXPECT_TRUE(m.ok()) << f.name << ": " << m.status();
+  l.model = std::move(*m);
+  auto store = OpenEmbeddedStore(cache_dir, 64 << 20);
+  EXPECT_TRUE(store.ok()) << store.status();
+  l.store = std::move(*store);
+  auto backend = CreateCpuBackend(l.model.weights, l.model.config);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  EngineOptions eo;
+  eo.kv_dtype = dtype;
+  auto engine = Engine::Create(std::move(*backend), l.store.get(), l.model.fingerprint, eo);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  l.engine = std::move(*engine);
+  return l;
+}
+
+class FixtureTest : public ::testing::TestWithParam<FixtureSpec> {};
+
+// K of each block encoded alone equals k_pos0, V equals v, and K re-encoded to the block's
+// offset equals k_reencoded (transformers encoding the block at its real positions).
+TEST_P(FixtureTest, BlockKvMatchesTransformers) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  const ModelConfig& c = l.model.config;
+  const Backend& backend = l.engine->backend();
+  int64_t total = 0;
+  for (const auto& b : ref.blocks) total += b.size();
+  auto seq = const_cast<Backend&>(backend).NewSequence(total);
+  ASSERT_TRUE(seq.ok());
+  int64_t offset = 0;
+  double worst_k = 0, worst_v = 0, worst_re = 0;
+  for (size_t b = 0; b < ref.blocks.size(); ++b) {
+    auto payload = l.engine->EncodeBlock(ref.blocks[b]);
+    ASSERT_TRUE(payload.ok()) << payload.status();
+    auto view = BlockView::Parse(*payload);
+    ASSERT_TRUE(view.ok());
+    EXPECT_EQ(view->meta().key, l.engine->KeyOf(ref.blocks[b]));
+    EXPECT_EQ(view->meta().model, l.model.fingerprint);
+    const int64_t n = ref.blocks[b].size();
+    const size_t elems = c.num_kv_heads * n * c.head_dim;
+    std::vector<float> k(elems), v(elems);
+    for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+      view->ReadLayerF32(layer, k.data(), v.data());
+      std::vector<int64_t> shape;
+      std::vector<float> k0 = ref.Tensor(absl::StrCat("k_pos0.", b, ".", layer), &shape);
+      ASSERT_EQ(shape, (std::vector<int64_t>{c.num_kv_heads, n, c.head_dim}));
+      worst_k = std::max(worst_k, MaxAbsError(k.data(), k0.data(), elems));
+      std::vector<float> v0 = ref.Tensor(absl::StrCat("v.", b, ".", layer));
+      worst_v = std::max(worst_v, MaxAbsError(v.data(), v0.data(), elems));
+    }
+    ASSERT_TRUE(const_cast<Backend&>(backend).AppendBlock(**seq, *view).ok());
+    std::vector<float> all_k(c.num_layers * elems), all_v(c.num_layers * elems);
+    ASSERT_TRUE(backend.ReadKv(**seq, offset, n, absl::MakeSpan(all_k), absl::MakeSpan(all_v)).ok());
+    for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+      std::vector<float> kr = ref.Tensor(absl::StrCat("k_reencoded.", b, ".", layer));
+      worst_re = std::max(worst_re, MaxAbsError(all_k.data() + layer * elems, kr.data(), elems));
+      // V enters the sequence untouched.
+      std::vector<float> v0 = ref.Tensor(absl::StrCat("v.", b, ".", layer));
+      EXPECT_LT(MaxAbsError(all_v.data() + layer * elems, v0.data(), elems), 1e-5);
+    }
+    offset += n;
+  }
+  RecordProperty("max_abs_err_k_pos0", std::to_string(worst_k));
+  RecordProperty("max_abs_err_k_reencoded", std::to_string(worst_re));
+  EXPECT_LT(worst_k, 1e-5) << f.name;
+  EXPECT_LT(worst_v, 1e-5) << f.name;
+  EXPECT_LT(worst_re, 2e-5) << f.name;
+  std::cout << f.name << ": max |dK pos0| " << worst_k << ", |dV| " << worst_v
+            << ", |dK re-encoded| " << worst_re << "\n";
+}
+
+// Final-block logits and greedy tokens in both modes; the second block-mode request takes
+// every block from the cache and gives identical output.
+TEST_P(FixtureTest, GenerateMatchesTransformersAndReusesTheCache) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  const std::vector<int32_t>& eos = l.model.config.eos_token_ids;
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 16;
+  req.return_logits = true;
+
+  auto first = l.engine->Generate(req);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->cache_misses, static_cast<int64_t>(ref.blocks.size()));
+  EXPECT_EQ(first->cache_hits, 0);
+  const double rel_block = MaxRelError(first->logits, ref.Tensor("logits_final_block_mode"));
+  EXPECT_LT(rel_block, 1e-4) << f.name;
+  EXPECT_EQ(first->tokens, CutAtEos(ref.greedy_block, eos)) << f.name;
+
+  auto second = l.engine->Generate(req);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->cache_hits, static_cast<int64_t>(ref.blocks.size()));
+  EXPECT_EQ(second->cache_misses, 0);
+  EXPECT_EQ(second->tokens, first->tokens);
+  EXPECT_EQ(second->logits, first->logits);  // bit-identical
+
+  req.mode = AttentionMode::kFull;
+  auto full = l.engine->Generate(req);
+  ASSERT_TRUE(full.ok()) << full.status();
+  const double rel_full = MaxRelError(full->logits, ref.Tensor("logits_full_mode"));
+  EXPECT_LT(rel_full, 1e-4) << f.name;
+  EXPECT_EQ(full->tokens, CutAtEos(ref.greedy_full, eos)) << f.name;
+  EXPECT_EQ(full->cache_hits + full->cache_misses, 0);
+  std::cout << f.name << ": logits rel err block " << rel_block << ", full " << rel_full
+            << "; tokens " << first->tokens.size() << " (" << first->stop_reason << ")\n";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(testing::AllFixtures()),
+                         [](const auto& info) {
+                           std::string n = info.param.name;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST(EngineTest, CacheSurvivesReopeningAndRepeatedBlocksAreEncodedOnce) {
+  const FixtureSpec f = testing::AllFixtures()[1];  // qwen2-tiny
+  TempDir dir;
+  Reference ref = testing::LoadReference(f.dir);
+  GenerateRequest req;
+  req.blocks = {ref.blocks[0], ref.blocks[2], ref.blocks[0]};
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 4;
+  std::vector<int32_t> tokens;
+  {
+    Loaded l = Load(f, dir / "cache");
+    auto r = l.engine->Generate(req);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->cache_misses, 2);
+    EXPECT_EQ(r->cache_hits, 1);
+    tokens = r->tokens;
+  }
+  Loaded again = Load(f, dir / "cache");  // a new process would see the same RocksDB
+  auto r = again.engine->Generate(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cache_hits, 3);
+  EXPECT_EQ(r->cache_misses, 0);
+  EXPECT_EQ(r->tokens, tokens);
+}
+
+TEST(EngineTest, Bf16PayloadsRoundTripThroughTheStore) {
+  const FixtureSpec f = testing::AllFixtures()[0];  // llama-tiny
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache", KvDtype::kBF16);
+  Reference ref = testing::LoadReference(f.dir);
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  req.return_logits = true;
+  auto first = l.engine->Generate(req);
+  auto second = l.engine->Generate(req);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(second->cache_hits, 4);
+  EXPECT_EQ(second->logits, first->logits);
+  // bf16 KV costs precision but stays close to the f32 reference.
+  const double rel = MaxRelError(first->logits, ref.Tensor("logits_final_block_mode"));
+  EXPECT_LT(rel, 2e-2);
+  EXPECT_GT(rel, 1e-6);
+}
+
+TEST(EngineTest, SamplingIsSeededAndBadRequestsAreRefused) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 12;
+  req.sampling = {.temperature = 1.5f, .top_k = 50, .top_p = 0.95f, .seed = 1234};
+  auto a = l.engine->Generate(req);
+  auto b = l.engine->Generate(req);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->tokens, b->tokens);
+  req.sampling.seed = 99;
+  auto c = l.engine->Generate(req);
+  ASSERT_TRUE(c.ok());
+  EXPECT_NE(a->tokens, c->tokens);
+
+  auto expect_invalid = [&](GenerateRequest r, const std::string& what) {
+    auto res = l.engine->Generate(r);
+    ASSERT_FALSE(res.ok()) << what;
+    EXPECT_EQ(res.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(res.status().message().find(what), std::string::npos) << res.status();
+  };
+  GenerateRequest bad = req;
+  bad.final_block.clear();
+  expect_invalid(bad, "final block is empty");
+  bad = req;
+  bad.blocks[1][3] = 259;
+  expect_invalid(bad, "token id 259 at blocks[1][3]");
+  bad = req;
+  bad.blocks.push_back({});
+  expect_invalid(bad, "blocks[4] is empty");
+  bad = req;
+  bad.final_block.assign(5000, 7);
+  expect_invalid(bad, "more than the model's limit of 4096");
+  bad = req;
+  bad.sampling.top_p = 0;
+  expect_invalid(bad, "top_p");
+  bad = req;
+  bad.max_new_tokens = -1;
+  expect_invalid(bad, "max_new_tokens");
+}
+
+TEST(EngineTest, StopsOnEosAndAtTheContextLimit) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  // Make the first greedy token an EOS id of a derived config: rebuild the engine with it.
+  ModelConfig c = l.model.config;
+  c.eos_token_ids = {ref.greedy_block[2]};
+  auto backend = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(backend.ok());
+  auto engine = Engine::Create(std::move(*backend), l.store.get(), l.model.fingerprint);
+  ASSERT_TRUE(engine.ok());
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  auto r = (*engine)->Generate(req);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->stop_reason, "eos");
+  EXPECT_EQ(r->tokens, std::vector<int32_t>(ref.greedy_block.begin(), ref.greedy_block.begin() + 3));
+  // A sequence limit of prompt + 5 tokens stops generation after 5 + 1 tokens.
+  int64_t prompt = ref.final_block.size();
+  for (const auto& b : ref.blocks) prompt += b.size();
+  auto backend2 = CreateCpuBackend(l.model.weights, l.model.config);
+  EngineOptions eo;
+  eo.max_sequence_tokens = prompt + 5;
+  auto limited = Engine::Create(std::move(*backend2), l.store.get(), l.model.fingerprint, eo);
+  ASSERT_TRUE(limited.ok());
+  auto lr = (*limited)->Generate(req);
+  ASSERT_TRUE(lr.ok());
+  EXPECT_EQ(lr->stop_reason, "context_limit");
+  EXPECT_EQ(lr->tokens, std::vector<int32_t>(ref.greedy_block.begin(), ref.greedy_block.begin() + 6));
+}
+
+}  // namespace
+}  // namespace kvblock

@@ -1,0 +1,32 @@
+// The CPU backend: f32 math, projections through OpenBLAS sgemm/sgemv (which use every core),
+// everything else through the kernels/cpu reference twins; attention is split across KV heads
+// on a few threads for long sequences. This is the reference every faster backend is checked
+// against, and what CI runs.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/backend.h"
+#include "worker/model/weights.h"
+
+namespace kvblock {
+
+struct CpuBackendOptions {
+  // Threads for attention (KV heads are split between them); 0 = one per hardware thread.
+  // Default: 0.
+  int attention_threads = 0;
+  // Below this many multiply-adds per attention call a single thread is used. Default: 1 << 21.
+  int64_t attention_parallel_min_work = int64_t{1} << 21;
+
+  // INVALID_ARGUMENT for negative values.
+  absl::Status Validate() const;
+};
+
+// Creates the backend over loaded weights (shared: several backends may use one copy).
+// INVALID_ARGUMENT for bad options or a config that fails Validate().
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
+    std::shared_ptr<const ModelWeights> weights, const ModelConfig& config,
+    const CpuBackendOptions& options = {});
+
+}  // namespace kvblock

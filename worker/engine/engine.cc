@@ -1,0 +1,258 @@
+#include "worker/engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+
+namespace kvblock {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// A payload from the store, parsed and checked against what the engine asked for; nullopt
+// (treated as a miss) if it is not usable.
+std::optional<BlockView> UsableHit(const BlockBytes& bytes, const BlockKey& key,
+                                   const ModelFingerprint& model, KvDtype dtype, size_t tokens,
+                                   const ModelConfig& c) {
+  absl::StatusOr<BlockView> view = BlockView::Parse(bytes.bytes);
+  if (!view.ok()) return std::nullopt;
+  const BlockMeta& m = view->meta();
+  if (m.key != key || m.model != model || m.dtype != dtype || m.num_tokens != tokens ||
+      m.num_layers != c.num_layers || m.num_kv_heads != c.num_kv_heads || m.head_dim != c.head_dim) {
+    return std::nullopt;
+  }
+  return *view;
+}
+
+}  // namespace
+
+std::string_view AttentionModeName(AttentionMode mode) {
+  return mode == AttentionMode::kBlock ? "block" : "full";
+}
+
+absl::Status EngineOptions::Validate() const {
+  if (DtypeSize(kv_dtype) == 0) return absl::InvalidArgumentError("engine: invalid kv dtype");
+  if (max_sequence_tokens < 0 || max_new_tokens_limit < 0) {
+    return absl::InvalidArgumentError("engine: negative limit");
+  }
+  return absl::OkStatus();
+}
+
+Engine::Engine(std::unique_ptr<Backend> backend, BlockStore* store,
+               const ModelFingerprint& fingerprint, const EngineOptions& options)
+    : backend_(std::move(backend)), store_(store), fingerprint_(fingerprint), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
+                                                       BlockStore* store,
+                                                       const ModelFingerprint& fingerprint,
+                                                       const EngineOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (backend == nullptr || store == nullptr) {
+    return absl::InvalidArgumentError("engine: backend and store are required");
+  }
+  return std::unique_ptr<Engine>(new Engine(std::move(backend), store, fingerprint, options));
+}
+
+BlockKey Engine::KeyOf(absl::Span<const int32_t> tokens) const {
+  return ComputeBlockKey(fingerprint_, options_.kv_dtype, tokens);
+}
+
+absl::StatusOr<std::vector<uint8_t>> Engine::EncodeBlock(absl::Span<const int32_t> tokens) {
+  const ModelConfig& c = backend_->config();
+  if (tokens.empty()) return absl::InvalidArgumentError("cannot encode an empty block");
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n > c.max_position_embeddings || n > kMaxBlockTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("block of ", n, " tokens exceeds the model's limit of ",
+                                                   c.max_position_embeddings));
+  }
+  absl::StatusOr<std::unique_ptr<KvSequence>> seq = backend_->NewSequence(n);
+  if (!seq.ok()) return seq.status();
+  if (absl::Status s = backend_->Forward(**seq, tokens, 0, {}); !s.ok()) return s;
+  const int64_t elems = c.num_layers * c.num_kv_heads * n * c.head_dim;
+  std::vector<float> k(elems), v(elems);
+  if (absl::Status s = backend_->ReadKv(**seq, 0, n, absl::MakeSpan(k), absl::MakeSpan(v)); !s.ok()) {
+    return s;
+  }
+  BlockMeta meta;
+  meta.model = fingerprint_;
+  meta.key = KeyOf(tokens);
+  meta.dtype = options_.kv_dtype;
+  meta.num_layers = static_cast<uint32_t>(c.num_layers);
+  meta.num_kv_heads = static_cast<uint32_t>(c.num_kv_heads);
+  meta.head_dim = static_cast<uint32_t>(c.head_dim);
+  meta.num_tokens = static_cast<uint32_t>(n);
+  return kvblock::EncodeBlock(meta, k, v);
+}
+
+absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_tokens) const {
+  const ModelConfig& c = backend_->config();
+  if (absl::Status s = r.sampling.Validate(); !s.ok()) return s;
+  if (r.final_block.empty()) return absl::InvalidArgumentError("the final block is empty");
+  if (r.max_new_tokens < 0 || r.max_new_tokens > options_.max_new_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", r.max_new_tokens,
+                                                   " is outside [0, ", options_.max_new_tokens_limit, "]"));
+  }
+  int64_t total = 0;
+  auto check_ids = [&](absl::Span<const int32_t> ids, const std::string& where) -> absl::Status {
+    for (size_t j = 0; j < ids.size(); ++j) {
+      if (ids[j] < 0 || ids[j] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", ids[j], " at ", where, "[", j,
+                                                       "] is outside the vocabulary of ", c.vocab_size));
+      }
+    }
+    total += static_cast<int64_t>(ids.size());
+    return absl::OkStatus();
+  };
+  for (size_t i = 0; i < r.blocks.size(); ++i) {
+    if (r.blocks[i].empty()) return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "] is empty"));
+    if (r.blocks[i].size() > kMaxBlockTokens) {
+      return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "] has more than ", kMaxBlockTokens, " tokens"));
+    }
+    if (absl::Status s = check_ids(r.blocks[i], absl::StrCat("blocks[", i, "]")); !s.ok()) return s;
+  }
+  if (absl::Status s = check_ids(r.final_block, "final_block"); !s.ok()) return s;
+  const int64_t limit = options_.max_sequence_tokens > 0
+                            ? std::min(options_.max_sequence_tokens, c.max_position_embeddings)
+                            : c.max_position_embeddings;
+  if (total > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", total,
+                                                   " tokens, more than the model's limit of ", limit));
+  }
+  if (c.sliding_window > 0 && total + r.max_new_tokens > c.sliding_window) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the sequence (", total, " prompt + ", r.max_new_tokens, " new tokens) exceeds the model's sliding window of ",
+        c.sliding_window, " tokens, which the engine does not implement"));
+  }
+  *prompt_tokens = total;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& r) {
+  const Clock::time_point t_start = Clock::now();
+  const ModelConfig& c = backend_->config();
+  int64_t prompt = 0;
+  if (absl::Status s = CheckRequest(r, &prompt); !s.ok()) return s;
+  const int64_t limit = options_.max_sequence_tokens > 0
+                            ? std::min(options_.max_sequence_tokens, c.max_position_embeddings)
+                            : c.max_position_embeddings;
+  const int64_t capacity = std::min(limit, prompt + std::max<int64_t>(r.max_new_tokens, 1));
+  absl::StatusOr<std::unique_ptr<KvSequence>> seq_or = backend_->NewSequence(capacity);
+  if (!seq_or.ok()) return seq_or.status();
+  KvSequence& seq = **seq_or;
+  GenerateResult out;
+  const int64_t n_final = static_cast<int64_t>(r.final_block.size());
+  const int64_t logit_rows = r.return_logits ? n_final : 1;
+  std::vector<float> logits(logit_rows * c.vocab_size);
+
+  if (r.mode == AttentionMode::kBlock) {
+    Clock::time_point t = Clock::now();
+    const size_t nb = r.blocks.size();
+    std::vector<BlockKey> keys(nb);
+    for (size_t i = 0; i < nb; ++i) keys[i] = KeyOf(r.blocks[i]);
+    std::vector<LookupResult> found(nb);
+    store_->Lookup(keys, absl::MakeSpan(found));
+    // Payloads stay alive (and pinned by their owners) until the blocks are in the sequence.
+    std::vector<BlockBytes> held(nb);
+    std::vector<std::vector<uint8_t>> encoded(nb);
+    std::vector<std::optional<BlockView>> views(nb);
+    absl::flat_hash_map<BlockKey, size_t> first_of;  // a block repeated in one request is read once
+    for (size_t i = 0; i < nb; ++i) {
+      if (auto it = first_of.find(keys[i]); it != first_of.end()) continue;
+      first_of[keys[i]] = i;
+      if (!found[i].present) continue;
+      absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
+      if (!got.ok()) {
+        if (absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
+        return got.status();
+      }
+      views[i] = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
+      if (views[i].has_value()) held[i] = std::move(*got);
+    }
+    out.timings.lookup_ms = MsSince(t);
+    t = Clock::now();
+    for (size_t i = 0; i < nb; ++i) {
+      const size_t first = first_of[keys[i]];
+      if (first != i || views[i].has_value()) continue;
+      absl::StatusOr<std::vector<uint8_t>> payload = EncodeBlock(r.blocks[i]);
+      if (!payload.ok()) return payload.status();
+      encoded[i] = std::move(*payload);
+      absl::StatusOr<BlockView> view = BlockView::Parse(encoded[i]);
+      if (!view.ok()) return view.status();
+      views[i] = *view;
+      if (options_.write_back) {
+        if (found[i].present) (void)store_->Delete(keys[i]);  // an unusable record is replaced
+        if (!store_->Put(keys[i], encoded[i]).ok()) ++out.cache_put_errors;
+      }
+    }
+    out.timings.encode_ms = MsSince(t);
+    t = Clock::now();
+    for (size_t i = 0; i < nb; ++i) {
+      const size_t first = first_of[keys[i]];
+      // A block repeated within the request is encoded at most once; repeats count as hits.
+      if (first == i && !encoded[i].empty()) {
+        ++out.cache_misses;
+      } else {
+        ++out.cache_hits;
+      }
+      if (absl::Status s = backend_->AppendBlock(seq, *views[first]); !s.ok()) return s;
+    }
+    out.timings.load_ms = MsSince(t);
+    t = Clock::now();
+    if (absl::Status s = backend_->Forward(seq, r.final_block, logit_rows, absl::MakeSpan(logits));
+        !s.ok()) {
+      return s;
+    }
+    out.timings.prefill_ms = MsSince(t);
+  } else {
+    Clock::time_point t = Clock::now();
+    std::vector<int32_t> all;
+    all.reserve(prompt);
+    for (const auto& b : r.blocks) all.insert(all.end(), b.begin(), b.end());
+    all.insert(all.end(), r.final_block.begin(), r.final_block.end());
+    if (absl::Status s = backend_->Forward(seq, all, logit_rows, absl::MakeSpan(logits)); !s.ok()) {
+      return s;
+    }
+    out.timings.prefill_ms = MsSince(t);
+  }
+
+  // Decode: the last row of `logits` is the distribution of the next token.
+  Clock::time_point t = Clock::now();
+  kernels::SamplingRng rng(r.sampling.seed);
+  std::vector<float> probs(c.vocab_size);
+  std::vector<int32_t> order(c.vocab_size);
+  std::vector<float> step_logits(c.vocab_size);
+  absl::Span<const float> next(logits.data() + (logit_rows - 1) * c.vocab_size, c.vocab_size);
+  out.stop_reason = "max_new_tokens";
+  while (static_cast<int64_t>(out.tokens.size()) < r.max_new_tokens) {
+    absl::StatusOr<int32_t> tok = kernels::SampleToken(
+        next, r.sampling, rng, {absl::MakeSpan(probs), absl::MakeSpan(order)});
+    if (!tok.ok()) return tok.status();
+    out.tokens.push_back(*tok);
+    if (out.tokens.size() == 1) out.timings.ttft_ms = MsSince(t_start);
+    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), *tok) != c.eos_token_ids.end()) {
+      out.stop_reason = "eos";
+      break;
+    }
+    if (static_cast<int64_t>(out.tokens.size()) == r.max_new_tokens) break;
+    if (seq.length() >= seq.capacity()) {
+      out.stop_reason = "context_limit";
+      break;
+    }
+    const int32_t one[1] = {*tok};
+    if (absl::Status s = backend_->Forward(seq, one, 1, absl::MakeSpan(step_logits)); !s.ok()) return s;
+    next = step_logits;
+  }
+  out.timings.decode_ms = MsSince(t);
+  if (r.return_logits) out.logits = std::move(logits);
+  out.timings.total_ms = MsSince(t_start);
+  return out;
+}
+
+}  // namespace kvblock

@@ -1,0 +1,108 @@
+// The block-attention engine: turns a request (blocks + final block + sampling) into tokens,
+// with block KV going through the cache.
+//
+// Block mode: each block's key is ComputeBlockKey(fingerprint, kv dtype, tokens). Keys are
+// looked up in the BlockStore; hits are read from it, misses are encoded alone at positions
+// 0..n-1 and Put back. Every block, hit or miss, then enters the sequence from its payload,
+// its K re-encoded to the block's offset (the sum of the lengths of the blocks before it). The
+// final block is prefilled at its real positions attending to all blocks and causally to
+// itself; decoding samples until an EOS id of the model or max_new_tokens.
+// Full mode: ordinary causal prefill of blocks[0] ++ ... ++ final_block, same decoding.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/block_key.h"
+#include "cache/block_store.h"
+#include "cache/dtype.h"
+#include "kernels/cpu/sampling.h"
+#include "worker/engine/backend.h"
+
+namespace kvblock {
+
+enum class AttentionMode { kBlock, kFull };
+std::string_view AttentionModeName(AttentionMode mode);  // "block", "full"
+
+struct GenerateRequest {
+  std::vector<std::vector<int32_t>> blocks;  // may be empty; no block may be empty
+  std::vector<int32_t> final_block;          // must not be empty
+  int32_t max_new_tokens = 16;
+  kernels::SamplingParams sampling;
+  AttentionMode mode = AttentionMode::kBlock;
+  bool return_logits = false;  // fill GenerateResult::logits
+};
+
+struct GenerateTimings {
+  double lookup_ms = 0;   // keys, store lookups and reads
+  double encode_ms = 0;   // encoding missed blocks alone (and writing them back)
+  double load_ms = 0;     // placing blocks in the sequence, K re-encoded
+  double prefill_ms = 0;  // final block (block mode) or whole prompt (full mode)
+  double decode_ms = 0;
+  double ttft_ms = 0;     // request start to first token
+  double total_ms = 0;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated ids, an EOS that stopped generation included
+  std::string stop_reason;      // "eos", "max_new_tokens" or "context_limit"
+  std::vector<float> logits;    // [final_block.size()][vocab] when return_logits
+  int64_t cache_hits = 0;       // blocks read from the store
+  int64_t cache_misses = 0;     // blocks encoded here
+  int64_t cache_put_errors = 0; // misses that could not be written back (request still served)
+  GenerateTimings timings;
+};
+
+struct EngineOptions {
+  // Element type of block payloads written to / expected from the store. Default: f32.
+  KvDtype kv_dtype = KvDtype::kF32;
+  // Write encoded blocks back to the store. Default: true.
+  bool write_back = true;
+  // Longest prompt + generated sequence, in tokens; 0 = the model's max_position_embeddings.
+  // Default: 0.
+  int64_t max_sequence_tokens = 0;
+  // Largest max_new_tokens accepted. Default: 4096.
+  int32_t max_new_tokens_limit = 4096;
+
+  // INVALID_ARGUMENT for an invalid dtype or negative limits.
+  absl::Status Validate() const;
+};
+
+class Engine {
+ public:
+  // `store` is not owned and must outlive the engine. INVALID_ARGUMENT for bad options or a
+  // null backend/store.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<Backend> backend,
+                                                        BlockStore* store,
+                                                        const ModelFingerprint& fingerprint,
+                                                        const EngineOptions& options = {});
+
+  // Thread-safe (requests share nothing but the backend and the store, both thread-safe).
+  // INVALID_ARGUMENT for an empty final block, an empty block, a token id outside the
+  // vocabulary, a prompt longer than the model's limit or bad sampling settings; the backend's
+  // and store's errors otherwise.
+  absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request);
+
+  // Encodes one block alone at positions 0..n-1 into a payload (the cache format). Thread-safe.
+  absl::StatusOr<std::vector<uint8_t>> EncodeBlock(absl::Span<const int32_t> tokens);
+  BlockKey KeyOf(absl::Span<const int32_t> tokens) const;
+
+  const Backend& backend() const { return *backend_; }
+  const ModelFingerprint& fingerprint() const { return fingerprint_; }
+
+ private:
+  Engine(std::unique_ptr<Backend> backend, BlockStore* store, const ModelFingerprint& fingerprint,
+         const EngineOptions& options);
+  absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
+
+  std::unique_ptr<Backend> backend_;
+  BlockStore* store_;
+  ModelFingerprint fingerprint_;
+  EngineOptions options_;
+};
+
+}  // namespace kvblock
