@@ -4,6 +4,8 @@
 
 #include "CLI/CLI.hpp"
 #include "cache/inspect_command.h"
+#include "services/cache_ctl_command.h"
+#include "services/cache_server_command.h"
 #include "worker/demo_command.h"
 #include "worker/tokenize_command.h"
 
@@ -14,6 +16,8 @@ int main(int argc, char** argv) {
   kvblock::AddDemoCommand(app);
   kvblock::AddTokenizeCommand(app);
   kvblock::AddInspectCommand(app);
+  kvblock::AddCacheServerCommand(app);
+  kvblock::AddCacheCtlCommand(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
