@@ -7,6 +7,7 @@
 #include "services/cache_ctl_command.h"
 #include "services/cache_server_command.h"
 #include "worker/demo_command.h"
+#include "worker/generate_command.h"
 #include "worker/tokenize_command.h"
 
 int main(int argc, char** argv) {
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "kvblock 0.1.0");
   kvblock::AddDemoCommand(app);
+  kvblock::AddGenerateCommand(app);
   kvblock::AddTokenizeCommand(app);
   kvblock::AddInspectCommand(app);
   kvblock::AddCacheServerCommand(app);
