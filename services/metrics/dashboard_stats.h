@@ -36,8 +36,9 @@ struct DashboardOptions {
   std::string requests_counter = "kvblock_requests_total";
   // Label of requests_counter holding the status code. Default: "code".
   std::string code_label = "code";
-  // Code values that are not errors. Default: {"OK"}.
-  std::vector<std::string> ok_codes = {"OK"};
+  // Code values that are not errors (a cache's NOT_FOUND is a miss, counted in the hit rate).
+  // Default: {"OK", "NOT_FOUND"}.
+  std::vector<std::string> ok_codes = {"OK", "NOT_FOUND"};
   // Latency histogram (seconds); all its series are merged for p50/p90/p99.
   // Default: "kvblock_request_duration_seconds".
   std::string latency_histogram = "kvblock_request_duration_seconds";

@@ -68,7 +68,9 @@ TEST(DashboardStatsTest, RatesHitRateAndWindowPercentiles) {
   const int hits = 100 + rng() % 900, misses = 1 + rng() % 100;
   const uint64_t in_bytes = 1 + rng() % (1ull << 30), out_bytes = 1 + rng() % (1ull << 30);
   (*f.m.requests->WithLabels({"Get", "OK"}))->Increment(ok);
-  (*f.m.requests->WithLabels({"Get", "NOT_FOUND"}))->Increment(errors);
+  (*f.m.requests->WithLabels({"Put", "RESOURCE_EXHAUSTED"}))->Increment(errors);
+  const int not_found = 1 + rng() % 50;  // a cache miss, not an error
+  (*f.m.requests->WithLabels({"Get", "NOT_FOUND"}))->Increment(not_found);
   (*f.m.cache_hits->WithLabels({"memory"}))->Increment(hits / 2);
   (*f.m.cache_hits->WithLabels({"disk"}))->Increment(hits - hits / 2);
   (*f.m.cache_misses->WithLabels({}))->Increment(misses);
@@ -79,7 +81,7 @@ TEST(DashboardStatsTest, RatesHitRateAndWindowPercentiles) {
 
   DashboardPoint p = ComputePoint(before, after);
   EXPECT_DOUBLE_EQ(p.window_s, 4.0);
-  EXPECT_DOUBLE_EQ(p.requests_per_s, (ok + errors) / 4.0);
+  EXPECT_DOUBLE_EQ(p.requests_per_s, (ok + errors + not_found) / 4.0);
   EXPECT_DOUBLE_EQ(p.errors_per_s, errors / 4.0);
   EXPECT_DOUBLE_EQ(p.hit_rate, static_cast<double>(hits) / (hits + misses));
   EXPECT_DOUBLE_EQ(p.bytes_per_s, static_cast<double>(in_bytes + out_bytes) / 4.0);

@@ -1,0 +1,250 @@
+#include "tests/services/metrics/external_tools.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+
+namespace kvblock::metrics::testing {
+
+std::optional<std::string> FindTool(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  for (absl::string_view dir : absl::StrSplit(dirs, ':', absl::SkipEmpty())) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path,
+            const std::string& stdin_path) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  // Child: own process group, dies with the parent, output to the log.
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127);
+  int in = open(stdin_path.empty() ? "/dev/null" : stdin_path.c_str(), O_RDONLY);
+  int out = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (in < 0 || out < 0) _exit(126);
+  dup2(in, 0);
+  dup2(out, 1);
+  dup2(out, 2);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
+int DecodeStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+}  // namespace
+
+absl::StatusOr<Subprocess> Subprocess::Start(const std::vector<std::string>& argv,
+                                             const std::string& log_path,
+                                             const std::string& stdin_path) {
+  if (argv.empty()) return absl::InvalidArgumentError("empty argv");
+  pid_t pid = Spawn(argv, log_path, stdin_path);
+  if (pid > 0) setpgid(pid, pid);  // also here: no race with an early kill(-pid)
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed for ", argv[0]));
+  return Subprocess(pid, log_path);
+}
+
+Subprocess::Subprocess(Subprocess&& other) noexcept
+    : pid_(other.pid_), exit_code_(other.exit_code_), log_path_(std::move(other.log_path_)) {
+  other.pid_ = -1;
+}
+
+Subprocess::~Subprocess() {
+  if (pid_ > 0) Terminate();
+}
+
+absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
+  if (pid_ <= 0) return exit_code_;
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    // WNOWAIT: the exited leader stays a zombie, so its pid (our process group id) cannot be
+    // reused while we kill whatever is left in the group.
+    siginfo_t info{};
+    if (waitid(P_PID, pid_, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+      pid_ = -1;
+      return absl::InternalError("waitid failed");
+    }
+    if (info.si_pid == pid_) {
+      kill(-pid_, SIGKILL);  // leftovers of the group (e.g. Chromium's helper processes)
+      int status = 0;
+      waitpid(pid_, &status, 0);
+      exit_code_ = DecodeStatus(status);
+      pid_ = -1;
+      return exit_code_;
+    }
+    if (absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("pid ", pid_, " still running after ", absl::FormatDuration(timeout)));
+}
+
+int Subprocess::Terminate() {
+  if (pid_ <= 0) return exit_code_;
+  kill(-pid_, SIGTERM);
+  absl::StatusOr<int> code = Wait(absl::Seconds(5));
+  if (!code.ok()) {
+    kill(-pid_, SIGKILL);
+    code = Wait(absl::Seconds(5));
+  }
+  return code.ok() ? *code : -1;
+}
+
+bool Subprocess::Running() {
+  if (pid_ <= 0) return false;
+  return !Wait(absl::ZeroDuration()).ok();
+}
+
+std::string Subprocess::Log() const { return ReadFileOrEmpty(log_path_); }
+
+absl::StatusOr<RunResult> RunTool(const std::vector<std::string>& argv, absl::Duration timeout,
+                                  const std::string& stdin_path) {
+  static std::atomic<int> counter{0};
+  const std::string log = absl::StrCat(MakeTempDir("run"), "/output-", counter++, ".log");
+  absl::StatusOr<Subprocess> process = Subprocess::Start(argv, log, stdin_path);
+  if (!process.ok()) return process.status();
+  absl::StatusOr<int> code = process->Wait(timeout);
+  if (!code.ok()) {
+    process->Terminate();
+    return absl::DeadlineExceededError(absl::StrCat(argv[0], " did not finish within ",
+                                                    absl::FormatDuration(timeout), ": ",
+                                                    ReadFileOrEmpty(log)));
+  }
+  return RunResult{*code, ReadFileOrEmpty(log)};
+}
+
+std::string MakeTempDir(const std::string& prefix) {
+  const std::string root = std::string(KVBLOCK_BINARY_DIR) + "/test-scratch";
+  mkdir(root.c_str(), 0755);
+  std::string tmpl = absl::StrCat(root, "/", prefix, "-XXXXXX");
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    ADD_FAILURE() << "mkdtemp failed under " << root;
+    return root;
+  }
+  return tmpl;
+}
+
+int PickFreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+absl::StatusOr<HttpResponse> HttpGet(int port, const std::string& path_and_query,
+                                     absl::Duration timeout) {
+  httplib::Client client("127.0.0.1", port);
+  const int64_t usec = absl::ToInt64Microseconds(timeout);
+  client.set_connection_timeout(usec / 1000000, usec % 1000000);
+  client.set_read_timeout(usec / 1000000, usec % 1000000);
+  auto res = client.Get(path_and_query.c_str());
+  if (!res) {
+    return absl::UnavailableError(absl::StrCat("GET 127.0.0.1:", port, path_and_query, ": ",
+                                               httplib::to_string(res.error())));
+  }
+  return HttpResponse{res->status, res->body};
+}
+
+bool WaitFor(const std::function<bool()>& ready, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (ready()) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<DemoServer> StartDemoServer(const std::vector<std::string>& extra_args) {
+  const std::string dir = MakeTempDir("demo");
+  const std::string port_file = dir + "/port";
+  std::vector<std::string> argv = {KVBLOCK_DEMO_SERVER,
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--port-file",
+                                   port_file,
+                                   "--max-seconds",
+                                   "120",
+                                   "--data-dir",
+                                   dir};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  absl::StatusOr<Subprocess> process = Subprocess::Start(argv, dir + "/server.log");
+  if (!process.ok()) return process.status();
+  int port = 0;
+  const bool up = WaitFor(
+      [&] {
+        std::string text = ReadFileOrEmpty(port_file);
+        return !text.empty() && absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) &&
+               port > 0;
+      },
+      absl::Seconds(20));
+  if (!up) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("demo server did not report a port within 20 s: ", process->Log()));
+  }
+  return DemoServer{std::move(*process), port};
+}
+
+int ExternalToolsMain(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  for (const std::string& tool : kRequiredTools) {
+    if (!FindTool(tool)) {
+      std::printf("SKIP: '%s' is not installed (scripts/install-deps.sh installs it)\n",
+                  tool.c_str());
+      return 77;
+    }
+  }
+  return RUN_ALL_TESTS();
+}
+
+}  // namespace kvblock::metrics::testing
+
+int main(int argc, char** argv) { return kvblock::metrics::testing::ExternalToolsMain(argc, argv); }

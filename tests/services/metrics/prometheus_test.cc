@@ -1,0 +1,194 @@
+// A real Prometheus server (Debian's `prometheus`) on loopback scrapes a running process every
+// second; its HTTP query API then returns the kvblock series with plausible values, and its
+// histogram_quantile() over our buckets agrees with the percentiles /api/stats computes.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/services/metrics/external_tools.h"
+
+namespace kvblock::metrics::testing {
+
+const std::vector<std::string> kRequiredTools = {"prometheus"};
+
+namespace {
+
+std::string UrlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += absl::StrCat("%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return out;
+}
+
+class PrometheusTest : public ::testing::Test {
+ protected:
+  // Starts the demo server and a Prometheus scraping it every second.
+  void SetUp() override {
+    absl::StatusOr<DemoServer> demo =
+        StartDemoServer({"--rate", absl::StrCat(kRate), "--hit-ratio", "0.8"});
+    ASSERT_TRUE(demo.ok()) << demo.status();
+    demo_.emplace(std::move(*demo));
+
+    const std::string dir = MakeTempDir("prometheus");
+    dir_ = dir;
+    const std::string config = dir + "/prometheus.yml";
+    std::ofstream(config) << "global:\n"
+                          << "  scrape_interval: 1s\n"
+                          << "  evaluation_interval: 1s\n"
+                          << "scrape_configs:\n"
+                          << "  - job_name: kvblock\n"
+                          << "    scrape_timeout: 1s\n"
+                          << "    static_configs:\n"
+                          << "      - targets: ['127.0.0.1:" << demo_->port << "']\n";
+    // A port picked free can be taken before Prometheus binds it: retry a few times.
+    for (int attempt = 0; attempt < 3 && !prometheus_; ++attempt) {
+      prom_port_ = PickFreePort();
+      absl::StatusOr<Subprocess> p =
+          Subprocess::Start({*FindTool("prometheus"), "--config.file=" + config,
+                             "--storage.tsdb.path=" + dir + "/data-" + std::to_string(attempt),
+                             absl::StrCat("--web.listen-address=127.0.0.1:", prom_port_),
+                             "--log.level=warn", "--storage.tsdb.retention.time=1h"},
+                            dir + "/prometheus-" + std::to_string(attempt) + ".log");
+      ASSERT_TRUE(p.ok()) << p.status();
+      const bool ready = WaitFor(
+          [&] {
+            absl::StatusOr<HttpResponse> r = HttpGet(prom_port_, "/-/ready", absl::Seconds(1));
+            return (r.ok() && r->status == 200) || !p->Running();
+          },
+          absl::Seconds(60));
+      if (ready && p->Running()) {
+        prometheus_.emplace(std::move(*p));
+      } else {
+        log_ = p->Log();
+        p->Terminate();
+      }
+    }
+    ASSERT_TRUE(prometheus_.has_value()) << "Prometheus did not become ready:\n" << log_;
+  }
+
+  void TearDown() override {
+    if (prometheus_) prometheus_->Terminate();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);  // the TSDB; logs were shown on failure
+  }
+
+  // Instant query; the `result` array (empty when the query failed).
+  nlohmann::json Query(const std::string& promql) {
+    absl::StatusOr<HttpResponse> r =
+        HttpGet(prom_port_, "/api/v1/query?query=" + UrlEncode(promql));
+    if (!r.ok() || r->status != 200) return nlohmann::json::array();
+    nlohmann::json doc = nlohmann::json::parse(r->body, nullptr, /*allow_exceptions=*/false);
+    if (doc.is_discarded() || doc["status"] != "success") return nlohmann::json::array();
+    return doc["data"]["result"];
+  }
+  // The value of a single-sample vector result; NaN when there is none.
+  double Scalar(const std::string& promql) {
+    nlohmann::json result = Query(promql);
+    if (result.size() != 1) return NAN;
+    return std::stod(result[0]["value"][1].get<std::string>());
+  }
+
+  static constexpr int kRate = 2000;
+  std::optional<DemoServer> demo_;
+  std::optional<Subprocess> prometheus_;
+  int prom_port_ = 0;
+  std::string log_;
+  std::string dir_;
+};
+
+TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
+  // Wait (bounded) until Prometheus has scraped enough for 5 s rates: up == 1 and a rate exists.
+  const bool scraped = WaitFor(
+      [&] {
+        return Scalar("up{job=\"kvblock\"}") == 1 &&
+               Query("rate(kvblock_requests_total[5s])").size() >= 3;
+      },
+      absl::Seconds(60));
+  ASSERT_TRUE(scraped) << "no scrapes within 60 s; prometheus log:\n" << prometheus_->Log();
+  // Two more scrapes so the windows below hold several samples.
+  absl::SleepFor(absl::Seconds(2));
+
+  // Build info: one series, value 1, the labels our process reported.
+  nlohmann::json build = Query("kvblock_build_info");
+  ASSERT_EQ(build.size(), 1u) << build.dump();
+  EXPECT_EQ(build[0]["metric"]["component"], "metrics-demo");
+  EXPECT_EQ(build[0]["metric"]["job"], "kvblock");
+  EXPECT_FALSE(build[0]["metric"]["version"].get<std::string>().empty());
+  EXPECT_EQ(build[0]["value"][1], "1");
+
+  // Request rate near what the demo generates (wide band: 2 shared cores).
+  const double rps = Scalar("sum(rate(kvblock_requests_total[5s]))");
+  EXPECT_GT(rps, kRate * 0.3) << rps;
+  EXPECT_LT(rps, kRate * 1.5) << rps;
+  // Every method and the error codes are distinct series.
+  nlohmann::json by_method = Query("sum by (method) (kvblock_requests_total)");
+  EXPECT_EQ(by_method.size(), 3u) << by_method.dump();
+  EXPECT_GT(Scalar("sum(kvblock_requests_total{code=\"NOT_FOUND\"})"), 0);
+
+  // Hit rate over the window: ~0.8 as configured.
+  const double hit_rate = Scalar(
+      "sum(rate(kvblock_cache_hits_total[10s])) / (sum(rate(kvblock_cache_hits_total[10s])) + "
+      "sum(rate(kvblock_cache_misses_total[10s])))");
+  EXPECT_NEAR(hit_rate, 0.8, 0.05);
+  EXPECT_EQ(Query("kvblock_cache_hits_total").size(), 2u);  // tier="memory", tier="disk"
+
+  // Bytes: outbound (Get over UCX and gRPC) and inbound (Put) both flow, ~1 MiB per block.
+  const double out_bps = Scalar("sum(rate(kvblock_bytes_total{direction=\"out\"}[5s]))");
+  EXPECT_GT(out_bps, kRate * 0.3 * 0.35 * 0.8 * 256 * 1024) << out_bps;
+  EXPECT_GT(Scalar("sum(rate(kvblock_bytes_total{direction=\"in\"}[5s]))"), 0);
+
+  // Latency from our buckets through Prometheus' own histogram_quantile: Lookup is ~0.3 ms,
+  // Get ~2..8 ms, so p50 over everything lands between 0.1 ms and 10 ms.
+  const double p50 = Scalar(
+      "histogram_quantile(0.5, sum by (le) (rate(kvblock_request_duration_seconds_bucket[10s])))");
+  const double p99 = Scalar(
+      "histogram_quantile(0.99, sum by (le) (rate(kvblock_request_duration_seconds_bucket[10s])))");
+  EXPECT_GT(p50, 0.0001);
+  EXPECT_LT(p50, 0.01);
+  EXPECT_GT(p99, p50);
+  EXPECT_LT(p99, 0.2);
+  // Our /api/stats estimate from the same buckets agrees (same stationary distribution,
+  // different windows): within a factor of 2.
+  absl::StatusOr<HttpResponse> stats = HttpGet(demo_->port, "/api/stats");
+  ASSERT_TRUE(stats.ok());
+  nlohmann::json doc = nlohmann::json::parse(stats->body);
+  const double our_p50 = doc["current"]["p50_s"].get<double>();
+  const double our_p99 = doc["current"]["p99_s"].get<double>();
+  EXPECT_GT(our_p50, p50 / 2) << our_p50 << " vs " << p50;
+  EXPECT_LT(our_p50, p50 * 2) << our_p50 << " vs " << p50;
+  EXPECT_GT(our_p99, p99 / 2) << our_p99 << " vs " << p99;
+  EXPECT_LT(our_p99, p99 * 2) << our_p99 << " vs " << p99;
+  std::printf(
+      "measured: rate %.0f req/s (nominal %d), hit rate %.3f, out %.1f MiB/s, p50 %.3f ms "
+      "(ours %.3f), p99 %.3f ms (ours %.3f)\n",
+      rps, kRate, hit_rate, out_bps / (1 << 20), p50 * 1e3, our_p50 * 1e3, p99 * 1e3,
+      our_p99 * 1e3);
+
+  // Process metrics: plausible memory, uptime that grows, CPU used.
+  const double rss = Scalar("kvblock_process_resident_memory_bytes");
+  EXPECT_GT(rss, 1 << 20);
+  EXPECT_LT(rss, 16.0 * (1ull << 30));
+  const double uptime = Scalar("kvblock_process_uptime_seconds");
+  EXPECT_GT(uptime, 2);
+  EXPECT_LT(uptime, 120);
+  EXPECT_GT(Scalar("kvblock_process_cpu_seconds_total"), 0);
+  // Tier gauges from the collector: the memory tier stays within its 256 MiB budget.
+  const double mem_tier = Scalar("kvblock_tier_bytes{tier=\"memory\"}");
+  EXPECT_GT(mem_tier, 0);
+  EXPECT_LE(mem_tier, Scalar("kvblock_tier_capacity_bytes{tier=\"memory\"}"));
+  // Prometheus parsed every sample of each scrape (no dropped or failed scrapes).
+  EXPECT_GT(Scalar("scrape_samples_scraped{job=\"kvblock\"}"), 100);
+}
+
+}  // namespace
+}  // namespace kvblock::metrics::testing
