@@ -11,6 +11,7 @@ PACKAGES=(
   libre2-dev libutf8proc-dev libcli11-dev libcpp-httplib-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-venv python3-pip
+  prometheus chromium fonts-dejavu-core
 )
 
 missing=()
