@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
 #include "worker/indexer/block_splitter.h"
 #include "worker/indexer/indexer.h"
@@ -66,7 +67,9 @@ absl::StatusOr<std::vector<Question>> ParseQuestions(const std::string& text) {
 }
 
 // Printable form of a generated answer (a random model emits arbitrary bytes).
-std::string Printable(const std::string& s, size_t max_chars) {
+std::string Printable(const std::string& text, size_t max_chars) {
+  // Bytes that are not UTF-8 were decoded to U+FFFD; show each as '?'.
+  const std::string s = absl::StrReplaceAll(text, {{"\xEF\xBF\xBD", "?"}});
   std::string out;
   for (unsigned char c : s) {
     if (out.size() >= max_chars) {
