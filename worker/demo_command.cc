@@ -1,18 +1,34 @@
 #include "worker/demo_command.h"
 
 #include <iostream>
+#include <memory>
 
 #include "CLI/CLI.hpp"
+#include "worker/demo/demo.h"
 
 namespace kvblock {
 
 void AddDemoCommand(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("demo", "Index a sample corpus and answer questions in block and full mode");
-  cmd->callback([] {
-    std::cout << "kvblock demo will: build an embedded cache (memory over RocksDB), index a bundled\n"
-                 "corpus with a small model, then answer sample questions in block mode and full\n"
-                 "mode, printing TTFT, cache hits and answers side by side. The engine and worker\n"
-                 "are not built yet, so this run stops here.\n";
+  auto options = std::make_shared<DemoOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "demo", "Index a sample corpus and answer questions in block and full mode");
+  cmd->add_option("--data-dir", options->data_dir,
+                  "Model, corpus copy, manifest and cache (created if missing)")
+      ->capture_default_str();
+  cmd->add_option("--corpus", options->corpus_path,
+                  "JSONL corpus replacing the bundled one ({\"id\",\"title\",\"text\"})");
+  cmd->add_option("--questions", options->questions_path,
+                  "JSONL questions replacing the bundled ones ({\"id\",\"question\",\"passages\"})");
+  cmd->add_option("--max-new-tokens", options->max_new_tokens, "Tokens per answer")
+      ->capture_default_str();
+  cmd->add_option("--passes", options->passes, "Times the questions are asked")
+      ->capture_default_str();
+  cmd->callback([options] {
+    absl::StatusOr<DemoSummary> s = RunDemo(*options, std::cout);
+    if (!s.ok()) {
+      std::cerr << "kvblock demo: " << s.status() << "\n";
+      throw CLI::RuntimeError(1);
+    }
   });
 }
 

@@ -8,6 +8,7 @@
 #include "services/cache_server_command.h"
 #include "worker/demo_command.h"
 #include "worker/generate_command.h"
+#include "worker/indexer/index_command.h"
 #include "worker/tokenize_command.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "kvblock 0.1.0");
   kvblock::AddDemoCommand(app);
   kvblock::AddGenerateCommand(app);
+  kvblock::AddIndexCommand(app);
   kvblock::AddTokenizeCommand(app);
   kvblock::AddInspectCommand(app);
   kvblock::AddCacheServerCommand(app);
