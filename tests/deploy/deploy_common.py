@@ -156,7 +156,7 @@ def subcommands(kvblock):
     rc, text = kvblock_help(kvblock)
     if rc != 0:
         raise AssertionError("kvblock --help failed: " + text)
-    m = re.search(r"SUBCOMMANDS:\n(.*)", text, re.S)
+    m = re.search(r"(?i)subcommands:\n(.*)", text, re.S)
     if not m:
         raise AssertionError("kvblock --help lists no subcommands:\n" + text)
     return set(re.findall(r"^\s+([a-z][a-z0-9-]*)\s", m.group(1), re.M))
@@ -276,3 +276,8 @@ def scraped_families(text):
         if kind in ("histogram", "summary"):
             names.update({name + "_bucket", name + "_sum", name + "_count"})
     return names, types
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
