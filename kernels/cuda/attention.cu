@@ -69,10 +69,66 @@ __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  // src-size 0 zero-fills the 16 bytes (keys past the tile's end) without reading gmem.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// A tile of up to 64 keys inside one segment.
+struct Tile {
+  int k0;           // global key index of the first key
+  int seg;          // segment index
+  int in_seg;       // first key's index inside the segment
+  int len;          // keys in the tile
+  int rope_offset;  // the segment's re-encoding offset
+};
+
+// The tile starting at key k0 (< end), advancing the segment cursor; false past the end.
+__device__ __forceinline__ bool FindTile(const AttentionParams& p, const AttnSequence& seq, int k0,
+                                         int end, int& seg, int& seg_start, Tile& t) {
+  if (k0 >= end) return false;
+  while (seg < seq.seg_end && k0 - seg_start >= p.segs[seg].num_tokens) {
+    seg_start += p.segs[seg].num_tokens;
+    ++seg;
+  }
+  if (seg >= seq.seg_end) return false;  // malformed table: fewer keys than num_keys
+  const int n = p.segs[seg].num_tokens;
+  t.k0 = k0;
+  t.seg = seg;
+  t.in_seg = k0 - seg_start;
+  t.len = min(kMmaKeys, min(end - k0, n - t.in_seg));
+  t.rope_offset = p.segs[seg].rope_offset;
+  return true;
+}
+
+// Starts the asynchronous copy of a tile's K and V into one shared-memory stage.
+template <int D>
+__device__ __forceinline__ void IssueTileLoad(const AttentionParams& p, const Tile& t, int kvh,
+                                              bf16* sK, bf16* sV, int tid, int threads) {
+  constexpr int kStride = D + 8;
+  const AttnSegment& sg = p.segs[t.seg];
+  const bf16* kbase = static_cast<const bf16*>(sg.k) + kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
+  const bf16* vbase = static_cast<const bf16*>(sg.v) + kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
+  for (int i = tid; i < kMmaKeys * (D / 8); i += threads) {
+    const int key = i / (D / 8), c = i % (D / 8);
+    const bool valid = key < t.len;
+    const int off = valid ? key * D + c * 8 : 0;
+    CpAsync16(sK + key * kStride + c * 8, kbase + off, valid);
+    CpAsync16(sV + key * kStride + c * 8, vbase + off, valid);
+  }
+}
+
 template <int D>
 struct MmaShape {
   static constexpr int kStride = D + 8;  // bf16 per shared row: 16-byte pad against bank conflicts
-  static constexpr int kSmemBytes = (kMmaRows + 2 * kMmaKeys) * kStride * 2 + D * 4;
+  static constexpr int kSmemBytes = (kMmaRows + 4 * kMmaKeys) * kStride * 2 + D * 4;  // Q, 2x(K, V)
 };
 
 // Writes one row's result: straight to `o` (normalized, storage type) without splits, else the
@@ -88,9 +144,9 @@ __global__ void __launch_bounds__(kMmaThreads)
   using S = MmaShape<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* sK = sQ + kMmaRows * S::kStride;
-  bf16* sV = sK + kMmaKeys * S::kStride;
-  float* sCos = reinterpret_cast<float*>(sV + kMmaKeys * S::kStride);
+  bf16* sK = sQ + kMmaRows * S::kStride;   // two stages
+  bf16* sV = sK + 2 * kMmaKeys * S::kStride;  // two stages
+  float* sCos = reinterpret_cast<float*>(sV + 2 * kMmaKeys * S::kStride);
   float* sSin = sCos + D / 2;
 
   const AttnSequence seq = p.seqs[blockIdx.z];
@@ -133,63 +189,58 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int hi = 0; hi < 2; ++hi) t_row[hi] = (row0 + warp * 16 + g + hi * 8) / group;
   const float scale_log2 = p.scale * kLog2e;
 
+  // Tiles stream through two shared-memory stages: the next tile's cp.async copies are in
+  // flight while the current one is computed.
+  Tile cur, nxt;
   int seg = seq.seg_begin, seg_start = 0;
+  bool have = FindTile(p, seq, range.begin, range.end, seg, seg_start, cur);
+  if (have) IssueTileLoad<D>(p, cur, kvh, sK, sV, tid, kMmaThreads);
+  CpAsyncCommit();
+  int stage = 0;
   int table_offset = 0;  // rope offset whose cos/sin are in sCos/sSin (0 = none)
-  for (int k0 = range.begin; k0 < range.end;) {
-    while (seg < seq.seg_end && k0 - seg_start >= p.segs[seg].num_tokens) {
-      seg_start += p.segs[seg].num_tokens;
-      ++seg;
+  while (have) {
+    const bool more = FindTile(p, seq, cur.k0 + cur.len, range.end, seg, seg_start, nxt);
+    if (more) {
+      IssueTileLoad<D>(p, nxt, kvh, sK + (stage ^ 1) * kMmaKeys * S::kStride,
+                       sV + (stage ^ 1) * kMmaKeys * S::kStride, tid, kMmaThreads);
     }
-    if (seg >= seq.seg_end) break;  // malformed table: fewer keys than num_keys
-    const AttnSegment sg = p.segs[seg];
-    const int in_seg = k0 - seg_start;
-    const int tile_len = min(kMmaKeys, min(range.end - k0, sg.num_tokens - in_seg));
-    const bool rotate = sg.rope_offset != 0;
-    if (rotate && sg.rope_offset != table_offset) {
-      __syncthreads();  // the previous table may still be read
-      for (int i = tid; i < D / 2; i += kMmaThreads) {
-        // Angle in f64 like the CPU twin (kernels/cpu/rope.h ReencodeK): offsets reach 1e5 rad.
-        double s, c;
-        sincos(static_cast<double>(sg.rope_offset) * p.inv_freq[i], &s, &c);
-        sCos[i] = static_cast<float>(c);
-        sSin[i] = static_cast<float>(s);
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // the current tile's group has landed (this thread's part)
+    __syncthreads();
+    bf16* tK = sK + stage * kMmaKeys * S::kStride;
+    const bf16* tV = sV + stage * kMmaKeys * S::kStride;
+    if (cur.rope_offset != 0) {
+      if (cur.rope_offset != table_offset) {
+        for (int i = tid; i < D / 2; i += kMmaThreads) {
+          // Angle in f64 like the CPU twin (kernels/cpu/rope.h ReencodeK): offsets reach 1e5 rad.
+          double sn, cs;
+          sincos(static_cast<double>(cur.rope_offset) * p.inv_freq[i], &sn, &cs);
+          sCos[i] = static_cast<float>(cs);
+          sSin[i] = static_cast<float>(sn);
+        }
+        table_offset = cur.rope_offset;
+        __syncthreads();
       }
-      table_offset = sg.rope_offset;
+      // Re-encode K in shared memory: rotate pairs (i, i + D/2) by rope_offset * inv_freq[i].
+      for (int i = tid; i < kMmaKeys * (D / 16); i += kMmaThreads) {
+        const int key = i / (D / 16), c = i % (D / 16);
+        uint4 lo = *reinterpret_cast<uint4*>(tK + key * S::kStride + c * 8);
+        uint4 hi = *reinterpret_cast<uint4*>(tK + key * S::kStride + D / 2 + c * 8);
+        bf16* l8 = reinterpret_cast<bf16*>(&lo);
+        bf16* h8 = reinterpret_cast<bf16*>(&hi);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
+          const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
+          l8[e] = __float2bfloat16_rn(x0 * cs - x1 * sn);
+          h8[e] = __float2bfloat16_rn(x1 * cs + x0 * sn);
+        }
+        *reinterpret_cast<uint4*>(tK + key * S::kStride + c * 8) = lo;
+        *reinterpret_cast<uint4*>(tK + key * S::kStride + D / 2 + c * 8) = hi;
+      }
       __syncthreads();
     }
-    // K tile (rotated on the way in) and V tile.
-    const bf16* kbase = static_cast<const bf16*>(sg.k) + kvh * sg.head_stride +
-                        static_cast<int64_t>(in_seg) * D;
-    const bf16* vbase = static_cast<const bf16*>(sg.v) + kvh * sg.head_stride +
-                        static_cast<int64_t>(in_seg) * D;
-    for (int i = tid; i < kMmaKeys * (D / 16); i += kMmaThreads) {
-      const int key = i / (D / 16), c = i % (D / 16);
-      uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-      if (key < tile_len) {
-        lo = *reinterpret_cast<const uint4*>(kbase + key * D + c * 8);
-        hi = *reinterpret_cast<const uint4*>(kbase + key * D + D / 2 + c * 8);
-        if (rotate) {
-          bf16* l8 = reinterpret_cast<bf16*>(&lo);
-          bf16* h8 = reinterpret_cast<bf16*>(&hi);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
-            const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
-            l8[e] = __float2bfloat16_rn(x0 * cs - x1 * sn);
-            h8[e] = __float2bfloat16_rn(x1 * cs + x0 * sn);
-          }
-        }
-      }
-      *reinterpret_cast<uint4*>(sK + key * S::kStride + c * 8) = lo;
-      *reinterpret_cast<uint4*>(sK + key * S::kStride + D / 2 + c * 8) = hi;
-    }
-    for (int i = tid; i < kMmaKeys * (D / 8); i += kMmaThreads) {
-      const int key = i / (D / 8), c = i % (D / 8);
-      uint4 val = make_uint4(0, 0, 0, 0);
-      if (key < tile_len) val = *reinterpret_cast<const uint4*>(vbase + key * D + c * 8);
-      *reinterpret_cast<uint4*>(sV + key * S::kStride + c * 8) = val;
-    }
-    __syncthreads();
+    const int k0 = cur.k0, tile_len = cur.len;
 
     // S = Q K^T for this warp's 16 rows x 64 keys.
     float sacc[kMmaKeys / 8][4];
@@ -200,7 +251,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int np = 0; np < kMmaKeys / 16; ++np) {
         const bf16* ptr =
-            sK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
+            tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
         uint32_t b0, b1, b2, b3;
         LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
         Mma(sacc[2 * np], qf[ks], b0, b1);
@@ -257,16 +308,19 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         const int mi = lane >> 3;
-        const bf16* ptr = sV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
+        const bf16* ptr = tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
         uint32_t b0, b1, b2, b3;
         LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
         Mma(oacc[2 * dp], a, b0, b1);
         Mma(oacc[2 * dp + 1], a, b2, b3);
       }
     }
-    __syncthreads();
-    k0 += tile_len;
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    cur = nxt;
+    have = more;
+    stage ^= 1;
   }
+  CpAsyncWait<0>();
 
   // Finish: full row sums, then write.
 #pragma unroll
@@ -445,6 +499,23 @@ cudaError_t LaunchMma(const AttentionParams& p, int splits, PartialOut ws, cudaS
   return cudaGetLastError();
 }
 
+// CTAs of the tensor-core kernel that fit on one multiprocessor at once (registers and shared
+// memory decide); 2 if the occupancy query fails.
+int MmaBlocksPerSm(int head_dim) {
+  auto query = [](auto kernel, int smem) {
+    int n = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kMmaThreads, smem) != cudaSuccess || n < 1) {
+      cudaGetLastError();  // clear a sticky-free error from the query
+      return 2;
+    }
+    return n;
+  };
+  static const int n64 = query(MmaAttentionKernel<64>, MmaShape<64>::kSmemBytes);
+  static const int n128 = query(MmaAttentionKernel<128>, MmaShape<128>::kSmemBytes);
+  return head_dim == 64 ? n64 : n128;
+}
+
 }  // namespace
 
 int32_t AttentionSplits(const AttentionParams& p, int num_sms) {
@@ -452,8 +523,10 @@ int32_t AttentionSplits(const AttentionParams& p, int num_sms) {
   const int group = p.num_heads / p.num_kv_heads;
   const int64_t ctas = static_cast<int64_t>((p.max_q_len * group + kMmaRows - 1) / kMmaRows) *
                        p.num_kv_heads * p.num_seqs;
-  const int64_t target = 3LL * num_sms;
-  int64_t splits = (target + ctas - 1) / ctas;
+  // Fill exactly one wave of resident CTAs: a second, partial wave would double the time of the
+  // slowest split.
+  const int64_t slots = static_cast<int64_t>(MmaBlocksPerSm(p.head_dim)) * num_sms;
+  int64_t splits = slots / ctas;
   const int64_t by_keys = p.max_keys / 256 > 1 ? p.max_keys / 256 : 1;
   if (splits > by_keys) splits = by_keys;
   if (splits > 128) splits = 128;

@@ -104,6 +104,14 @@ __global__ void SwiGluKernel(const T* gate_up, int64_t stride, int32_t inter, T*
   out[r * inter + i] = FromF<T>(g / (1.f + __expf(-g)) * u);
 }
 
+template <typename T>
+__global__ void BroadcastRowsKernel(const T* row, int32_t n, T* out, int64_t ld) {
+  const int64_t r = blockIdx.y;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    out[r * ld + i] = row[i];
+  }
+}
+
 template <typename S, typename D>
 __global__ void CastKernel(const S* src, D* dst, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -170,6 +178,15 @@ cudaError_t LaunchSwiGlu(DType dtype, const void* gate_up, int64_t gate_up_strid
                          SwiGluKernel<T><<<grid, 256, 0, stream>>>(
                              static_cast<const T*>(gate_up), gate_up_stride, inter,
                              static_cast<T*>(out)));
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchBroadcastRows(DType dtype, const void* row, int32_t rows, int32_t n, void* out,
+                                int64_t ld, cudaStream_t stream) {
+  dim3 grid((n + 255) / 256, rows);
+  KVBLOCK_DISPATCH_DTYPE(dtype, T,
+                         BroadcastRowsKernel<T><<<grid, 256, 0, stream>>>(
+                             static_cast<const T*>(row), n, static_cast<T*>(out), ld));
   return cudaGetLastError();
 }
 

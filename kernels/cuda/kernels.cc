@@ -85,6 +85,14 @@ absl::Status SwiGlu(DType dtype, const void* gate_up, int64_t gate_up_stride, in
                     "SwiGlu");
 }
 
+absl::Status BroadcastRows(DType dtype, const void* row, int32_t rows, int32_t n, void* out,
+                           int64_t ld, cudaStream_t stream) {
+  if (auto s = Positive({rows, n}, "BroadcastRows"); !s.ok()) return s;
+  if (ld < n) return absl::InvalidArgumentError("BroadcastRows: ld < n");
+  return CudaStatus(internal::LaunchBroadcastRows(dtype, row, rows, n, out, ld, stream),
+                    "BroadcastRows");
+}
+
 absl::Status Cast(DType from, DType to, const void* src, void* dst, int64_t n, cudaStream_t stream) {
   if (n < 0) return absl::InvalidArgumentError("Cast: negative size");
   if (n == 0) return absl::OkStatus();

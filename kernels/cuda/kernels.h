@@ -52,6 +52,11 @@ absl::Status ReencodeK(DType dtype, const void* src, void* dst, int32_t num_kv_h
 absl::Status SwiGlu(DType dtype, const void* gate_up, int64_t gate_up_stride, int32_t rows,
                     int32_t inter, void* out, cudaStream_t stream);
 
+// out[r][i] = row[i] for r < rows, i < n (rows `ld` elements apart): a bias before a GEMM with
+// beta = 1.
+absl::Status BroadcastRows(DType dtype, const void* row, int32_t rows, int32_t n, void* out,
+                           int64_t ld, cudaStream_t stream);
+
 // Element-wise conversion between storage types.
 absl::Status Cast(DType from, DType to, const void* src, void* dst, int64_t n, cudaStream_t stream);
 

@@ -12,9 +12,13 @@ grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/i
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libnvidia)'
 for b in "$@"; do
   cp "$build/$b" "$out/bin/"
+  # Debug info would push the carried tree past the device tool's 64 MiB.
+  strip --strip-debug "$out/bin/$(basename "$b")"
   ldd "$build/$b" | awk '/=> \//{print $1" "$3}' | while read -r name path; do
     [[ "$name" =~ $skip ]] && continue
     cp -nL "$path" "$out/lib/" 2>/dev/null || true
   done
 done
+chmod u+w "$out"/lib/* 2>/dev/null || true
+strip --strip-debug "$out"/lib/* 2>/dev/null || true
 du -sh "$out"

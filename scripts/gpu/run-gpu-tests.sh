@@ -2,8 +2,8 @@
 # Runs ON the GPU machine, in a tree where scripts/gpu/prepare.sh packed binaries into .device/:
 #   1. environment report (GPU, driver, that every packed binary resolves its libraries);
 #   2. every packed GPU test (.device/bin/*_test; each exits 77 without a GPU);
-#   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` if .device/bin/kvblock exists and
-#      KVBLOCK_BENCH_ARGS is set;
+#   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` (or .device/bin/ttft_bench, the same benchmark
+#      linked standalone) if KVBLOCK_BENCH_ARGS is set (e.g. "--runs 10");
 #   4. the Hugging Face baseline (.device/tools/bench_hf_ttft.py) if KVBLOCK_HF=1.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out. Exit status: the
 # number of failed steps.
@@ -21,7 +21,12 @@ done
 if [ -z "$cuda_lib" ]; then
   cuda_lib="$(dirname "$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")"
 fi
-export LD_LIBRARY_PATH="$PWD/.device/lib:${cuda_lib}:${LD_LIBRARY_PATH:-}"
+libdir="$PWD/.device/lib"
+if [ -e .device/lib.tar.xz ]; then  # prepare.sh ships the libraries compressed
+  libdir=/tmp/kvblock-device-lib
+  mkdir -p "$libdir" && tar -C "$libdir" --strip-components=1 -xJf .device/lib.tar.xz
+fi
+export LD_LIBRARY_PATH="$libdir:${cuda_lib}:${LD_LIBRARY_PATH:-}"
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   uname -r
@@ -32,6 +37,8 @@ export LD_LIBRARY_PATH="$PWD/.device/lib:${cuda_lib}:${LD_LIBRARY_PATH:-}"
   done
 } 2>&1 | tee "$out/env.log"
 
+# Fixtures for the engine test: the packed copy of ../shared/fixtures plus the repository's own.
+export KVBLOCK_TEST_FIXTURES="$PWD/.device/fixtures:$PWD/tests/fixtures"
 for t in .device/bin/*_test; do
   [ -e "$t" ] || continue
   name="$(basename "$t")"
@@ -42,10 +49,13 @@ for t in .device/bin/*_test; do
   [ "$rc" -eq 0 ] || failed=$((failed + 1))
 done
 
-if [ -x .device/bin/kvblock ] && [ -n "${KVBLOCK_BENCH_ARGS:-}" ]; then
-  echo "=== kvblock bench ttft $KVBLOCK_BENCH_ARGS"
+# The benchmark: `kvblock bench ttft`, or the standalone ttft_bench (same code, fewer libraries).
+bench=.device/bin/kvblock
+[ -x "$bench" ] || bench=.device/bin/ttft_bench
+if [ -x "$bench" ] && [ -n "${KVBLOCK_BENCH_ARGS:-}" ]; then
+  echo "=== $(basename "$bench") bench ttft $KVBLOCK_BENCH_ARGS"
   # shellcheck disable=SC2086
-  .device/bin/kvblock bench ttft $KVBLOCK_BENCH_ARGS --json "$out/bench_ttft.json" 2>&1 | tee "$out/bench_ttft.log"
+  "$bench" bench ttft $KVBLOCK_BENCH_ARGS --json "$out/bench_ttft.json" 2>&1 | tee "$out/bench_ttft.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 fi
 

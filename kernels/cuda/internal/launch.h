@@ -23,6 +23,8 @@ cudaError_t LaunchReencodeK(DType dtype, const void* src, void* dst, int32_t num
                             int32_t offset, const float* inv_freq, cudaStream_t stream);
 cudaError_t LaunchSwiGlu(DType dtype, const void* gate_up, int64_t gate_up_stride, int32_t rows,
                          int32_t inter, void* out, cudaStream_t stream);
+cudaError_t LaunchBroadcastRows(DType dtype, const void* row, int32_t rows, int32_t n, void* out,
+                                int64_t ld, cudaStream_t stream);
 cudaError_t LaunchCast(DType from, DType to, const void* src, void* dst, int64_t n,
                        cudaStream_t stream);
 cudaError_t LaunchFillRandom(DType dtype, void* dst, int64_t n, uint64_t seed, float scale,

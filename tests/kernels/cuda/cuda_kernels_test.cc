@@ -450,6 +450,27 @@ TEST(CudaKernels, EmbeddingGathersRowsAndPoisonsBadIds) {
   }
 }
 
+TEST(CudaKernels, BroadcastRowsAndCastRoundTrip) {
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    const int rows = 5, n = 300, ld = 311;
+    const std::vector<float> row = RandomValues(n, dt);
+    DeviceBuffer d_row = Upload(row, dt), d_out(size_t(rows) * ld * DTypeBytes(dt));
+    ASSERT_TRUE(BroadcastRows(dt, d_row.get(), rows, n, d_out.get(), ld, nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> got = Download(d_out.get(), size_t(rows) * ld, dt);
+    for (int r = 0; r < rows; ++r) {
+      for (int i = 0; i < n; ++i) ASSERT_EQ(got[size_t(r) * ld + i], row[i]);
+    }
+  }
+  const std::vector<float> x = RandomValues(1000, DType::kF32);
+  DeviceBuffer dx = Upload(x, DType::kF32), db(2000), dy(4000);
+  ASSERT_TRUE(Cast(DType::kF32, DType::kBF16, dx.get(), db.get(), 1000, nullptr).ok());
+  ASSERT_TRUE(Cast(DType::kBF16, DType::kF32, db.get(), dy.get(), 1000, nullptr).ok());
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> y = Download(dy.get(), 1000, DType::kF32);
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(y[i], Bf16ToFloat(FloatToBf16(x[i])));
+}
+
 TEST(CudaKernels, LinearMatchesDoubleReference) {
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreate(&stream));

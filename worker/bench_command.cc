@@ -1,0 +1,489 @@
+// `kvblock bench ttft`; see bench_command.h.
+#include "worker/bench_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include "CLI/CLI.hpp"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+#ifdef KVBLOCK_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cache/block_key.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/kernels.h"
+#include "worker/engine/cuda/cuda_model.h"
+#include "worker/engine/cuda/gpu_tier.h"
+#endif
+
+namespace kvblock {
+
+absl::Status BenchTtftOptions::Validate() const {
+  if (lengths.empty() || final_block <= 0 || passage <= 0 || runs < 1 || warmup < 0 ||
+      decode_context <= 0 || encode_batch <= 0) {
+    return absl::InvalidArgumentError("bench ttft: sizes and runs must be positive");
+  }
+  for (int l : lengths) {
+    if (l <= final_block) return absl::InvalidArgumentError(absl::StrCat("bench ttft: length ", l, " <= final block"));
+  }
+  for (int b : decode_batches) {
+    if (b <= 0) return absl::InvalidArgumentError("bench ttft: decode batch must be positive");
+  }
+  return absl::OkStatus();
+}
+
+#ifndef KVBLOCK_WITH_CUDA
+
+absl::Status RunBenchTtft(const BenchTtftOptions&) {
+  return absl::FailedPreconditionError("bench ttft: this kvblock was built without CUDA");
+}
+
+#else
+
+namespace {
+
+using cuda::CudaStatus;
+using Clock = std::chrono::steady_clock;
+
+#define BENCH_RETURN_IF_ERROR(expr) \
+  do {                              \
+    absl::Status _st = (expr);      \
+    if (!_st.ok()) return _st;      \
+  } while (0)
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+// Times `fn` (which must leave the GPU idle when it returns) `warmup` + `runs` times.
+template <typename Fn>
+absl::StatusOr<double> MedianMs(int warmup, int runs, Fn fn) {
+  std::vector<double> times;
+  for (int i = 0; i < warmup + runs; ++i) {
+    const auto t0 = Clock::now();
+    BENCH_RETURN_IF_ERROR(fn());
+    const double ms = Ms(Clock::now() - t0);
+    if (i >= warmup) times.push_back(ms);
+  }
+  return Median(times);
+}
+
+cuda::CudaModelSpec Llama3_8B() {
+  cuda::CudaModelSpec s;
+  s.vocab = 128256;
+  s.hidden = 4096;
+  s.intermediate = 14336;
+  s.layers = 32;
+  s.heads = 32;
+  s.kv_heads = 8;
+  s.head_dim = 128;
+  s.rms_eps = 1e-5f;
+  kernels::RopeParams rp;
+  rp.type = kernels::RopeType::kLlama3;
+  rp.theta = 500000.0;
+  rp.factor = 8.0;
+  rp.low_freq_factor = 1.0;
+  rp.high_freq_factor = 4.0;
+  rp.original_max_position_embeddings = 8192;
+  s.inv_freq.resize(64);
+  (void)kernels::ComputeRopeInvFreq(rp, 128, 0, absl::MakeSpan(s.inv_freq));
+  return s;
+}
+
+struct Baselines {
+  double h2d_gbps = 0, hbm_gbps = 0, gemm_tflops = 0;
+};
+
+absl::StatusOr<Baselines> MeasureBaselines(cuda::CudaModel& model, const BenchTtftOptions& o) {
+  Baselines b;
+  cudaStream_t st = model.stream();
+  cudaEvent_t e0, e1;
+  BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&e0), "event"));
+  BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&e1), "event"));
+  auto event_ms = [&](auto body, int reps) -> absl::StatusOr<double> {
+    std::vector<double> v;
+    for (int i = 0; i < reps + 2; ++i) {
+      BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(e0, st), "record"));
+      BENCH_RETURN_IF_ERROR(body());
+      BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(e1, st), "record"));
+      BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventSynchronize(e1), "sync"));
+      float ms = 0;
+      BENCH_RETURN_IF_ERROR(CudaStatus(cudaEventElapsedTime(&ms, e0, e1), "elapsed"));
+      if (i >= 2) v.push_back(ms);
+    }
+    return Median(v);
+  };
+  {
+    const size_t bytes = size_t{1} << 30;
+    auto host = cuda::PinnedMemory::Allocate(bytes);
+    if (!host.ok()) return host.status();
+    std::memset(host->get(), 0x3c, bytes);
+    auto dev = cuda::DeviceMemory::Allocate(bytes);
+    if (!dev.ok()) return dev.status();
+    auto ms = event_ms([&] { return CudaStatus(cudaMemcpyAsync(dev->get(), host->get(), bytes, cudaMemcpyHostToDevice, st), "H2D"); }, 5);
+    if (!ms.ok()) return ms.status();
+    b.h2d_gbps = bytes / (*ms * 1e-3) / 1e9;
+  }
+  {
+    const size_t bytes = size_t{2} << 30;
+    auto src = cuda::DeviceMemory::Allocate(bytes), dst = cuda::DeviceMemory::Allocate(bytes);
+    if (!src.ok()) return src.status();
+    if (!dst.ok()) return dst.status();
+    BENCH_RETURN_IF_ERROR(cuda::FillRandom(cuda::DType::kBF16, src->get(), bytes / 2, 7, 1.f, st));
+    auto ms = event_ms([&] { return CudaStatus(cudaMemcpyAsync(dst->get(), src->get(), bytes, cudaMemcpyDeviceToDevice, st), "D2D"); }, 5);
+    if (!ms.ok()) return ms.status();
+    b.hbm_gbps = 2.0 * bytes / (*ms * 1e-3) / 1e9;  // read + write
+  }
+  {
+    const int n = 8192;
+    auto a = cuda::DeviceMemory::Allocate(size_t{n} * n * 2), w = cuda::DeviceMemory::Allocate(size_t{n} * n * 2),
+         c = cuda::DeviceMemory::Allocate(size_t{n} * n * 2);
+    if (!a.ok() || !w.ok() || !c.ok()) return absl::ResourceExhaustedError("GEMM buffers");
+    BENCH_RETURN_IF_ERROR(cuda::FillRandom(cuda::DType::kBF16, a->get(), int64_t{n} * n, 11, 1.f, st));
+    BENCH_RETURN_IF_ERROR(cuda::FillRandom(cuda::DType::kBF16, w->get(), int64_t{n} * n, 12, 1.f, st));
+    auto ms = event_ms([&] { return model.blas().Linear(cuda::DType::kBF16, a->get(), 0, w->get(), n, n, n, cuda::DType::kBF16, c->get(), 0); }, 10);
+    if (!ms.ok()) return ms.status();
+    b.gemm_tflops = 2.0 * n * n * double{n} / (*ms * 1e-3) / 1e12;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return b;
+}
+
+struct LengthResult {
+  int total = 0, blocks = 0;
+  double block_ms = 0, full_ms = 0, block_floor_ms = 0, full_floor_ms = 0;
+};
+struct DecodeResult {
+  int batch = 0;
+  double step_ms = 0, tokens_per_s = 0, floor_tokens_per_s = 0;
+};
+
+}  // namespace
+
+absl::Status RunBenchTtft(const BenchTtftOptions& o) {
+  BENCH_RETURN_IF_ERROR(o.Validate());
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    return absl::FailedPreconditionError("bench ttft: no CUDA device");
+  }
+  cudaDeviceProp prop{};
+  BENCH_RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties"));
+  const int max_len = *std::max_element(o.lengths.begin(), o.lengths.end());
+  const int max_decode_batch = *std::max_element(o.decode_batches.begin(), o.decode_batches.end());
+  const cuda::CudaModelSpec spec = Llama3_8B();
+  cuda::CudaModelOptions mo;
+  mo.dtype = cuda::DType::kBF16;
+  mo.max_batch_tokens = std::max({max_len, o.encode_batch * o.passage, o.decode_context});
+  mo.kv_pool_tokens = std::max<int64_t>({int64_t{max_len} + o.final_block,
+                                         int64_t{max_decode_batch} * (o.decode_context + 64) + 64,
+                                         int64_t{o.encode_batch} * o.passage});
+  mo.max_seqs = std::max({64, max_decode_batch, o.encode_batch});
+  mo.max_context_runs = max_len / o.passage + 2;
+  std::printf("kvblock bench ttft: %s, %d SMs, %.0f GiB; Llama-3-8B shape, random bf16 weights\n", prop.name,
+              prop.multiProcessorCount, prop.totalGlobalMem / double(1 << 30));
+  const auto t_init = Clock::now();
+  auto model_or = cuda::CudaModel::CreateRandom(spec, mo, o.seed);
+  if (!model_or.ok()) return model_or.status();
+  cuda::CudaModel& model = **model_or;
+  std::printf("weights %.2f GB made on the GPU in %.1f s; KV %.0f KiB/token\n", model.weight_bytes() / 1e9,
+              Ms(Clock::now() - t_init) / 1e3, model.kv_bytes_per_token() / 1024.0);
+  auto base_or = MeasureBaselines(model, o);
+  if (!base_or.ok()) return base_or.status();
+  const Baselines base = *base_or;
+  std::printf("baselines: pinned H2D %.1f GB/s, HBM copy %.0f GB/s (read+write), cuBLAS bf16 GEMM 8192^3 %.0f TFLOP/s\n",
+              base.h2d_gbps, base.hbm_gbps, base.gemm_tflops);
+
+  // Passages: enough for the longest prompt; every prompt uses a prefix of them, the last one cut
+  // so the total is exact.
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<int32_t> tok(0, 127999);
+  auto random_tokens = [&](int n) {
+    std::vector<int32_t> v(n);
+    for (int32_t& x : v) x = tok(rng);
+    return v;
+  };
+  const ModelFingerprint fingerprint{0x6b76626c6f636b, o.seed};
+  std::vector<std::vector<int32_t>> passages;
+  {
+    int need = max_len - o.final_block;
+    while (need > 0) {
+      passages.push_back(random_tokens(std::min(need, o.passage)));
+      need -= passages.back().size();
+    }
+  }
+  // Prompts of shorter lengths cut the last passage they use; make those cut passages too.
+  std::vector<std::vector<std::vector<int32_t>>> prompt_blocks(o.lengths.size());
+  for (size_t li = 0; li < o.lengths.size(); ++li) {
+    int need = o.lengths[li] - o.final_block;
+    for (size_t p = 0; need > 0; ++p) {
+      const int n = std::min<int>(need, passages[p].size());
+      prompt_blocks[li].push_back(std::vector<int32_t>(passages[p].begin(), passages[p].begin() + n));
+      need -= n;
+    }
+  }
+
+  // Encode every distinct block alone (positions 0..n-1) and keep it in the GPU tier.
+  cuda::GpuTierOptions to;
+  to.capacity_bytes = (int64_t{max_len} + int64_t{o.passage} * int64_t(o.lengths.size())) * model.kv_bytes_per_token();
+  cuda::GpuTier tier(to);
+  std::vector<const std::vector<int32_t>*> to_encode;
+  {
+    absl::flat_hash_map<BlockKey, int> seen;
+    for (auto& blocks : prompt_blocks) {
+      for (auto& b : blocks) {
+        const BlockKey k = ComputeBlockKey(fingerprint, KvDtype::kBF16, b);
+        if (seen.emplace(k, 1).second) to_encode.push_back(&b);
+      }
+    }
+  }
+  auto encode_batch = [&](absl::Span<const std::vector<int32_t>* const> batch, bool store) -> absl::Status {
+    std::vector<cuda::ForwardSeq> seqs;
+    std::vector<cuda::SlotRange> slots;
+    for (const auto* b : batch) {
+      auto s = model.AllocateSlots(b->size());
+      if (!s.ok()) return s.status();
+      slots.push_back(*s);
+      cuda::ForwardSeq f;
+      f.tokens = *b;
+      f.slots = *s;
+      seqs.push_back(std::move(f));
+    }
+    absl::Status st = model.Forward(seqs);
+    for (size_t i = 0; st.ok() && store && i < batch.size(); ++i) {
+      const int n = batch[i]->size();
+      auto mem = cuda::DeviceMemory::Allocate(size_t(n) * model.kv_bytes_per_token());
+      if (!mem.ok()) { st = mem.status(); break; }
+      st = model.ExportKv(slots[i], 0, n, mem->get());
+      if (!st.ok()) break;
+      cuda::GpuBlock blk;
+      blk.meta = BlockMeta{fingerprint, ComputeBlockKey(fingerprint, KvDtype::kBF16, *batch[i]), KvDtype::kBF16,
+                           uint32_t(spec.layers), uint32_t(spec.kv_heads), uint32_t(spec.head_dim), uint32_t(n)};
+      blk.memory = std::move(*mem);
+      st = tier.Insert(blk.meta.key, std::move(blk));
+    }
+    if (st.ok()) st = model.Synchronize();
+    for (auto s : slots) model.FreeSlots(s);
+    return st;
+  };
+  const auto t_enc = Clock::now();
+  for (size_t i = 0; i < to_encode.size(); i += o.encode_batch) {
+    const size_t n = std::min<size_t>(o.encode_batch, to_encode.size() - i);
+    BENCH_RETURN_IF_ERROR(encode_batch(absl::MakeConstSpan(to_encode).subspan(i, n), true));
+  }
+  std::printf("encoded %zu blocks into the GPU tier in %.2f s (%.2f GB)\n", to_encode.size(),
+              Ms(Clock::now() - t_enc) / 1e3, tier.Stats().bytes / 1e9);
+
+  // Block-encoding throughput: full batches of full passages, forward only.
+  std::vector<const std::vector<int32_t>*> enc_batch;
+  for (size_t p = 0; p < passages.size() && enc_batch.size() < size_t(o.encode_batch); ++p) {
+    if (int(passages[p].size()) == o.passage) enc_batch.push_back(&passages[p]);
+  }
+  auto enc_ms = MedianMs(o.warmup, o.runs, [&] { return encode_batch(enc_batch, false); });
+  if (!enc_ms.ok()) return enc_ms.status();
+  const double enc_tokens = double(enc_batch.size()) * o.passage;
+  const double enc_tps = enc_tokens / (*enc_ms * 1e-3);
+  const double layer_params = double(spec.NumParameters()) - 2.0 * spec.vocab * spec.hidden;
+  const double enc_ceiling = base.gemm_tflops * 1e12 / (2.0 * layer_params);
+  const double enc_ceiling_all = base.gemm_tflops * 1e12 / (2.0 * spec.NumParameters());
+
+  // TTFT per length.
+  const double weight_bytes = double(model.weight_bytes()) - double(spec.vocab) * spec.hidden * 2;  // embedding rows are gathered, not read
+  std::vector<LengthResult> results;
+  std::vector<cuda::SamplingParams> greedy(1);
+  for (size_t li = 0; li < o.lengths.size(); ++li) {
+    LengthResult r;
+    r.total = o.lengths[li];
+    r.blocks = prompt_blocks[li].size();
+    const std::vector<int32_t> final_block = random_tokens(o.final_block);
+    int32_t first_token = -1;
+    auto block_run = [&]() -> absl::Status {
+      // The request path: hash the blocks, find them in the GPU tier, prefill the final block
+      // over them (re-encoded in the attention kernel), sample the first token.
+      std::vector<cuda::GpuTier::Handle> held;
+      cuda::ForwardSeq f;
+      int32_t offset = 0;
+      for (const auto& b : prompt_blocks[li]) {
+        cuda::GpuTier::Handle h = tier.Get(ComputeBlockKey(fingerprint, KvDtype::kBF16, b));
+        if (h == nullptr) return absl::InternalError("bench: block missing from the GPU tier");
+        f.context.push_back(cuda::KvRun{h->memory.get(), int32_t(h->meta.num_tokens), offset});
+        offset += h->meta.num_tokens;
+        held.push_back(std::move(h));
+      }
+      auto slots = model.AllocateSlots(o.final_block);
+      if (!slots.ok()) return slots.status();
+      f.tokens = final_block;
+      f.slots = *slots;
+      f.position = offset;
+      f.want_logits = true;
+      absl::Status st = model.Forward({&f, 1});
+      if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
+      model.FreeSlots(*slots);
+      return st;
+    };
+    auto bm = MedianMs(o.warmup, std::max(o.runs, 10), block_run);
+    if (!bm.ok()) return bm.status();
+    r.block_ms = *bm;
+    r.block_floor_ms = (weight_bytes + double(r.total - o.final_block) * model.kv_bytes_per_token()) / (base.hbm_gbps * 1e9) * 1e3;
+    if (!o.skip_full) {
+      std::vector<int32_t> all;
+      for (const auto& b : prompt_blocks[li]) all.insert(all.end(), b.begin(), b.end());
+      all.insert(all.end(), final_block.begin(), final_block.end());
+      auto full_run = [&]() -> absl::Status {
+        auto slots = model.AllocateSlots(all.size());
+        if (!slots.ok()) return slots.status();
+        cuda::ForwardSeq f;
+        f.tokens = all;
+        f.slots = *slots;
+        f.want_logits = true;
+        absl::Status st = model.Forward({&f, 1});
+        if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
+        model.FreeSlots(*slots);
+        return st;
+      };
+      auto fm = MedianMs(1, o.runs, full_run);
+      if (!fm.ok()) return fm.status();
+      r.full_ms = *fm;
+      const double L = r.total;
+      const double flops = 2.0 * layer_params * L + 2.0 * 2.0 * spec.layers * spec.heads * spec.head_dim * L * L / 2;
+      r.full_floor_ms = flops / (base.gemm_tflops * 1e12) * 1e3;
+    }
+    std::printf("length %6d: %3d blocks, block mode %8.2f ms (floor %.2f), full mode %9.2f ms (floor %.1f), block/full %.4f\n",
+                r.total, r.blocks, r.block_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms,
+                r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0);
+    std::fflush(stdout);
+    results.push_back(r);
+  }
+
+  // Decode: batch B, each sequence with decode_context tokens already prefilled.
+  std::vector<DecodeResult> decodes;
+  for (int B : o.decode_batches) {
+    std::vector<cuda::SlotRange> slots;
+    std::vector<int32_t> lens(B, o.decode_context), next(B);
+    for (int b = 0; b < B; ++b) {
+      auto s = model.AllocateSlots(o.decode_context + o.warmup + o.runs * 4 + 8);
+      if (!s.ok()) return s.status();
+      slots.push_back(*s);
+      const std::vector<int32_t> ctx = random_tokens(o.decode_context);
+      cuda::ForwardSeq f;
+      f.tokens = ctx;
+      f.slots = *s;
+      f.want_logits = true;
+      BENCH_RETURN_IF_ERROR(model.Forward({&f, 1}));
+      BENCH_RETURN_IF_ERROR(model.Sample(greedy, {&next[b], 1}));
+    }
+    std::vector<cuda::SamplingParams> sp(B);
+    std::vector<cuda::ForwardSeq> seqs(B);
+    auto step = [&]() -> absl::Status {
+      for (int b = 0; b < B; ++b) {
+        seqs[b].tokens = absl::MakeConstSpan(&next[b], 1);
+        seqs[b].slots = slots[b];
+        seqs[b].own_len = lens[b];
+        seqs[b].position = lens[b];
+        seqs[b].want_logits = true;
+      }
+      BENCH_RETURN_IF_ERROR(model.Forward(seqs));
+      std::vector<int32_t> out(B);
+      BENCH_RETURN_IF_ERROR(model.Sample(sp, absl::MakeSpan(out)));
+      for (int b = 0; b < B; ++b) next[b] = out[b], ++lens[b];
+      return absl::OkStatus();
+    };
+    auto ms = MedianMs(o.warmup, o.runs * 4, step);
+    for (auto s : slots) model.FreeSlots(s);
+    if (!ms.ok()) return ms.status();
+    DecodeResult d;
+    d.batch = B;
+    d.step_ms = *ms;
+    d.tokens_per_s = B / (*ms * 1e-3);
+    const double bytes = double(model.weight_bytes()) - double(spec.vocab) * spec.hidden * 2 +
+                         double(B) * o.decode_context * model.kv_bytes_per_token();
+    d.floor_tokens_per_s = B / (bytes / (base.hbm_gbps * 1e9));
+    decodes.push_back(d);
+  }
+
+  // Report.
+  std::printf("\n| total | blocks | block ms | block floor ms | full ms | full floor ms | block/full |\n|---|---|---|---|---|---|---|\n");
+  for (const auto& r : results) {
+    std::printf("| %d | %d | %.2f | %.2f | %.1f | %.1f | %.4f |\n", r.total, r.blocks, r.block_ms, r.block_floor_ms,
+                r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0);
+  }
+  std::printf("\n| decode batch | context | step ms | tokens/s | HBM-floor tokens/s | fraction |\n|---|---|---|---|---|---|\n");
+  for (const auto& d : decodes) {
+    std::printf("| %d | %d | %.2f | %.0f | %.0f | %.2f |\n", d.batch, o.decode_context, d.step_ms, d.tokens_per_s,
+                d.floor_tokens_per_s, d.tokens_per_s / d.floor_tokens_per_s);
+  }
+  std::printf("\nblock encoding: %zu x %d-token passages per batch, %.1f ms/batch, %.0f tokens/s; GEMM ceiling %.0f tokens/s "
+              "(2 x %.2fB layer params; %.0f with all %.2fB params): %.2f of ceiling\n",
+              enc_batch.size(), o.passage, *enc_ms, enc_tps, enc_ceiling, layer_params / 1e9, enc_ceiling_all,
+              spec.NumParameters() / 1e9, enc_tps / enc_ceiling);
+  const TierStats ts = tier.Stats();
+  std::printf("GPU tier: %llu blocks, %.2f GB, %llu hits, %llu misses\n", (unsigned long long)ts.blocks, ts.bytes / 1e9,
+              (unsigned long long)ts.hits, (unsigned long long)ts.misses);
+
+  if (!o.json_path.empty()) {
+    std::string j = absl::StrFormat(
+        "{\n \"gpu\": \"%s\",\n \"model\": \"llama-3-8b shape, random bf16\",\n \"final_block\": %d,\n \"passage\": %d,\n"
+        " \"runs\": %d,\n \"warmup\": %d,\n \"h2d_gbps\": %.2f,\n \"hbm_copy_gbps\": %.1f,\n \"gemm_tflops\": %.1f,\n"
+        " \"encode_tokens_per_s\": %.0f,\n \"encode_ceiling_tokens_per_s\": %.0f,\n \"lengths\": [",
+        prop.name, o.final_block, o.passage, o.runs, o.warmup, base.h2d_gbps, base.hbm_gbps, base.gemm_tflops, enc_tps,
+        enc_ceiling);
+    std::vector<std::string> items;
+    for (const auto& r : results) {
+      items.push_back(absl::StrFormat(
+          "{\"total\": %d, \"blocks\": %d, \"block_ms\": %.3f, \"block_floor_ms\": %.3f, \"full_ms\": %.2f, "
+          "\"full_floor_ms\": %.2f, \"ratio\": %.5f}",
+          r.total, r.blocks, r.block_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0));
+    }
+    j += absl::StrJoin(items, ", ") + "],\n \"decode\": [";
+    items.clear();
+    for (const auto& d : decodes) {
+      items.push_back(absl::StrFormat("{\"batch\": %d, \"context\": %d, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"floor_tokens_per_s\": %.1f}",
+                                      d.batch, o.decode_context, d.step_ms, d.tokens_per_s, d.floor_tokens_per_s));
+    }
+    j += absl::StrJoin(items, ", ") + "]\n}\n";
+    std::ofstream(o.json_path) << j;
+  }
+  return absl::OkStatus();
+}
+
+#endif  // KVBLOCK_WITH_CUDA
+
+void AddBenchCommand(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  auto opts = std::make_shared<BenchTtftOptions>();
+  CLI::App* ttft = bench->add_subcommand("ttft", "GPU time-to-first-token: block vs full mode, decode, encoding (Llama-3-8B shape)");
+  ttft->add_option("--lengths", opts->lengths, "total prompt lengths (tokens)")->delimiter(',');
+  ttft->add_option("--final-block", opts->final_block, "final block length (tokens)");
+  ttft->add_option("--passage", opts->passage, "cached block length (tokens)");
+  ttft->add_option("--runs", opts->runs, "timed runs per measurement (median)");
+  ttft->add_option("--warmup", opts->warmup, "untimed runs first");
+  ttft->add_option("--decode-context", opts->decode_context, "decode context per sequence (tokens)");
+  ttft->add_option("--decode-batches", opts->decode_batches, "decode batch sizes")->delimiter(',');
+  ttft->add_option("--encode-batch", opts->encode_batch, "passages per encoding batch");
+  ttft->add_flag("--skip-full", opts->skip_full, "skip full-mode prefill");
+  ttft->add_option("--json", opts->json_path, "also write results as JSON");
+  ttft->add_option("--seed", opts->seed, "seed of weights and tokens");
+  ttft->callback([opts] {
+    const absl::Status st = RunBenchTtft(*opts);
+    if (!st.ok()) {
+      std::cerr << "bench ttft: " << st << "\n";
+      throw CLI::RuntimeError(1);
+    }
+  });
+}
+
+}  // namespace kvblock

@@ -1,0 +1,89 @@
+// GpuTier; see gpu_tier.h.
+#include "worker/engine/cuda/gpu_tier.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvblock::cuda {
+
+absl::Status GpuTierOptions::Validate() const {
+  if (capacity_bytes <= 0) return absl::InvalidArgumentError("GpuTierOptions: capacity_bytes must be > 0");
+  return absl::OkStatus();
+}
+
+GpuTier::GpuTier(const GpuTierOptions& options) : options_(options) {
+  stats_.tier = StoreTier::kGpu;
+  stats_.capacity_bytes = static_cast<uint64_t>(options.capacity_bytes);
+}
+
+absl::Status GpuTier::Insert(const BlockKey& key, GpuBlock block) {
+  const int64_t bytes = static_cast<int64_t>(block.memory.bytes());
+  if (ValidateMeta(block.meta).ok() && static_cast<uint64_t>(bytes) < DataBytes(block.meta)) {
+    return absl::InvalidArgumentError("GpuTier: block memory smaller than its meta says");
+  }
+  if (bytes > options_.capacity_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GpuTier: block of ", bytes, " bytes exceeds the budget ", options_.capacity_bytes));
+  }
+  absl::MutexLock lock(&mu_);
+  if (map_.contains(key)) return absl::OkStatus();
+  EvictUntil(bytes);
+  lru_.push_front(key);
+  map_.emplace(key, Entry{std::make_shared<const GpuBlock>(std::move(block)), lru_.begin(), bytes});
+  stats_.blocks = map_.size();
+  stats_.bytes += bytes;
+  ++stats_.inserts;
+  return absl::OkStatus();
+}
+
+absl::Status GpuTier::InsertFromHost(const BlockKey& key, const BlockView& view, cudaStream_t stream) {
+  if (Contains(key)) return absl::OkStatus();
+  const uint64_t bytes = DataBytes(view.meta());
+  auto mem = DeviceMemory::Allocate(bytes);
+  if (!mem.ok()) return mem.status();
+  // Layers are contiguous in the payload: one copy of the whole data section.
+  const uint8_t* data = view.Layer(0).data();
+  if (auto s = CudaStatus(cudaMemcpyAsync(mem->get(), data, bytes, cudaMemcpyHostToDevice, stream), "GpuTier H2D");
+      !s.ok()) {
+    return s;
+  }
+  if (auto s = CudaStatus(cudaStreamSynchronize(stream), "GpuTier sync"); !s.ok()) return s;
+  return Insert(key, GpuBlock{view.meta(), std::move(*mem)});
+}
+
+GpuTier::Handle GpuTier::Get(const BlockKey& key) {
+  absl::MutexLock lock(&mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) {
+    ++stats_.misses;
+    return nullptr;
+  }
+  lru_.splice(lru_.begin(), lru_, it->second.lru);
+  ++stats_.hits;
+  return it->second.block;
+}
+
+bool GpuTier::Contains(const BlockKey& key) const {
+  absl::MutexLock lock(&mu_);
+  return map_.contains(key);
+}
+
+TierStats GpuTier::Stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void GpuTier::EvictUntil(int64_t needed) {
+  while (!lru_.empty() && static_cast<int64_t>(stats_.bytes) + needed > options_.capacity_bytes) {
+    const BlockKey victim = lru_.back();
+    lru_.pop_back();
+    auto it = map_.find(victim);
+    stats_.bytes -= it->second.bytes;
+    map_.erase(it);
+    ++stats_.evictions;
+  }
+  stats_.blocks = map_.size();
+}
+
+}  // namespace kvblock::cuda
