@@ -6,6 +6,7 @@
 #include "cache/inspect_command.h"
 #include "services/cache_ctl_command.h"
 #include "services/cache_server_command.h"
+#include "worker/bench_command.h"
 #include "worker/demo_command.h"
 #include "worker/generate_command.h"
 #include "worker/indexer/index_command.h"
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "kvblock 0.1.0");
   kvblock::AddDemoCommand(app);
+  kvblock::AddBenchCommand(app);
   kvblock::AddGenerateCommand(app);
   kvblock::AddIndexCommand(app);
   kvblock::AddTokenizeCommand(app);
