@@ -1,0 +1,332 @@
+// `kvblock worker` end to end in-process: a random tiny Llama, an embedded store, a WorkerServer
+// on 127.0.0.1:0 with a bearer token, and the generated C++ client.
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kvblock/v1/inference.grpc.pb.h"
+#include "services/auth.h"
+#include "tests/worker/fixture_util.h"
+#include "worker/demo/random_model.h"
+#include "worker/indexer/block_splitter.h"
+#include "worker/service/inference_core.h"
+#include "worker/service/runtime.h"
+#include "worker/service/worker_server.h"
+
+namespace kvblock {
+namespace {
+
+using testing::TempDir;
+
+constexpr char kToken[] = "s3cret-token-123";
+
+struct Streamed {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  std::string text;
+  int messages = 0;
+  v1::GenerateResponse final_message;
+};
+
+class WorkerServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { rng_.seed(std::random_device{}()); }
+
+  void Start(InferenceCoreOptions core = {}) {
+    RandomLlamaOptions mo;
+    mo.hidden_size = 64;
+    mo.intermediate_size = 128;
+    mo.num_layers = 2;
+    mo.num_heads = 2;
+    mo.num_kv_heads = 1;
+    mo.max_position_embeddings = 4096;
+    mo.seed = rng_();
+    ASSERT_TRUE(WriteRandomLlama(dir_ / "model", mo).ok());
+    RuntimeOptions ro;
+    ro.model_dir = dir_ / "model";
+    ro.cache_dir = dir_ / "cache";
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = OpenRuntime(ro);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    runtime_ = *std::move(rt);
+    std::ofstream(dir_ / "token") << kToken << "\n";
+    WorkerServerOptions so;
+    so.listen = "127.0.0.1:0";
+    so.auth_token_file = dir_ / "token";
+    so.core = core;
+    absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(runtime_.get(), so);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::InferenceService::NewStub(
+        grpc::CreateChannel(server_->grpc_address(), grpc::InsecureChannelCredentials()));
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  std::vector<int32_t> RandomIds(int n) {
+    std::uniform_int_distribution<int32_t> d(0, 255);
+    std::vector<int32_t> ids(n);
+    for (int32_t& id : ids) id = d(rng_);
+    return ids;
+  }
+
+  static void SetIds(v1::Segment* s, const std::vector<int32_t>& ids) {
+    s->mutable_tokens()->mutable_ids()->Add(ids.begin(), ids.end());
+  }
+
+  Streamed Call(const v1::GenerateRequest& req, bool auth = true,
+                absl::Duration timeout = absl::Seconds(60)) {
+    grpc::ClientContext ctx;
+    if (auth) ctx.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    Streamed out;
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, req);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      ++out.messages;
+      out.tokens.insert(out.tokens.end(), msg.token_ids().begin(), msg.token_ids().end());
+      out.text += msg.text();
+      if (msg.done()) out.final_message = msg;
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  std::mt19937_64 rng_;
+  TempDir dir_;
+  std::unique_ptr<Runtime> runtime_;
+  std::unique_ptr<WorkerServer> server_;
+  std::unique_ptr<v1::InferenceService::Stub> stub_;
+};
+
+TEST_F(WorkerServiceTest, GenerateMatchesEngineAndRepeatIsAllHits) {
+  Start();
+  GenerateRequest direct;
+  v1::GenerateRequest req;
+  for (int i = 0; i < 3; ++i) {
+    direct.blocks.push_back(RandomIds(20 + 7 * i));
+    SetIds(req.add_blocks(), direct.blocks.back());
+  }
+  direct.final_block = RandomIds(12);
+  SetIds(req.mutable_final_block(), direct.final_block);
+  direct.max_new_tokens = 40;
+  req.mutable_sampling()->set_max_new_tokens(40);
+
+  Streamed first = Call(req);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_FALSE(first.tokens.empty());
+  EXPECT_TRUE(first.final_message.done());
+  EXPECT_EQ(first.final_message.cache().hits(), 0u);
+  EXPECT_EQ(first.final_message.cache().misses(), 3u);
+  EXPECT_GT(first.final_message.timings().first_token_ms(), 0.0);
+  EXPECT_GE(first.final_message.timings().total_ms(),
+            first.final_message.timings().first_token_ms());
+  // Tokens come in chunks of 8, then the final message.
+  EXPECT_EQ(first.messages, static_cast<int>((first.tokens.size() + 7) / 8) + 1);
+  const std::string& reason = first.final_message.finish_reason();
+  EXPECT_TRUE(reason == "length" ? first.tokens.size() == 40u : reason == "eos") << reason;
+
+  Streamed second = Call(req);
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.tokens, first.tokens);
+  EXPECT_EQ(second.final_message.cache().hits(), 3u);
+  EXPECT_EQ(second.final_message.cache().misses(), 0u);
+  EXPECT_EQ(second.final_message.cache().gpu_hits(), 3u);  // the embedded store is local
+  EXPECT_GT(second.final_message.cache().fetched_bytes(), 0u);
+
+  // The engine directly, over the same store: same tokens, all hits.
+  absl::StatusOr<GenerateResult> engine = runtime_->engine->Generate(direct);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EXPECT_EQ(engine->tokens, first.tokens);
+  EXPECT_EQ(engine->cache_hits, 3);
+  EXPECT_EQ(first.text, server_->core()->Decode(first.tokens));
+
+  // BYPASS: computes every block again, same tokens.
+  req.set_cache_policy(v1::CACHE_POLICY_BYPASS);
+  Streamed bypass = Call(req);
+  ASSERT_TRUE(bypass.status.ok()) << bypass.status.error_message();
+  EXPECT_EQ(bypass.tokens, first.tokens);
+  EXPECT_EQ(bypass.final_message.cache().hits(), 0u);
+  EXPECT_EQ(bypass.final_message.cache().misses(), 3u);
+}
+
+TEST_F(WorkerServiceTest, ReadOnlyDoesNotWriteAndAutoSplitMatchesSplitter) {
+  Start();
+  std::string text;
+  for (int i = 0; i < 4; ++i) {
+    for (int32_t id : RandomIds(15)) text.push_back(static_cast<char>('a' + id % 26));
+    text += "\n\n";
+  }
+  v1::GenerateRequest req;
+  req.set_auto_split_text(text);
+  req.set_auto_split_max_block_tokens(40);
+  req.mutable_final_block()->set_text("question?");
+  req.mutable_sampling()->set_max_new_tokens(10);
+  req.set_cache_policy(v1::CACHE_POLICY_READ_ONLY);
+  Streamed ro = Call(req);
+  ASSERT_TRUE(ro.status.ok()) << ro.status.error_message();
+  absl::StatusOr<std::vector<std::vector<int32_t>>> blocks =
+      SplitIntoBlocks(*runtime_->tokenizer, text, 40);
+  ASSERT_TRUE(blocks.ok());
+  ASSERT_GT(blocks->size(), 1u);
+  EXPECT_EQ(ro.final_message.cache().misses(), blocks->size());
+  Streamed again = Call(req);  // still all misses: READ_ONLY wrote nothing
+  EXPECT_EQ(again.final_message.cache().misses(), blocks->size());
+  EXPECT_EQ(again.tokens, ro.tokens);
+
+  GenerateRequest direct;
+  direct.blocks = *blocks;
+  direct.final_block = *runtime_->tokenizer->Encode("question?");
+  direct.max_new_tokens = 10;
+  absl::StatusOr<GenerateResult> engine = runtime_->engine->Generate(direct);
+  ASSERT_TRUE(engine.ok());
+  EXPECT_EQ(engine->tokens, ro.tokens);
+}
+
+TEST_F(WorkerServiceTest, BadRequestsAndAuth) {
+  InferenceCoreOptions core;
+  core.max_prompt_tokens = 100;
+  Start(core);
+  v1::GenerateRequest good;
+  SetIds(good.add_blocks(), RandomIds(30));
+  SetIds(good.mutable_final_block(), RandomIds(10));
+  good.mutable_sampling()->set_max_new_tokens(4);
+
+  v1::GenerateRequest empty_final = good;
+  empty_final.clear_final_block();
+  EXPECT_EQ(Call(empty_final).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest bad_id = good;
+  bad_id.mutable_final_block()->mutable_tokens()->set_ids(3, kRandomLlamaVocab);
+  Streamed r = Call(bad_id);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("vocabulary"), std::string::npos);
+  v1::GenerateRequest too_long = good;
+  SetIds(too_long.add_blocks(), RandomIds(61));  // 30 + 61 + 10 = 101 > 100
+  r = Call(too_long);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("max_prompt_tokens"), std::string::npos);
+  v1::GenerateRequest empty_block = good;
+  empty_block.add_blocks();
+  EXPECT_EQ(Call(empty_block).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  EXPECT_EQ(Call(good, /*auth=*/false).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext wrong;
+  wrong.AddMetadata(std::string(kAuthMetadataKey), BearerValue("other-token"));
+  v1::HealthResponse health;
+  EXPECT_EQ(stub_->Health(&wrong, {}, &health).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext right;
+  right.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
+  ASSERT_TRUE(stub_->Health(&right, {}, &health).ok());
+  EXPECT_TRUE(health.ready());
+  EXPECT_EQ(health.max_prompt_tokens(), 100u);
+  EXPECT_EQ(health.model_fingerprint().hi(), runtime_->model.fingerprint.hi);
+  EXPECT_EQ(health.backend(), "cpu");
+  EXPECT_TRUE(Call(good).status.ok());
+
+  // A deadline already passed: the core refuses before starting.
+  absl::StatusOr<GenerateOutcome> late =
+      server_->core()->Generate(good, absl::Now() - absl::Milliseconds(1));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(Call(good, true, absl::Milliseconds(-5)).status.error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(WorkerServiceTest, EncodeBlocksWritesAndReportsAlreadyCached) {
+  Start();
+  std::vector<std::vector<int32_t>> blocks = {RandomIds(17), RandomIds(23)};
+  v1::EncodeBlocksRequest req;
+  for (const auto& b : blocks) SetIds(req.add_blocks(), b);
+  for (int round = 0; round < 2; ++round) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
+    v1::EncodeBlocksResponse resp;
+    ASSERT_TRUE(stub_->EncodeBlocks(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.blocks_size(), 2);
+    for (int i = 0; i < 2; ++i) {
+      const BlockKey key = runtime_->engine->KeyOf(blocks[i]);
+      EXPECT_EQ(resp.blocks(i).key().hi(), key.hi);
+      EXPECT_EQ(resp.blocks(i).key().lo(), key.lo);
+      EXPECT_EQ(resp.blocks(i).num_tokens(), blocks[i].size());
+      EXPECT_EQ(resp.blocks(i).already_cached(), round == 1);
+      absl::StatusOr<BlockBytes> got = runtime_->store->Get(key);
+      ASSERT_TRUE(got.ok());
+      absl::StatusOr<std::vector<uint8_t>> expect = runtime_->engine->EncodeBlock(blocks[i]);
+      ASSERT_TRUE(expect.ok());
+      EXPECT_TRUE(std::equal(got->bytes.begin(), got->bytes.end(), expect->begin(), expect->end()));
+    }
+  }
+  // Generate over those blocks: all hits.
+  v1::GenerateRequest gen;
+  for (const auto& b : blocks) SetIds(gen.add_blocks(), b);
+  SetIds(gen.mutable_final_block(), RandomIds(5));
+  gen.mutable_sampling()->set_max_new_tokens(3);
+  Streamed r = Call(gen);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(r.final_message.cache().hits(), 2u);
+}
+
+TEST_F(WorkerServiceTest, OverloadIsResourceExhausted) {
+  InferenceCoreOptions core;
+  core.max_concurrent = 1;
+  core.queue_size = 0;
+  Start(core);
+  InferenceCore* c = server_->core();
+  v1::GenerateRequest req;
+  SetIds(req.mutable_final_block(), RandomIds(8));
+  req.mutable_sampling()->set_max_new_tokens(2);
+
+  // Deterministic: request A is held on its pool thread (in its cancellation check) while B comes.
+  absl::Notification release, a_done;
+  std::atomic<bool> a_ok{false};
+  c->GenerateAsync(
+      req, absl::Now(), absl::InfiniteFuture(),
+      [&] {
+        release.WaitForNotification();
+        return false;
+      },
+      [&](absl::StatusOr<GenerateOutcome> r) {
+        a_ok = r.ok();
+        a_done.Notify();
+      });
+  for (int i = 0; i < 2000 && c->pending() != 1; ++i) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_EQ(c->pending(), 1);
+  Streamed b = Call(req);
+  EXPECT_EQ(b.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << b.status.error_message();
+  release.Notify();
+  a_done.WaitForNotification();
+  EXPECT_TRUE(a_ok);
+
+  // Two real concurrent slow requests over gRPC: while the first runs, the second is refused.
+  v1::GenerateRequest slow;
+  SetIds(slow.mutable_final_block(), RandomIds(1500));
+  slow.set_mode(v1::ATTENTION_MODE_FULL);
+  slow.mutable_sampling()->set_max_new_tokens(64);
+  int exhausted = 0;
+  for (int attempt = 0; attempt < 5 && exhausted == 0; ++attempt) {
+    Streamed first;
+    std::thread t([&] { first = Call(slow); });
+    for (int i = 0; i < 5000 && c->pending() == 0; ++i) absl::SleepFor(absl::Microseconds(200));
+    Streamed second = Call(slow);
+    t.join();
+    EXPECT_TRUE(first.status.ok()) << first.status.error_message();
+    if (second.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+    } else {
+      EXPECT_TRUE(second.status.ok()) << second.status.error_message();  // A finished first
+    }
+  }
+  EXPECT_EQ(exhausted, 1);
+}
+
+}  // namespace
+}  // namespace kvblock

@@ -1,0 +1,220 @@
+#include "worker/service/worker_server.h"
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "services/auth.h"
+#include "services/metrics/metrics_http_server.h"
+#include "services/metrics/metrics_registry.h"
+#include "services/metrics/standard_metrics.h"
+#include "worker/service/inference_grpc_service.h"
+
+namespace kvblock {
+namespace {
+
+constexpr char kServiceName[] = "kvblock.v1.InferenceService";
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The worker's metrics: the standard service families plus the TTFT histogram.
+class WorkerMetrics final : public InferenceObserver {
+ public:
+  absl::Status Init(metrics::MetricsRegistry* registry) {
+    absl::StatusOr<metrics::ServiceMetrics> sm = metrics::ServiceMetrics::Register(registry);
+    if (!sm.ok()) return sm.status();
+    service_ = *sm;
+    absl::StatusOr<metrics::HistogramFamily*> ttft = registry->AddHistogram(
+        {"kvblock_worker_ttft_seconds",
+         "Generate time to first token, from request arrival (seconds).",
+         {}},
+        metrics::LatencyBuckets());
+    if (!ttft.ok()) return ttft.status();
+    absl::StatusOr<metrics::Histogram*> h =
+        (*ttft)->WithLabels(absl::Span<const std::string_view>());
+    if (!h.ok()) return h.status();
+    ttft_ = *h;
+    return absl::OkStatus();
+  }
+
+  void OnCall(std::string_view method, absl::StatusCode code, absl::Duration latency) override {
+    const std::string code_name = absl::StatusCodeToString(code);
+    const std::string_view labels[] = {method, code_name};
+    if (auto c = service_.requests->WithLabels(labels); c.ok()) (*c)->Increment();
+    const std::string_view m[] = {method};
+    if (auto h = service_.request_duration->WithLabels(m); h.ok()) (*h)->ObserveDuration(latency);
+  }
+
+  void OnGenerated(const GenerateOutcome& outcome) override {
+    ttft_->Observe(outcome.timings.first_token_ms() / 1000.0);
+    const uint64_t local = outcome.cache.gpu_hits();
+    const uint64_t remote = outcome.cache.hits() - local;
+    const std::string_view mem[] = {"memory"}, rem[] = {"remote"};
+    if (local != 0) {
+      if (auto c = service_.cache_hits->WithLabels(mem); c.ok()) (*c)->Increment(local);
+    }
+    if (remote != 0) {
+      if (auto c = service_.cache_hits->WithLabels(rem); c.ok()) (*c)->Increment(remote);
+    }
+    if (outcome.cache.misses() != 0) {
+      if (auto c = service_.cache_misses->WithLabels(absl::Span<const std::string_view>());
+          c.ok()) {
+        (*c)->Increment(outcome.cache.misses());
+      }
+    }
+  }
+
+ private:
+  metrics::ServiceMetrics service_;
+  metrics::Histogram* ttft_ = nullptr;
+};
+
+}  // namespace
+
+absl::Status WorkerServerOptions::Validate() const {
+  if (listen.empty()) return absl::InvalidArgumentError("listen must not be empty");
+  if (tls_cert.empty() != tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert and tls_key must be given together");
+  }
+  if (!client_ca.empty() && tls_cert.empty()) {
+    return absl::InvalidArgumentError("client_ca needs tls_cert and tls_key");
+  }
+  if (drain_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("drain_timeout must be >= 0");
+  }
+  return core.Validate();
+}
+
+struct WorkerServer::Impl {
+  WorkerServerOptions options;
+  metrics::MetricsRegistry registry;
+  WorkerMetrics worker_metrics;
+  std::unique_ptr<InferenceCore> core;
+  std::unique_ptr<InferenceGrpcService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<metrics::MetricsHttpServer> http;
+  std::string grpc_address, metrics_address;
+  bool stopped = false;
+};
+
+absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runtime,
+                                                                  WorkerServerOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>();
+  Impl& m = *impl;
+  m.options = std::move(options);
+  std::string token;
+  if (!m.options.auth_token_file.empty()) {
+    absl::StatusOr<std::string> t = ReadTokenFile(m.options.auth_token_file);
+    if (!t.ok()) return t.status();
+    token = *std::move(t);
+  }
+  if (absl::Status s = m.worker_metrics.Init(&m.registry); !s.ok()) return s;
+  if (absl::Status s = metrics::RegisterProcessMetrics(&m.registry, {"worker", ""}); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::unique_ptr<InferenceCore>> core =
+      InferenceCore::Create(runtime, m.options.core);
+  if (!core.ok()) return core.status();
+  m.core = *std::move(core);
+  m.service = std::make_unique<InferenceGrpcService>(m.core.get(), &m.worker_metrics, token);
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (!m.options.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem(m.options.tls_cert, "TLS certificate");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem(m.options.tls_key, "TLS key");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl(
+        m.options.client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    if (!m.options.client_ca.empty()) {
+      absl::StatusOr<std::string> ca = ReadPem(m.options.client_ca, "client CA");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    creds = grpc::SslServerCredentials(ssl);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(m.options.listen, creds, &port);
+  builder.RegisterService(m.service.get());
+  m.server = builder.BuildAndStart();
+  if (m.server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", m.options.listen));
+  }
+  const std::string host = m.options.listen.substr(0, m.options.listen.rfind(':'));
+  m.grpc_address = absl::StrCat(host, ":", port);
+  if (grpc::HealthCheckServiceInterface* health = m.server->GetHealthCheckService();
+      health != nullptr) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(kServiceName, true);
+  }
+  if (!m.options.metrics_listen.empty()) {
+    if (auto id = metrics::RegisterTierStatsCollector(
+            &m.registry, [s = runtime->store] { return s->Stats(); });
+        !id.ok()) {
+      return id.status();
+    }
+    InferenceCore* c = m.core.get();
+    if (auto id = m.registry.AddCallbackGauge(
+            {"kvblock_worker_pending_requests",
+             "Generate requests admitted and not finished (running + queued).",
+             {}},
+            [c](metrics::CollectorSink& sink) { sink.Add(0, static_cast<double>(c->pending())); });
+        !id.ok()) {
+      return id.status();
+    }
+    metrics::MetricsHttpServerOptions ho;
+    ho.listen_address = m.options.metrics_listen;
+    ho.title = absl::StrCat("worker ", m.grpc_address);
+    m.http = std::make_unique<metrics::MetricsHttpServer>(&m.registry, ho);
+    if (absl::Status s = m.http->Start(); !s.ok()) return s;
+    m.metrics_address = m.http->address();
+  }
+  return std::unique_ptr<WorkerServer>(new WorkerServer(std::move(impl)));
+}
+
+WorkerServer::WorkerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+WorkerServer::~WorkerServer() { Shutdown(); }
+
+void WorkerServer::Shutdown() {
+  Impl& m = *impl_;
+  if (m.stopped) return;
+  m.stopped = true;
+  if (m.server != nullptr) {
+    if (auto* health = m.server->GetHealthCheckService(); health != nullptr) {
+      health->SetServingStatus(false);
+      health->SetServingStatus(kServiceName, false);
+    }
+    m.server->Shutdown(absl::ToChronoTime(absl::Now() + m.options.drain_timeout));
+    m.server->Wait();
+  }
+  if (m.http != nullptr) m.http->Stop();
+  m.server.reset();
+  m.service.reset();
+  m.core.reset();
+}
+
+const std::string& WorkerServer::grpc_address() const { return impl_->grpc_address; }
+const std::string& WorkerServer::metrics_address() const { return impl_->metrics_address; }
+InferenceCore* WorkerServer::core() { return impl_->core.get(); }
+
+}  // namespace kvblock

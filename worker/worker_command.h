@@ -1,0 +1,16 @@
+// `kvblock worker`: serves kvblock.v1.InferenceService over a model and the block cache (the
+// cluster behind a worker-local memory tier with --cache MEMBERS, or an embedded store with
+// --cache-dir). Blocks SIGTERM/SIGINT and waits for one, then drains (WorkerServer::Shutdown).
+// Prints one "worker ready {json}" line when serving (and writes it to --ready-file).
+// Exit codes: 0 clean shutdown, 1 bad flags or a startup failure (the reason on stderr).
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace kvblock {
+
+void AddWorkerCommand(CLI::App& app);
+
+}  // namespace kvblock
