@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -22,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
+#include "nlohmann/json.hpp"
 
 namespace kvblock::metrics::testing {
 
@@ -133,7 +135,8 @@ std::string Subprocess::Log() const { return ReadFileOrEmpty(log_path_); }
 absl::StatusOr<RunResult> RunTool(const std::vector<std::string>& argv, absl::Duration timeout,
                                   const std::string& stdin_path) {
   static std::atomic<int> counter{0};
-  const std::string log = absl::StrCat(MakeTempDir("run"), "/output-", counter++, ".log");
+  static const std::string dir = MakeTempDir("run");  // one per test process
+  const std::string log = absl::StrCat(dir, "/output-", counter++, ".log");
   absl::StatusOr<Subprocess> process = Subprocess::Start(argv, log, stdin_path);
   if (!process.ok()) return process.status();
   absl::StatusOr<int> code = process->Wait(timeout);
@@ -231,6 +234,55 @@ absl::StatusOr<DemoServer> StartDemoServer(const std::vector<std::string>& extra
         absl::StrCat("demo server did not report a port within 20 s: ", process->Log()));
   }
   return DemoServer{std::move(*process), port};
+}
+
+absl::StatusOr<CacheServerProcess> StartCacheServer() {
+  const std::string dir = MakeTempDir("cache-server");
+  const std::string ready_file = dir + "/ready.json";
+  std::vector<std::string> argv = {KVBLOCK_BIN,      "cache-server", "--listen",
+                                   "127.0.0.1:0",    "--data-dir",   dir + "/data",
+                                   "--memory-bytes", "64MiB",        "--metrics-listen",
+                                   "127.0.0.1:0",    "--ready-file", ready_file};
+  absl::StatusOr<Subprocess> process = Subprocess::Start(argv, dir + "/server.log");
+  if (!process.ok()) return process.status();
+  nlohmann::json ready;
+  const bool up = WaitFor(
+      [&] {
+        std::string text = ReadFileOrEmpty(ready_file);
+        if (text.empty()) return !process->Running();
+        ready = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+        return true;
+      },
+      absl::Seconds(30));
+  if (!up || ready.is_discarded() || !ready.contains("metrics") || !ready.contains("grpc")) {
+    return absl::UnavailableError(
+        absl::StrCat("kvblock cache-server did not become ready: ", process->Log()));
+  }
+  const std::string metrics = ready["metrics"].get<std::string>();
+  int port = 0;
+  if (!absl::SimpleAtoi(metrics.substr(metrics.rfind(':') + 1), &port) || port <= 0) {
+    return absl::InternalError(absl::StrCat("bad metrics address in ready file: ", metrics));
+  }
+  return CacheServerProcess{std::move(*process), ready["grpc"].get<std::string>(), port};
+}
+
+absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_per_call) {
+  std::mt19937_64 rng(std::random_device{}());
+  for (int i = 0; i < times; ++i) {
+    std::vector<std::string> argv = {KVBLOCK_BIN, "cache-ctl", "--members", server.grpc_address,
+                                     "lookup"};
+    for (int k = 0; k < keys_per_call; ++k) {
+      argv.push_back(
+          absl::StrCat(absl::Hex(rng(), absl::kZeroPad16), absl::Hex(rng(), absl::kZeroPad16)));
+    }
+    absl::StatusOr<RunResult> r = RunTool(argv, absl::Seconds(30));
+    if (!r.ok()) return r.status();
+    if (r->exit_code != 2) {  // 2: some key absent, which random keys are
+      return absl::InternalError(
+          absl::StrCat("cache-ctl lookup exited ", r->exit_code, ": ", r->output));
+    }
+  }
+  return absl::OkStatus();
 }
 
 int ExternalToolsMain(int argc, char** argv) {

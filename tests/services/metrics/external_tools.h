@@ -84,4 +84,15 @@ struct DemoServer {
 };
 absl::StatusOr<DemoServer> StartDemoServer(const std::vector<std::string>& extra_args);
 
+// A real `kvblock cache-server` (KVBLOCK_BIN) on loopback with --metrics-listen, and some traffic
+// from `kvblock cache-ctl lookup` (random keys: counted as Lookup requests and misses).
+struct CacheServerProcess {
+  Subprocess process;
+  std::string grpc_address;
+  int metrics_port = 0;
+};
+absl::StatusOr<CacheServerProcess> StartCacheServer();
+// Runs `kvblock cache-ctl --members <grpc> lookup <n random keys>` `times` times.
+absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_per_call);
+
 }  // namespace kvblock::metrics::testing

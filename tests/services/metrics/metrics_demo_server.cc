@@ -86,6 +86,21 @@ void GenerateTraffic(const Traffic& traffic, ServiceMetrics m, HistogramFamily* 
   std::lognormal_distribution<double> payload(std::log(1 << 20), 0.7);  // ~1 MiB blocks
   Histogram* size_get = *payload_sizes->WithLabels({"Get"});
   Histogram* size_put = *payload_sizes->WithLabels({"Put"});
+  // Handles resolved once, as a server does: the loop below only touches atomics.
+  Counter* hit_memory = *m.cache_hits->WithLabels({"memory"});
+  Counter* hit_disk = *m.cache_hits->WithLabels({"disk"});
+  Counter* misses = *m.cache_misses->WithLabels({});
+  Counter* lookup_ok = *m.requests->WithLabels({"Lookup", "OK"});
+  Counter* get_ok = *m.requests->WithLabels({"Get", "OK"});
+  Counter* get_not_found = *m.requests->WithLabels({"Get", "NOT_FOUND"});
+  Counter* put_ok = *m.requests->WithLabels({"Put", "OK"});
+  Counter* put_too_big = *m.requests->WithLabels({"Put", "RESOURCE_EXHAUSTED"});
+  Histogram* lookup_latency = *m.request_duration->WithLabels({"Lookup"});
+  Histogram* get_latency = *m.request_duration->WithLabels({"Get"});
+  Histogram* put_latency = *m.request_duration->WithLabels({"Put"});
+  Counter* ucx_out = *m.bytes->WithLabels({"ucx", "out"});
+  Counter* grpc_out = *m.bytes->WithLabels({"grpc", "out"});
+  Counter* grpc_in = *m.bytes->WithLabels({"grpc", "in"});
   const absl::Duration tick = absl::Milliseconds(10);
   double carry = 0;
   absl::Time next = absl::Now();
@@ -97,37 +112,36 @@ void GenerateTraffic(const Traffic& traffic, ServiceMetrics m, HistogramFamily* 
         for (int k = 0; k < 8; ++k) {
           if (u(rng) < traffic.hit_ratio) {
             const bool mem = u(rng) < 0.7;
-            (*m.cache_hits->WithLabels({mem ? "memory" : "disk"}))->Increment();
+            (mem ? hit_memory : hit_disk)->Increment();
           } else {
-            (*m.cache_misses->WithLabels({}))->Increment();
+            misses->Increment();
           }
         }
-        (*m.requests->WithLabels({"Lookup", "OK"}))->Increment();
-        (*m.request_duration->WithLabels({"Lookup"}))->Observe(lookup_s(rng));
+        lookup_ok->Increment();
+        lookup_latency->Observe(lookup_s(rng));
       } else if (r < 0.85) {  // Get of one block
         const bool hit = u(rng) < traffic.hit_ratio;
         const bool mem = hit && u(rng) < 0.7;
         tiers->Read(hit ? (mem ? StoreTier::kMemory : StoreTier::kDisk) : StoreTier::kNone);
         if (hit) {
-          (*m.cache_hits->WithLabels({mem ? "memory" : "disk"}))->Increment();
+          (mem ? hit_memory : hit_disk)->Increment();
           const double bytes = payload(rng);
           size_get->Observe(bytes);
-          (*m.bytes->WithLabels({u(rng) < 0.8 ? "ucx" : "grpc", "out"}))
-              ->Increment(static_cast<uint64_t>(bytes));
+          (u(rng) < 0.8 ? ucx_out : grpc_out)->Increment(static_cast<uint64_t>(bytes));
         } else {
-          (*m.cache_misses->WithLabels({}))->Increment();
+          misses->Increment();
         }
-        (*m.requests->WithLabels({"Get", hit ? "OK" : "NOT_FOUND"}))->Increment();
-        (*m.request_duration->WithLabels({"Get"}))->Observe(mem ? get_mem_s(rng) : get_disk_s(rng));
+        (hit ? get_ok : get_not_found)->Increment();
+        get_latency->Observe(mem ? get_mem_s(rng) : get_disk_s(rng));
       } else {  // Put of one block
         const double bytes = payload(rng);
         size_put->Observe(bytes);
         tiers->Insert(static_cast<uint64_t>(bytes), /*to_memory=*/true);
         tiers->Insert(static_cast<uint64_t>(bytes), /*to_memory=*/false);
-        (*m.bytes->WithLabels({"grpc", "in"}))->Increment(static_cast<uint64_t>(bytes));
+        grpc_in->Increment(static_cast<uint64_t>(bytes));
         const bool too_big = u(rng) < 0.002;
-        (*m.requests->WithLabels({"Put", too_big ? "RESOURCE_EXHAUSTED" : "OK"}))->Increment();
-        (*m.request_duration->WithLabels({"Put"}))->Observe(put_s(rng));
+        (too_big ? put_too_big : put_ok)->Increment();
+        put_latency->Observe(put_s(rng));
       }
     }
     next += tick;

@@ -39,6 +39,9 @@ class PrometheusTest : public ::testing::Test {
         StartDemoServer({"--rate", absl::StrCat(kRate), "--hit-ratio", "0.8"});
     ASSERT_TRUE(demo.ok()) << demo.status();
     demo_.emplace(std::move(*demo));
+    absl::StatusOr<CacheServerProcess> node = StartCacheServer();
+    ASSERT_TRUE(node.ok()) << node.status();
+    node_.emplace(std::move(*node));
 
     const std::string dir = MakeTempDir("prometheus");
     dir_ = dir;
@@ -50,7 +53,11 @@ class PrometheusTest : public ::testing::Test {
                           << "  - job_name: kvblock\n"
                           << "    scrape_timeout: 1s\n"
                           << "    static_configs:\n"
-                          << "      - targets: ['127.0.0.1:" << demo_->port << "']\n";
+                          << "      - targets: ['127.0.0.1:" << demo_->port << "']\n"
+                          << "  - job_name: kvblock-cache\n"
+                          << "    scrape_timeout: 1s\n"
+                          << "    static_configs:\n"
+                          << "      - targets: ['127.0.0.1:" << node_->metrics_port << "']\n";
     // A port picked free can be taken before Prometheus binds it: retry a few times.
     for (int attempt = 0; attempt < 3 && !prometheus_; ++attempt) {
       prom_port_ = PickFreePort();
@@ -100,6 +107,7 @@ class PrometheusTest : public ::testing::Test {
 
   static constexpr int kRate = 2000;
   std::optional<DemoServer> demo_;
+  std::optional<CacheServerProcess> node_;
   std::optional<Subprocess> prometheus_;
   int prom_port_ = 0;
   std::string log_;
@@ -111,7 +119,7 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   const bool scraped = WaitFor(
       [&] {
         return Scalar("up{job=\"kvblock\"}") == 1 &&
-               Query("rate(kvblock_requests_total[5s])").size() >= 3;
+               Query("rate(kvblock_requests_total{job=\"kvblock\"}[5s])").size() >= 3;
       },
       absl::Seconds(60));
   ASSERT_TRUE(scraped) << "no scrapes within 60 s; prometheus log:\n" << prometheus_->Log();
@@ -119,7 +127,7 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   absl::SleepFor(absl::Seconds(2));
 
   // Build info: one series, value 1, the labels our process reported.
-  nlohmann::json build = Query("kvblock_build_info");
+  nlohmann::json build = Query("kvblock_build_info{job=\"kvblock\"}");
   ASSERT_EQ(build.size(), 1u) << build.dump();
   EXPECT_EQ(build[0]["metric"]["component"], "metrics-demo");
   EXPECT_EQ(build[0]["metric"]["job"], "kvblock");
@@ -127,32 +135,37 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   EXPECT_EQ(build[0]["value"][1], "1");
 
   // Request rate near what the demo generates (wide band: 2 shared cores).
-  const double rps = Scalar("sum(rate(kvblock_requests_total[5s]))");
+  const double rps = Scalar("sum(rate(kvblock_requests_total{job=\"kvblock\"}[5s]))");
   EXPECT_GT(rps, kRate * 0.3) << rps;
   EXPECT_LT(rps, kRate * 1.5) << rps;
   // Every method and the error codes are distinct series.
-  nlohmann::json by_method = Query("sum by (method) (kvblock_requests_total)");
+  nlohmann::json by_method = Query("sum by (method) (kvblock_requests_total{job=\"kvblock\"})");
   EXPECT_EQ(by_method.size(), 3u) << by_method.dump();
-  EXPECT_GT(Scalar("sum(kvblock_requests_total{code=\"NOT_FOUND\"})"), 0);
+  EXPECT_GT(Scalar("sum(kvblock_requests_total{job=\"kvblock\",code=\"NOT_FOUND\"})"), 0);
 
   // Hit rate over the window: ~0.8 as configured.
   const double hit_rate = Scalar(
-      "sum(rate(kvblock_cache_hits_total[10s])) / (sum(rate(kvblock_cache_hits_total[10s])) + "
-      "sum(rate(kvblock_cache_misses_total[10s])))");
+      "sum(rate(kvblock_cache_hits_total{job=\"kvblock\"}[10s])) / "
+      "(sum(rate(kvblock_cache_hits_total{job=\"kvblock\"}[10s])) + "
+      "sum(rate(kvblock_cache_misses_total{job=\"kvblock\"}[10s])))");
   EXPECT_NEAR(hit_rate, 0.8, 0.05);
-  EXPECT_EQ(Query("kvblock_cache_hits_total").size(), 2u);  // tier="memory", tier="disk"
+  EXPECT_EQ(Query("kvblock_cache_hits_total{job=\"kvblock\"}").size(),
+            2u);  // tier="memory", tier="disk"
 
   // Bytes: outbound (Get over UCX and gRPC) and inbound (Put) both flow, ~1 MiB per block.
-  const double out_bps = Scalar("sum(rate(kvblock_bytes_total{direction=\"out\"}[5s]))");
+  const double out_bps =
+      Scalar("sum(rate(kvblock_bytes_total{job=\"kvblock\",direction=\"out\"}[5s]))");
   EXPECT_GT(out_bps, kRate * 0.3 * 0.35 * 0.8 * 256 * 1024) << out_bps;
-  EXPECT_GT(Scalar("sum(rate(kvblock_bytes_total{direction=\"in\"}[5s]))"), 0);
+  EXPECT_GT(Scalar("sum(rate(kvblock_bytes_total{job=\"kvblock\",direction=\"in\"}[5s]))"), 0);
 
   // Latency from our buckets through Prometheus' own histogram_quantile: Lookup is ~0.3 ms,
   // Get ~2..8 ms, so p50 over everything lands between 0.1 ms and 10 ms.
   const double p50 = Scalar(
-      "histogram_quantile(0.5, sum by (le) (rate(kvblock_request_duration_seconds_bucket[10s])))");
+      "histogram_quantile(0.5, sum by (le) "
+      "(rate(kvblock_request_duration_seconds_bucket{job=\"kvblock\"}[10s])))");
   const double p99 = Scalar(
-      "histogram_quantile(0.99, sum by (le) (rate(kvblock_request_duration_seconds_bucket[10s])))");
+      "histogram_quantile(0.99, sum by (le) "
+      "(rate(kvblock_request_duration_seconds_bucket{job=\"kvblock\"}[10s])))");
   EXPECT_GT(p50, 0.0001);
   EXPECT_LT(p50, 0.01);
   EXPECT_GT(p99, p50);
@@ -175,19 +188,44 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
       our_p99 * 1e3);
 
   // Process metrics: plausible memory, uptime that grows, CPU used.
-  const double rss = Scalar("kvblock_process_resident_memory_bytes");
+  const double rss = Scalar("kvblock_process_resident_memory_bytes{job=\"kvblock\"}");
   EXPECT_GT(rss, 1 << 20);
   EXPECT_LT(rss, 16.0 * (1ull << 30));
-  const double uptime = Scalar("kvblock_process_uptime_seconds");
+  const double uptime = Scalar("kvblock_process_uptime_seconds{job=\"kvblock\"}");
   EXPECT_GT(uptime, 2);
   EXPECT_LT(uptime, 120);
-  EXPECT_GT(Scalar("kvblock_process_cpu_seconds_total"), 0);
+  EXPECT_GT(Scalar("kvblock_process_cpu_seconds_total{job=\"kvblock\"}"), 0);
   // Tier gauges from the collector: the memory tier stays within its 256 MiB budget.
-  const double mem_tier = Scalar("kvblock_tier_bytes{tier=\"memory\"}");
+  const double mem_tier = Scalar("kvblock_tier_bytes{job=\"kvblock\",tier=\"memory\"}");
   EXPECT_GT(mem_tier, 0);
-  EXPECT_LE(mem_tier, Scalar("kvblock_tier_capacity_bytes{tier=\"memory\"}"));
+  EXPECT_LE(mem_tier, Scalar("kvblock_tier_capacity_bytes{job=\"kvblock\",tier=\"memory\"}"));
   // Prometheus parsed every sample of each scrape (no dropped or failed scrapes).
   EXPECT_GT(Scalar("scrape_samples_scraped{job=\"kvblock\"}"), 100);
+}
+
+TEST_F(PrometheusTest, ScrapesTheRealCacheServer) {
+  ASSERT_TRUE(WaitFor([&] { return Scalar("up{job=\"kvblock-cache\"}") == 1; }, absl::Seconds(60)))
+      << prometheus_->Log();
+  // Traffic after the first scrape, so the counters visibly move between scrapes.
+  const int kCalls = 4, kKeys = 25;
+  ASSERT_TRUE(DriveLookups(*node_, kCalls, kKeys).ok());
+  const bool seen = WaitFor(
+      [&] {
+        return Scalar("sum(kvblock_cache_misses_total{job=\"kvblock-cache\"})") >= kCalls * kKeys;
+      },
+      absl::Seconds(30));
+  ASSERT_TRUE(seen) << Query("kvblock_cache_misses_total").dump();
+  // Every key was a miss; the Lookup calls and their latencies were recorded.
+  EXPECT_EQ(Scalar("sum(kvblock_cache_misses_total{job=\"kvblock-cache\"})"), kCalls * kKeys);
+  EXPECT_GE(Scalar("sum(kvblock_requests_total{job=\"kvblock-cache\",method=~\".*Lookup.*\"})"),
+            kCalls);
+  EXPECT_GE(Scalar("sum(kvblock_request_duration_seconds_count{job=\"kvblock-cache\"})"), kCalls);
+  nlohmann::json build = Query("kvblock_build_info{job=\"kvblock-cache\"}");
+  ASSERT_EQ(build.size(), 1u) << build.dump();
+  EXPECT_EQ(build[0]["metric"]["component"], "cache-server");
+  const double budget =
+      Scalar("kvblock_tier_capacity_bytes{job=\"kvblock-cache\",tier=\"memory\"}");
+  EXPECT_EQ(budget, 64.0 * (1 << 20));
 }
 
 }  // namespace

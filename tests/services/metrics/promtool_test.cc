@@ -54,6 +54,28 @@ TEST(PromtoolTest, AcceptsTheDemoServersMetrics) {
   EXPECT_EQ(server->process.Terminate(), 0) << server->process.Log();
 }
 
+TEST(PromtoolTest, AcceptsKvblockCacheServerMetrics) {
+  absl::StatusOr<CacheServerProcess> server = StartCacheServer();
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(DriveLookups(*server, 3, 16).ok());
+  absl::StatusOr<HttpResponse> res = HttpGet(server->metrics_port, "/metrics");
+  ASSERT_TRUE(res.ok()) << res.status();
+  ASSERT_EQ(res->status, 200);
+  for (const char* series :
+       {"kvblock_build_info{component=\"cache-server\"", "kvblock_requests_total{method=\"",
+        "kvblock_request_duration_seconds_bucket{method=\"", "kvblock_cache_misses_total ",
+        "kvblock_tier_bytes{tier=\"memory\"}", "kvblock_process_resident_memory_bytes "}) {
+    EXPECT_THAT(res->body, HasSubstr(series));
+  }
+  RunResult check = CheckMetrics(res->body);
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  EXPECT_EQ(check.output, "") << "promtool lint findings:\n" << check.output;
+  // Its other endpoints are up too.
+  EXPECT_EQ(HttpGet(server->metrics_port, "/readyz")->status, 200);
+  EXPECT_EQ(HttpGet(server->metrics_port, "/dashboard")->status, 200);
+  EXPECT_EQ(server->process.Terminate(), 0) << server->process.Log();
+}
+
 TEST(PromtoolTest, RejectsBrokenExpositions) {
   // Counter without _total (lint), malformed sample line (parse), histogram without +Inf.
   RunResult lint = CheckMetrics(
