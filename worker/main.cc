@@ -11,6 +11,7 @@
 #include "worker/generate_command.h"
 #include "worker/indexer/index_command.h"
 #include "worker/tokenize_command.h"
+#include "worker/worker_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kvblock: Block-Attention serving with a cluster-wide KV cache of passages"};
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   kvblock::AddInspectCommand(app);
   kvblock::AddCacheServerCommand(app);
   kvblock::AddCacheCtlCommand(app);
+  kvblock::AddWorkerCommand(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
