@@ -115,16 +115,15 @@ class PrometheusTest : public ::testing::Test {
 };
 
 TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
-  // Wait (bounded) until Prometheus has scraped enough for 5 s rates: up == 1 and a rate exists.
+  // Wait (bounded) until the series are older than the 5 s rate window (7 scrapes within 7 s):
+  // younger series make rate() extrapolate only part of the window and read low.
   const bool scraped = WaitFor(
       [&] {
         return Scalar("up{job=\"kvblock\"}") == 1 &&
-               Query("rate(kvblock_requests_total{job=\"kvblock\"}[5s])").size() >= 3;
+               Scalar("count_over_time(up{job=\"kvblock\"}[7s])") >= 7;
       },
       absl::Seconds(60));
-  ASSERT_TRUE(scraped) << "no scrapes within 60 s; prometheus log:\n" << prometheus_->Log();
-  // Two more scrapes so the windows below hold several samples.
-  absl::SleepFor(absl::Seconds(2));
+  ASSERT_TRUE(scraped) << "no steady scrapes within 60 s; prometheus log:\n" << prometheus_->Log();
 
   // Build info: one series, value 1, the labels our process reported.
   nlohmann::json build = Query("kvblock_build_info{job=\"kvblock\"}");
@@ -134,10 +133,11 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   EXPECT_FALSE(build[0]["metric"]["version"].get<std::string>().empty());
   EXPECT_EQ(build[0]["value"][1], "1");
 
-  // Request rate near what the demo generates (wide band: 2 shared cores).
+  // Request rate: what the demo generates (its pacing catches up after stalls; the band allows
+  // for scrape jitter on 2 shared cores).
   const double rps = Scalar("sum(rate(kvblock_requests_total{job=\"kvblock\"}[5s]))");
-  EXPECT_GT(rps, kRate * 0.3) << rps;
-  EXPECT_LT(rps, kRate * 1.5) << rps;
+  EXPECT_GT(rps, kRate * 0.7) << rps;
+  EXPECT_LT(rps, kRate * 1.3) << rps;
   // Every method and the error codes are distinct series.
   nlohmann::json by_method = Query("sum by (method) (kvblock_requests_total{job=\"kvblock\"})");
   EXPECT_EQ(by_method.size(), 3u) << by_method.dump();
@@ -155,7 +155,10 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   // Bytes: outbound (Get over UCX and gRPC) and inbound (Put) both flow, ~1 MiB per block.
   const double out_bps =
       Scalar("sum(rate(kvblock_bytes_total{job=\"kvblock\",direction=\"out\"}[5s]))");
-  EXPECT_GT(out_bps, kRate * 0.3 * 0.35 * 0.8 * 256 * 1024) << out_bps;
+  // Get: 35% of requests, 80% hits, lognormal payloads with mean 1 MiB * e^(0.7^2/2).
+  const double expected_out = kRate * 0.35 * 0.8 * (1 << 20) * std::exp(0.7 * 0.7 / 2);
+  EXPECT_GT(out_bps, expected_out * 0.6) << out_bps;
+  EXPECT_LT(out_bps, expected_out * 1.4) << out_bps;
   EXPECT_GT(Scalar("sum(rate(kvblock_bytes_total{job=\"kvblock\",direction=\"in\"}[5s]))"), 0);
 
   // Latency from our buckets through Prometheus' own histogram_quantile: Lookup is ~0.3 ms,
@@ -171,16 +174,16 @@ TEST_F(PrometheusTest, ScrapesAndAnswersQueries) {
   EXPECT_GT(p99, p50);
   EXPECT_LT(p99, 0.2);
   // Our /api/stats estimate from the same buckets agrees (same stationary distribution,
-  // different windows): within a factor of 2.
+  // different windows): within 30%.
   absl::StatusOr<HttpResponse> stats = HttpGet(demo_->port, "/api/stats");
   ASSERT_TRUE(stats.ok());
   nlohmann::json doc = nlohmann::json::parse(stats->body);
   const double our_p50 = doc["current"]["p50_s"].get<double>();
   const double our_p99 = doc["current"]["p99_s"].get<double>();
-  EXPECT_GT(our_p50, p50 / 2) << our_p50 << " vs " << p50;
-  EXPECT_LT(our_p50, p50 * 2) << our_p50 << " vs " << p50;
-  EXPECT_GT(our_p99, p99 / 2) << our_p99 << " vs " << p99;
-  EXPECT_LT(our_p99, p99 * 2) << our_p99 << " vs " << p99;
+  EXPECT_GT(our_p50, p50 * 0.7) << our_p50 << " vs " << p50;
+  EXPECT_LT(our_p50, p50 * 1.3) << our_p50 << " vs " << p50;
+  EXPECT_GT(our_p99, p99 * 0.7) << our_p99 << " vs " << p99;
+  EXPECT_LT(our_p99, p99 * 1.3) << our_p99 << " vs " << p99;
   std::printf(
       "measured: rate %.0f req/s (nominal %d), hit rate %.3f, out %.1f MiB/s, p50 %.3f ms "
       "(ours %.3f), p99 %.3f ms (ours %.3f)\n",
