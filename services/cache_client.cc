@@ -76,6 +76,8 @@ struct CacheClient::Node {
 
   // UCX session (index in UcxClient), -1 when none.
   std::atomic<int> ucx_session{-1};
+  // The node answered OpenDataPlane with FAILED_PRECONDITION (it runs without UCX).
+  std::atomic<bool> no_data_plane{false};
 };
 
 CacheClient::CacheClient(CacheClientOptions options)
@@ -141,8 +143,17 @@ CacheClient::~CacheClient() {
 }
 
 v1::CacheService::Stub* CacheClient::StubFor(Node& node) const {
-  const uint32_t i = node.next_stub.fetch_add(1, std::memory_order_relaxed);
-  return node.stubs[i % node.stubs.size()].get();
+  // Round-robin over the pool, skipping connections that are backing off after a failure
+  // (e.g. the node just restarted and only some connections are back); if all are, any.
+  const uint32_t start = node.next_stub.fetch_add(1, std::memory_order_relaxed);
+  const size_t n = node.stubs.size();
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (start + k) % n;
+    if (node.channels[i]->GetState(/*try_to_connect=*/true) != GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      return node.stubs[i].get();
+    }
+  }
+  return node.stubs[start % n].get();
 }
 
 void CacheClient::PrepareContext(grpc::ClientContext* ctx, absl::Time deadline) const {
@@ -260,6 +271,12 @@ absl::StatusOr<uint64_t> CacheClient::GetOnNode(size_t index, const BlockKey& ke
     if (msg.part_case() == v1::GetResponse::kPayloadBytes && !have_size) {
       have_size = true;
       expected = msg.payload_bytes();
+      if (expected > (uint64_t{4} << 30)) {
+        local = absl::InternalError(absl::StrCat(node.address, " announced a ", expected,
+                                                 "-byte block"));
+        ctx.TryCancel();
+        break;
+      }
       if (grow != nullptr) {
         grow->resize(expected);
         buffer = absl::MakeSpan(*grow);
@@ -413,46 +430,60 @@ std::vector<ClusterLookupResult> CacheClient::LookupCluster(absl::Span<const Blo
   std::vector<ClusterLookupResult> out(keys.size());
   const uint32_t want_answers = std::min<uint32_t>(
       options_.replication + options_.read_extra_candidates, nodes_.size());
-  // Per key: candidate order, next position in it, and how many nodes said "absent".
-  std::vector<std::vector<uint32_t>> order(keys.size());
-  std::vector<uint32_t> pos(keys.size(), 0), absent(keys.size(), 0);
-  std::vector<size_t> pending(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    order[i] = Candidates(keys[i], /*for_write=*/false);
-    pending[i] = i;
-  }
-  // Rounds: each pending key asks its next candidate; one RPC per node, all nodes in parallel.
-  // A key leaves when found, after want_answers "absent" answers, or when out of candidates.
-  for (uint32_t round = 0; !pending.empty() && round < 4 * nodes_.size(); ++round) {
-    absl::flat_hash_map<uint32_t, std::vector<size_t>> by_node;
-    for (size_t i : pending) by_node[order[i][pos[i]]].push_back(i);
-    std::vector<std::pair<uint32_t, std::future<absl::StatusOr<std::vector<v1::LookupResult>>>>>
-        calls;
-    for (auto& [node, idx] : by_node) {
-      std::vector<BlockKey> batch;
-      batch.reserve(idx.size());
-      for (size_t i : idx) batch.push_back(keys[i]);
-      calls.emplace_back(node, std::async(std::launch::async,
-                                          [this, node = node, batch = std::move(batch)] {
-                                            return LookupOnNode(node, batch);
-                                          }));
-    }
-    std::vector<size_t> still;
-    for (auto& [node, fut] : calls) {
-      absl::StatusOr<std::vector<v1::LookupResult>> r = fut.get();
-      const std::vector<size_t>& idx = by_node[node];
-      for (size_t j = 0; j < idx.size(); ++j) {
-        const size_t i = idx[j];
-        ++pos[i];
-        if (r.ok() && (*r)[j].present()) {
-          out[i] = {true, (*r)[j].tier(), (*r)[j].payload_bytes(), static_cast<int>(node)};
-          continue;
-        }
-        if (r.ok() && ++absent[i] >= want_answers) continue;
-        if (pos[i] < order[i].size()) still.push_back(i);
+  std::vector<size_t> todo(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) todo[i] = i;
+  for (uint32_t attempt = 1; attempt <= options_.max_attempts && !todo.empty(); ++attempt) {
+    if (attempt > 1) absl::SleepFor(Backoff(attempt - 1));
+    // Per key: candidate order, next position in it, "absent" answers, and whether a node
+    // failed to answer for it (then the key is retried in the next attempt).
+    std::vector<std::vector<uint32_t>> order(keys.size());
+    std::vector<uint32_t> pos(keys.size(), 0), absent(keys.size(), 0);
+    std::vector<bool> failed(keys.size(), false);
+    for (size_t i : todo) order[i] = Candidates(keys[i], /*for_write=*/false);
+    std::vector<size_t> pending = todo;
+    // Rounds: each pending key asks its next candidate; one RPC per node, all nodes in
+    // parallel. A key leaves when found, after want_answers "absent" answers, or when out of
+    // candidates.
+    for (uint32_t round = 0; !pending.empty() && round < nodes_.size(); ++round) {
+      absl::flat_hash_map<uint32_t, std::vector<size_t>> by_node;
+      for (size_t i : pending) by_node[order[i][pos[i]]].push_back(i);
+      std::vector<std::pair<uint32_t,
+                            std::future<absl::StatusOr<std::vector<v1::LookupResult>>>>>
+          calls;
+      for (auto& [node, idx] : by_node) {
+        std::vector<BlockKey> batch;
+        batch.reserve(idx.size());
+        for (size_t i : idx) batch.push_back(keys[i]);
+        calls.emplace_back(node, std::async(std::launch::async,
+                                            [this, node = node, batch = std::move(batch)] {
+                                              return LookupOnNode(node, batch);
+                                            }));
       }
+      std::vector<size_t> still;
+      for (auto& [node, fut] : calls) {
+        absl::StatusOr<std::vector<v1::LookupResult>> r = fut.get();
+        const std::vector<size_t>& idx = by_node[node];
+        for (size_t j = 0; j < idx.size(); ++j) {
+          const size_t i = idx[j];
+          ++pos[i];
+          if (r.ok() && (*r)[j].present()) {
+            out[i] = {true, (*r)[j].tier(), (*r)[j].payload_bytes(), static_cast<int>(node)};
+            continue;
+          }
+          if (r.ok() && ++absent[i] >= want_answers) continue;
+          if (!r.ok()) failed[i] = true;
+          if (pos[i] < order[i].size()) still.push_back(i);
+        }
+      }
+      pending = std::move(still);
     }
-    pending = std::move(still);
+    std::vector<size_t> retry;
+    for (size_t i : todo) {
+      // Retried only when no node answered for it at all; one "absent" answer with the other
+      // replicas down counts as a miss (the caller recomputes the block).
+      if (!out[i].present && failed[i] && absent[i] == 0) retry.push_back(i);
+    }
+    todo = std::move(retry);
   }
   return out;
 }
@@ -561,13 +592,14 @@ void CacheClient::OpenDataPlanes() {
   if (ucx_ == nullptr) return;
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = *nodes_[i];
-    if (node.ucx_session.load() >= 0) continue;
+    if (node.ucx_session.load() >= 0 || node.no_data_plane.load()) continue;
     v1::OpenDataPlaneRequest request;
     request.set_client_worker_address(ucx_->WorkerAddress());
     v1::OpenDataPlaneResponse response;
     grpc::ClientContext ctx;
     PrepareContext(&ctx, absl::Now() + options_.rpc_timeout);
     absl::Status s = FromGrpcStatus(StubFor(node)->OpenDataPlane(&ctx, request, &response));
+    if (absl::IsFailedPrecondition(s)) node.no_data_plane.store(true);
     if (!s.ok()) continue;  // no data plane there (or down): gRPC Get serves reads
     absl::StatusOr<int> session =
         ucx_->Connect(response.listener_address(), response.session_token(), options_.rpc_timeout);
@@ -576,6 +608,7 @@ void CacheClient::OpenDataPlanes() {
 }
 
 void CacheClient::ProbeLoop() {
+  int tick = 0;
   while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(50))) {
     for (size_t i = 0; i < nodes_.size(); ++i) {
       Node& node = *nodes_[i];
@@ -602,10 +635,12 @@ void CacheClient::ProbeLoop() {
     if (ucx_ != nullptr) {
       bool missing = false;
       for (size_t i = 0; i < nodes_.size(); ++i) {
-        if (nodes_[i]->ucx_session.load() < 0 && !IsEjected(i)) missing = true;
+        if (nodes_[i]->ucx_session.load() < 0 && !nodes_[i]->no_data_plane.load() &&
+            !IsEjected(i)) {
+          missing = true;
+        }
       }
       // Re-open sessions at most every ~second (cheap when nodes have no data plane).
-      static thread_local int tick = 0;
       if (missing && ++tick % 20 == 0) OpenDataPlanes();
     }
   }

@@ -52,8 +52,8 @@ struct CacheClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(5);
   // Rounds over the replicas before giving up with UNAVAILABLE (count). Default: 3.
   uint32_t max_attempts = 3;
-  // Backoff before the second round; doubles per round, jittered ±50 %. Default: 10 ms.
-  absl::Duration initial_backoff = absl::Milliseconds(10);
+  // Backoff before the second round; doubles per round, jittered ±50 %. Default: 50 ms.
+  absl::Duration initial_backoff = absl::Milliseconds(50);
   // Cap of the backoff. Default: 500 ms.
   absl::Duration max_backoff = absl::Milliseconds(500);
   // How long a node that failed stays ejected before the first probe; doubles per failed probe.

@@ -8,6 +8,42 @@
 #include "services/grpc_status.h"
 
 namespace kvblock {
+
+BlockingExecutor::BlockingExecutor(int threads) {
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      while (true) {
+        std::function<void()> fn;
+        {
+          absl::MutexLock l(&mu_);
+          mu_.Await(absl::Condition(
+              +[](BlockingExecutor* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
+                return e->stop_ || !e->queue_.empty();
+              },
+              this));
+          if (queue_.empty()) return;  // stop_ and drained
+          fn = std::move(queue_.front());
+          queue_.pop_front();
+        }
+        fn();
+      }
+    });
+  }
+}
+
+BlockingExecutor::~BlockingExecutor() {
+  {
+    absl::MutexLock l(&mu_);
+    stop_ = true;
+  }
+  for (auto& t : threads_) t.join();
+}
+
+void BlockingExecutor::Run(std::function<void()> fn) {
+  absl::MutexLock l(&mu_);
+  queue_.push_back(std::move(fn));
+}
+
 namespace {
 
 // The `authorization` metadata value, or nullopt-as-empty when absent.
@@ -49,9 +85,12 @@ class CallScope {
 
 class PutReactor final : public grpc::ServerReadReactor<v1::PutRequest> {
  public:
-  PutReactor(CacheServiceCore* core, CacheServiceObserver* observer,
+  PutReactor(CacheServiceCore* core, CacheServiceObserver* observer, BlockingExecutor* executor,
              grpc::CallbackServerContext* context, v1::PutResponse* response)
-      : scope_(core, observer, "Put"), context_(context), response_(response) {
+      : scope_(core, observer, "Put"),
+        executor_(executor),
+        context_(context),
+        response_(response) {
     absl::Status auth = Authenticate(*core, context);
     if (!auth.ok()) {
       End(auth);
@@ -69,9 +108,12 @@ class PutReactor final : public grpc::ServerReadReactor<v1::PutRequest> {
         End(absl::CancelledError("Put stream cancelled before completion"));
         return;
       }
-      absl::StatusOr<v1::PutResponse> r = session_->Finish();
-      if (r.ok()) *response_ = *std::move(r);
-      End(r.status());
+      // The commit verifies checksums and writes RocksDB (fsync): not on this callback thread.
+      executor_->Run([this] {
+        absl::StatusOr<v1::PutResponse> r = session_->Finish();
+        if (r.ok()) *response_ = *std::move(r);
+        End(r.status());
+      });
       return;
     }
     bytes_in_ += request_.ByteSizeLong();
@@ -94,6 +136,7 @@ class PutReactor final : public grpc::ServerReadReactor<v1::PutRequest> {
   }
 
   CallScope scope_;
+  BlockingExecutor* executor_;
   grpc::CallbackServerContext* context_;
   v1::PutResponse* response_;
   v1::PutRequest request_;
@@ -103,7 +146,7 @@ class PutReactor final : public grpc::ServerReadReactor<v1::PutRequest> {
 
 class GetReactor final : public grpc::ServerWriteReactor<v1::GetResponse> {
  public:
-  GetReactor(CacheServiceCore* core, CacheServiceObserver* observer,
+  GetReactor(CacheServiceCore* core, CacheServiceObserver* observer, BlockingExecutor* executor,
              grpc::CallbackServerContext* context, const v1::GetRequest* request)
       : scope_(core, observer, "Get") {
     absl::Status auth = Authenticate(*core, context);
@@ -111,13 +154,16 @@ class GetReactor final : public grpc::ServerWriteReactor<v1::GetResponse> {
       End(auth);
       return;
     }
-    absl::StatusOr<std::unique_ptr<GetStream>> stream = core->StartGet(*request);
-    if (!stream.ok()) {
-      End(stream.status());
-      return;
-    }
-    stream_ = *std::move(stream);
-    WriteNext();
+    // A memory miss reads RocksDB: not on this callback thread.
+    executor->Run([this, core, request] {
+      absl::StatusOr<std::unique_ptr<GetStream>> stream = core->StartGet(*request);
+      if (!stream.ok()) {
+        End(stream.status());
+        return;
+      }
+      stream_ = *std::move(stream);
+      WriteNext();
+    });
   }
 
   void OnWriteDone(bool ok) override {
@@ -174,12 +220,12 @@ grpc::ServerUnaryReactor* CacheGrpcService::Lookup(grpc::CallbackServerContext* 
 
 grpc::ServerReadReactor<v1::PutRequest>* CacheGrpcService::Put(
     grpc::CallbackServerContext* context, v1::PutResponse* response) {
-  return new PutReactor(core_, observer_, context, response);
+  return new PutReactor(core_, observer_, &executor_, context, response);
 }
 
 grpc::ServerWriteReactor<v1::GetResponse>* CacheGrpcService::Get(
     grpc::CallbackServerContext* context, const v1::GetRequest* request) {
-  return new GetReactor(core_, observer_, context, request);
+  return new GetReactor(core_, observer_, &executor_, context, request);
 }
 
 grpc::ServerUnaryReactor* CacheGrpcService::Delete(grpc::CallbackServerContext* context,

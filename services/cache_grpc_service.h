@@ -3,17 +3,42 @@
 // observer; every decision lives in the core.
 #pragma once
 
+#include <deque>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "kvblock/v1/cache.grpc.pb.h"
 #include "services/cache_service_core.h"
 
 namespace kvblock {
 
+// Runs blocking store work (Put commits with their fsync, Get's disk reads) off gRPC's callback
+// threads, which must never block. Thread-safe.
+class BlockingExecutor {
+ public:
+  explicit BlockingExecutor(int threads);
+  // Runs the queued work, then joins.
+  ~BlockingExecutor();
+  void Run(std::function<void()> fn);
+
+ private:
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
 class CacheGrpcService final : public v1::CacheService::CallbackService {
  public:
   // Borrows `core` and `observer` (nullable); both must outlive the gRPC server.
-  CacheGrpcService(CacheServiceCore* core, CacheServiceObserver* observer)
-      : core_(core), observer_(observer) {}
+  // `blocking_threads` run Put commits and Get reads.
+  CacheGrpcService(CacheServiceCore* core, CacheServiceObserver* observer,
+                   int blocking_threads = 8)
+      : core_(core), observer_(observer), executor_(blocking_threads) {}
 
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
                                    const v1::LookupRequest* request,
@@ -42,6 +67,7 @@ class CacheGrpcService final : public v1::CacheService::CallbackService {
 
   CacheServiceCore* const core_;
   CacheServiceObserver* const observer_;
+  BlockingExecutor executor_;
 };
 
 }  // namespace kvblock

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <random>
@@ -255,6 +256,13 @@ struct UcxServer::Impl {
     uint64_t bytes = 0;
   };
 
+  // After a failed Start (the progress thread never ran) release what was created; after
+  // ~UcxServer these are already gone.
+  ~Impl() {
+    if (listener != nullptr) ucp_listener_destroy(listener);
+    for (auto& [span, memh] : regions) ucp_mem_unmap(loop.context(), memh);
+  }
+
   UcxServerOptions options;
   BlockStore* store = nullptr;
   CacheServiceObserver* observer = nullptr;
@@ -486,6 +494,10 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions opt
   impl->store = store;
   impl->observer = observer;
   Impl* raw = impl.get();
+  // A restarted node must bind its data-plane port again even while connections of the killed
+  // process linger in TIME_WAIT. UCX reads this only from the environment; an operator's own
+  // setting wins.
+  setenv("UCX_TCP_CM_REUSEADDR", "y", /*overwrite=*/0);
   if (absl::Status s = impl->loop.Init([raw] { raw->Sweep(); }); !s.ok()) return s;
   ucp_worker_h worker = impl->loop.worker();
 

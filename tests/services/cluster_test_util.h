@@ -31,11 +31,16 @@ struct TestBlock {
   std::vector<uint8_t> payload;
 };
 
+// The model every test block belongs to (real corpora have few models; the disk tier keeps one
+// column family per model).
+inline constexpr Hash128 kTestModel{0x6b76626c6f636b00, 0x7465737420313233};
+
 // A valid bf16 block of `layers` x 2 heads x `tokens` x 64 with random data and a random key.
 // Payload bytes: 96 + layers * tokens * 512.
-inline TestBlock RandomBlock(std::mt19937_64& rng, uint32_t layers = 4, uint32_t tokens = 16) {
+inline TestBlock RandomBlock(std::mt19937_64& rng, uint32_t layers = 4, uint32_t tokens = 16,
+                             Hash128 model = kTestModel) {
   BlockMeta meta;
-  meta.model = Hash128{rng(), rng()};
+  meta.model = model;
   meta.key = Hash128{rng(), rng()};
   meta.dtype = KvDtype::kBF16;
   meta.num_layers = layers;
