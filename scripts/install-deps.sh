@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-venv python3-pip
   prometheus chromium fonts-dejavu-core
+  openssl
 )
 
 missing=()
