@@ -331,38 +331,33 @@ void InferenceCore::PoolLoop() {
       queue_.pop_front();
       ++running_;
     }
-    Run(*job);
-    job.reset();
-    absl::MutexLock lock(&mu_);
-    --running_;
+    absl::StatusOr<GenerateOutcome> result = Run(*job);
+    {
+      // The slot is free before the caller hears of the result, so a caller that sends its next
+      // request on completion is not refused.
+      absl::MutexLock lock(&mu_);
+      --running_;
+    }
+    job->done(std::move(result));
   }
 }
 
-void InferenceCore::Run(Job& job) {
+absl::StatusOr<GenerateOutcome> InferenceCore::Run(Job& job) {
   auto check = [&](const char* phase) -> absl::Status {
     if (job.cancelled && job.cancelled()) {
       return absl::CancelledError(absl::StrCat("request cancelled ", phase));
     }
     return CheckDeadline(job.deadline, phase);
   };
-  if (absl::Status s = check("while queued"); !s.ok()) {
-    job.done(s);
-    return;
-  }
+  if (absl::Status s = check("while queued"); !s.ok()) return s;
   const absl::Time start = absl::Now();
   RequestCacheScope scope;
   scope.policy = job.policy;
   tls_scope = &scope;
   absl::StatusOr<GenerateResult> result = engine_->Generate(job.request);
   tls_scope = nullptr;
-  if (!result.ok()) {
-    job.done(result.status());
-    return;
-  }
-  if (absl::Status s = check("after generation"); !s.ok()) {
-    job.done(s);
-    return;
-  }
+  if (!result.ok()) return result.status();
+  if (absl::Status s = check("after generation"); !s.ok()) return s;
   GenerateOutcome out;
   out.tokens = std::move(result->tokens);
   out.finish_reason = result->stop_reason == "eos" ? "eos" : "length";
@@ -389,7 +384,7 @@ void InferenceCore::Run(Job& job) {
   out.cache.set_gpu_hits(static_cast<uint32_t>(
       std::min<int64_t>(scope.local_hits, result->cache_hits)));
   out.cache.set_fetched_bytes(scope.fetched_bytes);
-  job.done(std::move(out));
+  return out;
 }
 
 absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(

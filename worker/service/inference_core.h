@@ -112,7 +112,8 @@ class InferenceCore {
   struct Job;
   InferenceCore(Runtime* runtime, InferenceCoreOptions options);
   void PoolLoop();
-  void Run(Job& job);
+  // Runs one job on this pool thread (phases, cancellation checks, engine, outcome).
+  absl::StatusOr<GenerateOutcome> Run(Job& job);
   absl::StatusOr<std::vector<int32_t>> SegmentTokens(const v1::Segment& segment,
                                                      const std::string& where) const;
 
