@@ -11,6 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
+#include "httplib.h"
 #include "gtest/gtest.h"
 #include "kvblock/v1/inference.grpc.pb.h"
 #include "services/auth.h"
@@ -59,6 +60,7 @@ class WorkerServiceTest : public ::testing::Test {
     std::ofstream(dir_ / "token") << kToken << "\n";
     WorkerServerOptions so;
     so.listen = "127.0.0.1:0";
+    so.metrics_listen = "127.0.0.1:0";
     so.auth_token_file = dir_ / "token";
     so.core = core;
     absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(runtime_.get(), so);
@@ -70,6 +72,18 @@ class WorkerServiceTest : public ::testing::Test {
 
   void TearDown() override {
     if (server_ != nullptr) server_->Shutdown();
+  }
+
+  // Value of one sample line of /metrics ("name{labels}"); -1 when absent.
+  double Metric(const std::string& series) {
+    const std::string& addr = server_->metrics_address();
+    httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
+    httplib::Result r = http.Get("/metrics");
+    if (!r || r->status != 200) return -2;
+    const std::string needle = "\n" + series + " ";
+    const size_t at = r->body.find(needle);
+    if (at == std::string::npos) return -1;
+    return std::stod(r->body.substr(at + needle.size()));
   }
 
   std::vector<int32_t> RandomIds(int n) {
@@ -157,6 +171,15 @@ TEST_F(WorkerServiceTest, GenerateMatchesEngineAndRepeatIsAllHits) {
   EXPECT_EQ(bypass.tokens, first.tokens);
   EXPECT_EQ(bypass.final_message.cache().hits(), 0u);
   EXPECT_EQ(bypass.final_message.cache().misses(), 3u);
+
+  // Metrics: three Generate calls, one unauthenticated, TTFT observed per success, block hits
+  // and misses as reported.
+  EXPECT_EQ(Call(req, /*auth=*/false).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Metric("kvblock_requests_total{method=\"Generate\",code=\"OK\"}"), 3);
+  EXPECT_EQ(Metric("kvblock_requests_total{method=\"Generate\",code=\"UNAUTHENTICATED\"}"), 1);
+  EXPECT_EQ(Metric("kvblock_worker_ttft_seconds_count"), 3);
+  EXPECT_EQ(Metric("kvblock_cache_hits_total{tier=\"memory\"}"), 3);
+  EXPECT_EQ(Metric("kvblock_cache_misses_total"), 6);
 }
 
 TEST_F(WorkerServiceTest, ReadOnlyDoesNotWriteAndAutoSplitMatchesSplitter) {
