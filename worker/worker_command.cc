@@ -45,7 +45,8 @@ int RunWorker(WorkerFlags& f) {
         absl::StrCat("--backend ", f.backend, " is not available (available: cpu)")));
   }
   if (f.cache.empty() == f.cache_dir.empty()) {
-    return Fail(absl::InvalidArgumentError("give exactly one of --cache MEMBERS or --cache-dir DIR"));
+    return Fail(
+        absl::InvalidArgumentError("give exactly one of --cache MEMBERS or --cache-dir DIR"));
   }
   RuntimeOptions ro;
   ro.model_dir = f.model;
@@ -123,8 +124,10 @@ void AddWorkerCommand(CLI::App& app) {
                   "File with the bearer token every call must carry");
   cmd->add_option("--tls-cert", f->server.tls_cert, "PEM server certificate chain (enables TLS)");
   cmd->add_option("--tls-key", f->server.tls_key, "PEM server private key");
-  cmd->add_option("--client-ca", f->server.client_ca, "PEM CA; clients must present a cert it signed");
-  cmd->add_option("--max-prompt-tokens", f->server.core.max_prompt_tokens, "Longest prompt (tokens)")
+  cmd->add_option("--client-ca", f->server.client_ca,
+                  "PEM CA; clients must present a cert it signed");
+  cmd->add_option("--max-prompt-tokens", f->server.core.max_prompt_tokens,
+                  "Longest prompt (tokens)")
       ->capture_default_str();
   cmd->add_option("--max-concurrent", f->server.core.max_concurrent, "Requests run at once")
       ->capture_default_str();

@@ -16,7 +16,7 @@ namespace {
 // Per-request state of PolicyStore, set on the pool thread for the duration of one Generate.
 struct RequestCacheScope {
   CachePolicyMode policy = CachePolicyMode::kReadWrite;
-  int64_t local_hits = 0;    // present keys not served by the remote tier
+  int64_t local_hits = 0;  // present keys not served by the remote tier
   uint64_t fetched_bytes = 0;
   double fetch_ms = 0;
 };
@@ -112,8 +112,8 @@ struct InferenceCore::Job {
   GenerateDone done;
 };
 
-absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(
-    Runtime* runtime, InferenceCoreOptions options) {
+absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* runtime,
+                                                                     InferenceCoreOptions options) {
   if (runtime == nullptr || runtime->store == nullptr || runtime->model.weights == nullptr) {
     return absl::InvalidArgumentError("InferenceCore needs an opened runtime");
   }
@@ -169,7 +169,8 @@ absl::StatusOr<std::vector<int32_t>> InferenceCore::SegmentTokens(const v1::Segm
     ids.assign(segment.tokens().ids().begin(), segment.tokens().ids().end());
   } else if (segment.content_case() == v1::Segment::kText) {
     if (runtime_->tokenizer == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(where, " is text but the model has no tokenizer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, " is text but the model has no tokenizer"));
     }
     absl::StatusOr<std::vector<int32_t>> enc = runtime_->tokenizer->Encode(segment.text());
     if (!enc.ok()) {
@@ -213,7 +214,8 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
       absl::StatusOr<std::vector<std::vector<int32_t>>> blocks = SplitIntoBlocks(
           *runtime_->tokenizer, std::string_view(text.data(), text.size()), max_block);
       if (!blocks.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("auto_split_text: ", blocks.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("auto_split_text: ", blocks.status().message()));
       }
       r.blocks = *std::move(blocks);
     } else {
@@ -231,9 +233,8 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
     int64_t prompt = static_cast<int64_t>(r.final_block.size());
     for (const auto& b : r.blocks) prompt += static_cast<int64_t>(b.size());
     if (prompt > options_.max_prompt_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt,
-                                                     " tokens exceeds max_prompt_tokens ",
-                                                     options_.max_prompt_tokens));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt of ", prompt, " tokens exceeds max_prompt_tokens ", options_.max_prompt_tokens));
     }
     job->tokenize_ms = MsBetween(t0, absl::Now());
 
@@ -242,8 +243,8 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
                                  ? static_cast<uint32_t>(options_.default_max_new_tokens)
                                  : sp.max_new_tokens();
     if (max_new > static_cast<uint32_t>(options_.max_new_tokens_limit)) {
-      return absl::InvalidArgumentError(absl::StrCat("max_new_tokens ", max_new, " exceeds ",
-                                                     options_.max_new_tokens_limit));
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_new_tokens ", max_new, " exceeds ", options_.max_new_tokens_limit));
     }
     r.max_new_tokens = static_cast<int32_t>(max_new);
     if (!(sp.temperature() >= 0.0f)) {
@@ -259,21 +260,33 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
     if (absl::Status s = r.sampling.Validate(); !s.ok()) return s;
     for (int32_t id : sp.stop_token_ids()) {
       if (id < 0 || id >= vocab_size_) {
-        return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " outside the vocabulary"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("stop token id ", id, " outside the vocabulary"));
       }
       job->stop_ids.push_back(id);
     }
     switch (request.mode()) {
       case v1::ATTENTION_MODE_UNSPECIFIED:
-      case v1::ATTENTION_MODE_BLOCK: r.mode = AttentionMode::kBlock; break;
-      case v1::ATTENTION_MODE_FULL: r.mode = AttentionMode::kFull; break;
-      default: return absl::InvalidArgumentError(absl::StrCat("unknown mode ", request.mode()));
+      case v1::ATTENTION_MODE_BLOCK:
+        r.mode = AttentionMode::kBlock;
+        break;
+      case v1::ATTENTION_MODE_FULL:
+        r.mode = AttentionMode::kFull;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat("unknown mode ", request.mode()));
     }
     switch (request.cache_policy()) {
       case v1::CACHE_POLICY_UNSPECIFIED:
-      case v1::CACHE_POLICY_READ_WRITE: job->policy = CachePolicyMode::kReadWrite; break;
-      case v1::CACHE_POLICY_READ_ONLY: job->policy = CachePolicyMode::kReadOnly; break;
-      case v1::CACHE_POLICY_BYPASS: job->policy = CachePolicyMode::kBypass; break;
+      case v1::CACHE_POLICY_READ_WRITE:
+        job->policy = CachePolicyMode::kReadWrite;
+        break;
+      case v1::CACHE_POLICY_READ_ONLY:
+        job->policy = CachePolicyMode::kReadOnly;
+        break;
+      case v1::CACHE_POLICY_BYPASS:
+        job->policy = CachePolicyMode::kBypass;
+        break;
       default:
         return absl::InvalidArgumentError(
             absl::StrCat("unknown cache_policy ", request.cache_policy()));
@@ -290,10 +303,9 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
       status = absl::UnavailableError("worker shutting down");
     } else if (running_ + static_cast<int64_t>(queue_.size()) >=
                options_.max_concurrent + options_.queue_size) {
-      status = absl::ResourceExhaustedError(
-          absl::StrCat("worker overloaded: ", running_, " running, ", queue_.size(),
-                       " queued (max_concurrent ", options_.max_concurrent, ", queue_size ",
-                       options_.queue_size, ")"));
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "worker overloaded: ", running_, " running, ", queue_.size(), " queued (max_concurrent ",
+          options_.max_concurrent, ", queue_size ", options_.queue_size, ")"));
     } else {
       queue_.push_back(std::move(job));
       return;
@@ -322,9 +334,8 @@ void InferenceCore::PoolLoop() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](InferenceCore* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-            return c->stop_ || !c->queue_.empty();
-          },
+          +[](InferenceCore* c)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) { return c->stop_ || !c->queue_.empty(); },
           this));
       if (queue_.empty()) return;  // stop_ and nothing left
       job = std::move(queue_.front());
@@ -381,8 +392,8 @@ absl::StatusOr<GenerateOutcome> InferenceCore::Run(Job& job) {
   out.timings.set_total_ms(MsBetween(job.arrival, absl::Now()));
   out.cache.set_hits(static_cast<uint32_t>(result->cache_hits));
   out.cache.set_misses(static_cast<uint32_t>(result->cache_misses));
-  out.cache.set_gpu_hits(static_cast<uint32_t>(
-      std::min<int64_t>(scope.local_hits, result->cache_hits)));
+  out.cache.set_gpu_hits(
+      static_cast<uint32_t>(std::min<int64_t>(scope.local_hits, result->cache_hits)));
   out.cache.set_fetched_bytes(scope.fetched_bytes);
   return out;
 }
@@ -393,9 +404,9 @@ absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(
   if (request.blocks_size() == 0) return absl::InvalidArgumentError("no blocks");
   const KvDtype dtype = options_.kv_dtype;
   if (request.dtype() != v1::KV_DTYPE_UNSPECIFIED && request.dtype() != ToProto(dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dtype ", v1::KvDtype_Name(request.dtype()), " differs from the worker's ",
-                     v1::KvDtype_Name(ToProto(dtype))));
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", v1::KvDtype_Name(request.dtype()),
+                                                   " differs from the worker's ",
+                                                   v1::KvDtype_Name(ToProto(dtype))));
   }
   std::vector<std::vector<int32_t>> blocks;
   for (int i = 0; i < request.blocks_size(); ++i) {

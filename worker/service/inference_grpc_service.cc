@@ -31,9 +31,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     // `done` runs on a pool thread (or here for early errors); the reactor lives until OnDone,
     // which cannot happen before Finish is called from End.
-    core->GenerateAsync(*request, start_, DeadlineOf(context),
-                        [context] { return context->IsCancelled(); },
-                        [this](absl::StatusOr<GenerateOutcome> r) { OnGenerated(std::move(r)); });
+    core->GenerateAsync(
+        *request, start_, DeadlineOf(context), [context] { return context->IsCancelled(); },
+        [this](absl::StatusOr<GenerateOutcome> r) { OnGenerated(std::move(r)); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -118,15 +118,14 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceGrpcService::Generate(
   return new GenerateReactor(this, core_, observer_, context, request);
 }
 
-grpc::ServerUnaryReactor* InferenceGrpcService::EncodeBlocks(
-    grpc::CallbackServerContext* context, const v1::EncodeBlocksRequest* request,
-    v1::EncodeBlocksResponse* response) {
+grpc::ServerUnaryReactor* InferenceGrpcService::EncodeBlocks(grpc::CallbackServerContext* context,
+                                                             const v1::EncodeBlocksRequest* request,
+                                                             v1::EncodeBlocksResponse* response) {
   // Encoding runs on the gRPC callback thread: indexers send few, bounded batches.
   const absl::Time start = absl::Now();
   absl::Status status = Authenticate(context);
   if (status.ok()) {
-    absl::StatusOr<v1::EncodeBlocksResponse> r =
-        core_->EncodeBlocks(*request, DeadlineOf(context));
+    absl::StatusOr<v1::EncodeBlocksResponse> r = core_->EncodeBlocks(*request, DeadlineOf(context));
     if (r.ok()) *response = *std::move(r);
     status = r.status();
   }

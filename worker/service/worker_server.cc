@@ -35,11 +35,11 @@ class WorkerMetrics final : public InferenceObserver {
     absl::StatusOr<metrics::ServiceMetrics> sm = metrics::ServiceMetrics::Register(registry);
     if (!sm.ok()) return sm.status();
     service_ = *sm;
-    absl::StatusOr<metrics::HistogramFamily*> ttft = registry->AddHistogram(
-        {"kvblock_worker_ttft_seconds",
-         "Generate time to first token, from request arrival (seconds).",
-         {}},
-        metrics::LatencyBuckets());
+    absl::StatusOr<metrics::HistogramFamily*> ttft =
+        registry->AddHistogram({"kvblock_worker_ttft_seconds",
+                                "Generate time to first token, from request arrival (seconds).",
+                                {}},
+                               metrics::LatencyBuckets());
     if (!ttft.ok()) return ttft.status();
     absl::StatusOr<metrics::Histogram*> h =
         (*ttft)->WithLabels(absl::Span<const std::string_view>());
@@ -167,8 +167,8 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runti
     health->SetServingStatus(kServiceName, true);
   }
   if (!m.options.metrics_listen.empty()) {
-    if (auto id = metrics::RegisterTierStatsCollector(
-            &m.registry, [s = runtime->store] { return s->Stats(); });
+    if (auto id = metrics::RegisterTierStatsCollector(&m.registry,
+                                                      [s = runtime->store] { return s->Stats(); });
         !id.ok()) {
       return id.status();
     }

@@ -83,11 +83,12 @@ TEST(WorkerPythonInteropTest, GrpcioGenerateMatchesEngine) {
   std::ofstream(dir / "request.json") << spec.dump();
 
   std::string out;
-  const int rc = RunShell(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
-                                  "/tests/worker/service/worker_interop.py --address ",
-                                  (*server)->grpc_address(), " --token ", token, " --proto-dir ",
-                                  KVBLOCK_SOURCE_DIR, "/proto --request ", dir / "request.json"),
-                     &out);
+  const int rc =
+      RunShell(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
+                            "/tests/worker/service/worker_interop.py --address ",
+                            (*server)->grpc_address(), " --token ", token, " --proto-dir ",
+                            KVBLOCK_SOURCE_DIR, "/proto --request ", dir / "request.json"),
+               &out);
   ASSERT_EQ(rc, 0) << out;
   const nlohmann::json result = nlohmann::json::parse(out.substr(out.rfind("{\"runs\"")));
   absl::StatusOr<GenerateResult> engine = (*rt)->engine->Generate(direct);

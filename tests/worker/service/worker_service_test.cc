@@ -11,8 +11,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
-#include "httplib.h"
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "kvblock/v1/inference.grpc.pb.h"
 #include "services/auth.h"
 #include "tests/worker/fixture_util.h"
@@ -77,7 +77,8 @@ class WorkerServiceTest : public ::testing::Test {
   // Value of one sample line of /metrics ("name{labels}"); -1 when absent.
   double Metric(const std::string& series) {
     const std::string& addr = server_->metrics_address();
-    httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
+    httplib::Client http(addr.substr(0, addr.rfind(':')),
+                         std::stoi(addr.substr(addr.rfind(':') + 1)));
     httplib::Result r = http.Get("/metrics");
     if (!r || r->status != 200) return -2;
     const std::string needle = "\n" + series + " ";
