@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 jobs="${KVBLOCK_JOBS:-$(nproc)}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/kvblock-ccache}"
+# Paths relative to the checkout, so any clone of the repo hits the same cache entries.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 
 configure_build() {  # DIR [cmake args...]
   local dir="$1"; shift

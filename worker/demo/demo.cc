@@ -140,6 +140,29 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
   absl::StatusOr<std::vector<Question>> questions = ParseQuestions(questions_text);
   if (!questions.ok()) return questions.status();
 
+  // Passage texts by id (the same text the indexer split, so the same keys).
+  absl::flat_hash_map<std::string, std::string> passages;
+  {
+    absl::StatusOr<std::string> corpus = ReadFile(corpus_path);
+    if (!corpus.ok()) return corpus.status();
+    std::istringstream in(*corpus);
+    std::string line;
+    int64_t n = 0;
+    while (std::getline(in, line)) {
+      ++n;
+      absl::StatusOr<CorpusPassage> p = ParseCorpusLine(line, n);
+      if (p.ok() && !p->has_token_ids) passages[p->id] = p->text;
+    }
+  }
+  for (const Question& q : *questions) {
+    for (const std::string& id : q.passages) {
+      if (!passages.contains(id)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("question ", q.id, " names passage ", id, ", not in the corpus"));
+      }
+    }
+  }
+
   RuntimeOptions ro;
   ro.model_dir = model_dir;
   ro.cache_dir = cache_dir;
@@ -164,20 +187,6 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
       report->blocks_present, report->seconds,
       report->seconds > 0 ? report->tokens / report->seconds : 0.0);
 
-  // Passage texts by id (the same text the indexer split, so the same keys).
-  absl::flat_hash_map<std::string, std::string> passages;
-  {
-    absl::StatusOr<std::string> corpus = ReadFile(corpus_path);
-    if (!corpus.ok()) return corpus.status();
-    std::istringstream in(*corpus);
-    std::string line;
-    int64_t n = 0;
-    while (std::getline(in, line)) {
-      ++n;
-      absl::StatusOr<CorpusPassage> p = ParseCorpusLine(line, n);
-      if (p.ok() && !p->has_token_ids) passages[p->id] = p->text;
-    }
-  }
   absl::StatusOr<std::vector<int32_t>> instruction = r.tokenizer->Encode(kInstruction);
   if (!instruction.ok()) return instruction.status();
 
@@ -190,11 +199,7 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
       GenerateRequest req;
       req.blocks.push_back(*instruction);
       for (const std::string& id : q.passages) {
-        auto it = passages.find(id);
-        if (it == passages.end()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("question ", q.id, " names passage ", id, ", not in the corpus"));
-        }
+        auto it = passages.find(id);  // present: checked before indexing
         absl::StatusOr<std::vector<std::vector<int32_t>>> blocks =
             SplitIntoBlocks(*r.tokenizer, it->second, options.max_block_tokens);
         if (!blocks.ok()) return blocks.status();
