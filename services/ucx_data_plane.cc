@@ -284,7 +284,8 @@ struct UcxServer::Impl {
     p.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLER |
                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     p.conn_request = request;
-    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p.err_mode = self->options.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
+                                                   : UCP_ERR_HANDLING_MODE_NONE;
     p.err_handler.cb = &Impl::OnEpError;
     p.err_handler.arg = self;
     ucp_ep_h ep = nullptr;
@@ -621,6 +622,7 @@ struct UcxClient::Impl {
     int32_t* code;
   };
 
+  UcxClientOptions options;
   WorkerLoop loop;
   std::string worker_address;
   // Progress thread only.
@@ -791,6 +793,7 @@ struct UcxClient::Impl {
 
 absl::StatusOr<std::unique_ptr<UcxClient>> UcxClient::Create(UcxClientOptions options) {
   auto impl = std::make_unique<Impl>();
+  impl->options = options;
   if (absl::Status s = impl->loop.Init(nullptr); !s.ok()) return s;
   Impl* raw = impl.get();
   ucp_worker_h worker = impl->loop.worker();
@@ -849,7 +852,7 @@ absl::StatusOr<int> UcxClient::Connect(const std::string& listener_address,
   uint64_t hello_id = 0;
   absl::Status status;
   impl->loop.Run([&] {
-    if (impl->sessions.size() >= 1024) {
+    if (impl->sessions.size() >= impl->options.max_sessions) {
       status = absl::ResourceExhaustedError("too many UCX sessions");
       return;
     }
@@ -862,7 +865,8 @@ absl::StatusOr<int> UcxClient::Connect(const std::string& listener_address,
     p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
     p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&*sa);
     p.sockaddr.addrlen = sizeof(*sa);
-    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p.err_mode = impl->options.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
+                                                   : UCP_ERR_HANDLING_MODE_NONE;
     p.err_handler.cb = &Impl::OnEpError;
     p.err_handler.arg = session.get();
     status = FromUcs(ucp_ep_create(impl->loop.worker(), &p, &session->ep),

@@ -43,6 +43,11 @@ struct UcxServerOptions {
   // Memory regions that hold payloads (the memory tier's arena), registered once with UCX so
   // sends from them need no per-call registration. Default: none.
   std::vector<absl::Span<const uint8_t>> registered_regions;
+  // UCX peer-failure handling on endpoints. UCX 1.13 selects no shared-memory transport
+  // (sysv/posix + CMA) for such endpoints, which caps one-host transfers at TCP speed; with it
+  // off a dead peer is noticed by the fetch deadline and the gRPC control plane instead.
+  // Default: false.
+  bool peer_error_handling = false;
 
   absl::Status Validate() const;
 };
@@ -74,9 +79,11 @@ class UcxServer final : public DataPlaneSessions {
 };
 
 struct UcxClientOptions {
-  // Reserved for transport tuning; UCX itself reads UCX_* environment variables (UCX_TLS...).
-  // Upper bound on sessions (count). Default: 1024.
+  // Upper bound on sessions (count). Default: 1024. (UCX itself reads UCX_* environment
+  // variables such as UCX_TLS; kvblock leaves them unset.)
   uint32_t max_sessions = 1024;
+  // As UcxServerOptions::peer_error_handling. Default: false.
+  bool peer_error_handling = false;
 };
 
 class UcxClient {
