@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <random>
@@ -426,9 +427,14 @@ struct UcxServer::Impl {
     absl::StatusOr<BlockHeader> bh = DecodeHeader(bytes.subspan(0, kBlockHeaderBytes));
     if (bh.ok() && PayloadBytes(bh->meta) == bytes.size()) {
       segments.emplace_back(0, kBlockHeaderBytes);
+      // Whole layers per segment, small layers grouped up to min_segment_bytes (each segment
+      // costs a rendezvous round trip).
       const uint64_t layer = LayerBytes(bh->meta);
-      for (uint32_t l = 0; l < bh->meta.num_layers; ++l) {
-        segments.emplace_back(kBlockHeaderBytes + l * layer, layer);
+      const uint32_t group = static_cast<uint32_t>(std::clamp<uint64_t>(
+          options.min_segment_bytes / std::max<uint64_t>(layer, 1), 1, bh->meta.num_layers));
+      for (uint32_t l = 0; l < bh->meta.num_layers; l += group) {
+        const uint32_t n = std::min(group, bh->meta.num_layers - l);
+        segments.emplace_back(kBlockHeaderBytes + l * layer, n * layer);
       }
     } else {
       segments.emplace_back(0, bytes.size());

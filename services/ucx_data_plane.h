@@ -5,10 +5,17 @@
 // connects, and presents the token as its first message; an endpoint that has not presented a
 // valid token gets nothing but UNAUTHENTICATED and is closed.
 //
-// A fetch is answered segment by segment: the 96-byte block header, then each layer (scales, K,
-// V), each its own message straight from the store's bytes (the memory tier's arena: no copy on
-// the node; regions given in UcxServerOptions are registered once and passed as memory handles),
-// received by the client directly into the caller's buffer at the segment's offset.
+// A fetch is answered segment by segment: the 96-byte block header, then the layers (scales, K,
+// V; small layers grouped up to min_segment_bytes), each segment its own message straight from
+// the store's bytes (the memory tier's arena: no copy on the node; regions given in
+// UcxServerOptions are registered once and passed as memory handles), received by the client
+// directly into the caller's buffer at the segment's offset.
+//
+// Transports: UCX_TLS is left unset. On one host UCX 1.13 picks sysv/posix shared memory for
+// active messages and CMA (process_vm_readv, one copy) for the rendezvous payloads, with tcp
+// only for the connection manager; peer error handling would restrict it to tcp (see
+// peer_error_handling). The server sets UCX_TCP_CM_REUSEADDR=y (unless already set) so a
+// restarted node can bind its port while old connections linger.
 //
 // Threads: each side runs one progress thread that owns its ucp worker; public methods post work
 // to it and wait, so they are thread-safe.
@@ -43,6 +50,9 @@ struct UcxServerOptions {
   // Memory regions that hold payloads (the memory tier's arena), registered once with UCX so
   // sends from them need no per-call registration. Default: none.
   std::vector<absl::Span<const uint8_t>> registered_regions;
+  // Layers are sent whole; consecutive layers smaller than this are grouped into one message
+  // (bytes; 0 = one message per layer). Default: 2 MiB (docs/benchmarks.md: 1 MiB vs 4 MiB).
+  uint64_t min_segment_bytes = 2ull << 20;
   // UCX peer-failure handling on endpoints. UCX 1.13 selects no shared-memory transport
   // (sysv/posix + CMA) for such endpoints, which caps one-host transfers at TCP speed; with it
   // off a dead peer is noticed by the fetch deadline and the gRPC control plane instead.

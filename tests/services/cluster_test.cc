@@ -177,8 +177,9 @@ TEST_F(ClusterTest, KillOneOfThreeUnderLoadThenRecoverFromRocksDb) {
     ++checked;
   }
   EXPECT_EQ(checked, on_node0);
-  // The cluster client probes the node back in.
-  for (int i = 0; i < 100 && client->IsEjected(0); ++i) absl::SleepFor(absl::Milliseconds(50));
+  // The cluster client probes the node back in (probe intervals double while it is down, up to
+  // max_eject_duration = 10 s).
+  for (int i = 0; i < 240 && client->IsEjected(0); ++i) absl::SleepFor(absl::Milliseconds(50));
   EXPECT_FALSE(client->IsEjected(0));
 }
 
