@@ -21,17 +21,18 @@ absl::StatusOr<std::string> ReadPem(const std::string& path) {
 
 }  // namespace
 
-void AddClusterFlags(CLI::App& app, ClusterFlags* flags) {
+void AddClusterFlags(CLI::App& app, ClusterFlags* flags, const std::string& credential_prefix) {
+  const std::string p = "--" + credential_prefix;
   app.add_option("--members", flags->members, "Cache nodes, host:port (comma separated)")
       ->delimiter(',');
   app.add_option("--members-file", flags->members_file,
                  "File with one cache node host:port per line ('#' starts a comment)");
   app.add_option("--replication", flags->replication, "Replicas per block (R)")
       ->capture_default_str();
-  app.add_option("--auth-token-file", flags->auth_token_file, "Bearer token file");
-  app.add_option("--tls-ca", flags->tls_ca, "PEM CA of the nodes' certificates (enables TLS)");
-  app.add_option("--tls-cert", flags->tls_cert, "PEM client certificate (mTLS)");
-  app.add_option("--tls-key", flags->tls_key, "PEM client key (mTLS)");
+  app.add_option(p + "auth-token-file", flags->auth_token_file, "Bearer token file");
+  app.add_option(p + "tls-ca", flags->tls_ca, "PEM CA of the nodes' certificates (enables TLS)");
+  app.add_option(p + "tls-cert", flags->tls_cert, "PEM client certificate (mTLS)");
+  app.add_option(p + "tls-key", flags->tls_key, "PEM client key (mTLS)");
   app.add_option("--timeout-s", flags->timeout_s, "Deadline of one RPC attempt, seconds")
       ->capture_default_str();
   app.add_flag("--no-ucx", flags->no_ucx, "Read over gRPC even when nodes offer UCX");

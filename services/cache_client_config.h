@@ -28,8 +28,10 @@ struct ClusterFlags {
   bool no_ucx = false;
 };
 
-// Registers the flags on `app`; `flags` must outlive parsing.
-void AddClusterFlags(CLI::App& app, ClusterFlags* flags);
+// Registers the flags on `app`; `flags` must outlive parsing. `credential_prefix` goes in front
+// of the credential flags (auth-token-file, tls-ca, tls-cert, tls-key) for commands that also
+// serve with credentials of their own: the worker registers --cache-auth-token-file etc.
+void AddClusterFlags(CLI::App& app, ClusterFlags* flags, const std::string& credential_prefix = "");
 
 // Reads a members file. NOT_FOUND when unreadable, INVALID_ARGUMENT for a malformed line or an
 // empty list.

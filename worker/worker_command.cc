@@ -10,10 +10,9 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
-#include "services/auth.h"
+#include "services/cache_client_config.h"
 #include "worker/service/runtime.h"
 #include "worker/service/worker_server.h"
 
@@ -24,9 +23,8 @@ struct WorkerFlags {
   std::string model;
   std::string model_id;
   std::string backend = "cpu";
-  std::string cache;
+  ClusterFlags cluster;  // --members / --members-file, --cache-auth-token-file, --cache-tls-*
   std::string cache_dir;
-  std::string cache_auth_token_file;
   uint64_t memory_mb = 256;
   double drain_timeout_s = 10;
   std::string ready_file;
@@ -44,22 +42,20 @@ int RunWorker(WorkerFlags& f) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--backend ", f.backend, " is not available (available: cpu)")));
   }
-  if (f.cache.empty() == f.cache_dir.empty()) {
-    return Fail(
-        absl::InvalidArgumentError("give exactly one of --cache MEMBERS or --cache-dir DIR"));
+  const bool has_cluster = !f.cluster.members.empty() || !f.cluster.members_file.empty();
+  if (has_cluster == !f.cache_dir.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "give exactly one of --members/--members-file (cache cluster) or --cache-dir DIR"));
   }
   RuntimeOptions ro;
   ro.model_dir = f.model;
   ro.model_id = f.model_id;
   ro.memory_bytes = f.memory_mb << 20;
   ro.cache_dir = f.cache_dir;
-  for (absl::string_view m : absl::StrSplit(f.cache, ',', absl::SkipEmpty())) {
-    ro.cluster.members.emplace_back(m);
-  }
-  if (!f.cache_auth_token_file.empty()) {
-    absl::StatusOr<std::string> token = ReadTokenFile(f.cache_auth_token_file);
-    if (!token.ok()) return Fail(token.status());
-    ro.cluster.auth_token = *token;
+  if (has_cluster) {
+    absl::StatusOr<CacheClientOptions> co = ClientOptionsFromFlags(f.cluster);
+    if (!co.ok()) return Fail(co.status());
+    ro.cluster = *co;
   }
   f.server.core.kv_dtype = ro.kv_dtype;
   f.server.core.backend = f.backend;
@@ -111,10 +107,9 @@ void AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--model", f->model, "Hugging Face model directory")->required();
   cmd->add_option("--model-id", f->model_id, "Explicit model id replacing the weight fingerprint");
   cmd->add_option("--backend", f->backend, "Compute backend (cpu)")->capture_default_str();
-  cmd->add_option("--cache", f->cache, "Cache cluster members host:port,host:port");
-  cmd->add_option("--cache-dir", f->cache_dir, "Embedded store directory (instead of --cache)");
-  cmd->add_option("--cache-auth-token-file", f->cache_auth_token_file,
-                  "Bearer token file for the cache cluster");
+  AddClusterFlags(*cmd, &f->cluster, "cache-");
+  cmd->add_option("--cache-dir", f->cache_dir,
+                  "Embedded store directory (instead of a cache cluster)");
   cmd->add_option("--memory-mb", f->memory_mb, "Memory of the local tier / embedded store (MiB)")
       ->capture_default_str();
   cmd->add_option("--listen", f->server.listen, "gRPC address host:port")->capture_default_str();

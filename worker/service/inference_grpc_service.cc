@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -71,8 +73,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       response_.mutable_token_ids()->Add(outcome_.tokens.begin() + next_,
                                          outcome_.tokens.begin() + end);
       // Text of the new tokens: decode the whole prefix and send what it adds, so a character
-      // split across chunks is sent whole once complete.
-      const std::string text = core_->Decode(absl::MakeConstSpan(outcome_.tokens.data(), end));
+      // split across chunks is sent whole once complete. A trailing U+FFFD may be the start of
+      // a character whose other bytes are in the next chunk: it is held back until the last one.
+      std::string text = core_->Decode(absl::MakeConstSpan(outcome_.tokens.data(), end));
+      constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+      while (end < n && text.size() >= kReplacement.size() &&
+             text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0) {
+        text.resize(text.size() - kReplacement.size());
+      }
       if (text.size() >= sent_text_.size() && text.compare(0, sent_text_.size(), sent_text_) == 0) {
         response_.set_text(text.substr(sent_text_.size()));
         sent_text_ = text;

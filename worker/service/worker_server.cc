@@ -1,5 +1,7 @@
 #include "worker/service/worker_server.h"
 
+#include <atomic>
+
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -106,6 +108,7 @@ struct WorkerServer::Impl {
   std::unique_ptr<metrics::MetricsHttpServer> http;
   std::string grpc_address, metrics_address;
   bool stopped = false;
+  std::atomic<bool> draining{false};  // read by /readyz from the HTTP thread
 };
 
 absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runtime,
@@ -185,6 +188,12 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runti
     ho.listen_address = m.options.metrics_listen;
     ho.title = absl::StrCat("worker ", m.grpc_address);
     m.http = std::make_unique<metrics::MetricsHttpServer>(&m.registry, ho);
+    // The model, tokenizer and store are open before Start, so the worker is ready as soon as
+    // it serves, until a drain begins.
+    m.http->SetReadinessCheck([draining = &m.draining]() -> absl::Status {
+      if (draining->load()) return absl::UnavailableError("draining");
+      return absl::OkStatus();
+    });
     if (absl::Status s = m.http->Start(); !s.ok()) return s;
     m.metrics_address = m.http->address();
   }
@@ -199,6 +208,7 @@ void WorkerServer::Shutdown() {
   Impl& m = *impl_;
   if (m.stopped) return;
   m.stopped = true;
+  m.draining = true;
   if (m.server != nullptr) {
     if (auto* health = m.server->GetHealthCheckService(); health != nullptr) {
       health->SetServingStatus(false);

@@ -74,6 +74,15 @@ class WorkerServiceTest : public ::testing::Test {
     if (server_ != nullptr) server_->Shutdown();
   }
 
+  // HTTP status of a GET on the metrics endpoint; -1 when it does not answer.
+  int HttpStatus(const std::string& path) {
+    const std::string& addr = server_->metrics_address();
+    httplib::Client http(addr.substr(0, addr.rfind(':')),
+                         std::stoi(addr.substr(addr.rfind(':') + 1)));
+    httplib::Result r = http.Get(path);
+    return r ? r->status : -1;
+  }
+
   // Value of one sample line of /metrics ("name{labels}"); -1 when absent.
   double Metric(const std::string& series) {
     const std::string& addr = server_->metrics_address();
@@ -122,6 +131,12 @@ class WorkerServiceTest : public ::testing::Test {
   std::unique_ptr<WorkerServer> server_;
   std::unique_ptr<v1::InferenceService::Stub> stub_;
 };
+
+TEST_F(WorkerServiceTest, ReadyUntilShutdown) {
+  Start();
+  EXPECT_EQ(HttpStatus("/healthz"), 200);
+  EXPECT_EQ(HttpStatus("/readyz"), 200);  // Kubernetes routes traffic only on 200
+}
 
 TEST_F(WorkerServiceTest, GenerateMatchesEngineAndRepeatIsAllHits) {
   Start();
