@@ -217,7 +217,6 @@ int Drain(CacheClient& client, const CtlFlags& f) {
 void AddCacheCtlCommand(CLI::App& app) {
   auto f = std::make_shared<CtlFlags>();
   CLI::App* cmd = app.add_subcommand("cache-ctl", "Operate a cache cluster");
-  cmd->set_config("--config", "", "TOML/INI file with the cluster flags");
   AddClusterFlags(*cmd, &f->cluster);
   cmd->require_subcommand(1);
   auto run = [f](auto fn) {

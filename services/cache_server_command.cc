@@ -67,7 +67,6 @@ void AddCacheServerCommand(CLI::App& app) {
   auto flags = std::make_shared<ServerFlags>();
   CacheServerOptions& o = flags->options;
   CLI::App* cmd = app.add_subcommand("cache-server", "Run a cache node (gRPC + UCX + metrics)");
-  cmd->set_config("--config", "", "TOML/INI file with any of these flags (key = value)");
   cmd->add_option("--listen", o.listen, "gRPC address host:port")->capture_default_str();
   cmd->add_option("--ucx-listen", o.ucx_listen, "UCX data-plane address host:port (off if empty)");
   cmd->add_option("--data-dir", o.data_dir, "RocksDB directory (created if missing)")->required();

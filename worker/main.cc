@@ -17,6 +17,10 @@ int main(int argc, char** argv) {
   CLI::App app{"kvblock: Block-Attention serving with a cluster-wide KV cache of passages"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kvblock 0.1.0");
+  // One config mechanism for every subcommand: `kvblock --config FILE SUBCOMMAND ...`, where a
+  // [SUBCOMMAND] section of the TOML/INI file sets that subcommand's flags (command-line flags
+  // win).
+  app.set_config("--config", "", "TOML/INI file; a [subcommand] section sets its flags");
   kvblock::AddDemoCommand(app);
   kvblock::AddBenchCommand(app);
   kvblock::AddGenerateCommand(app);
