@@ -1,7 +1,5 @@
 #include "services/cache_server.h"
 
-#include <fstream>
-#include <sstream>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -13,20 +11,13 @@
 #include "services/auth.h"
 #include "services/cache_grpc_service.h"
 #include "services/metrics/metrics_http_server.h"
+#include "services/server_credentials.h"
 #include "services/metrics/metrics_registry.h"
 #include "services/metrics/standard_metrics.h"
 #include "services/ucx_data_plane.h"
 
 namespace kvblock {
 namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", std::string(what), " ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // The cache server's metrics: the standard service families plus node gauges.
 class ServerMetrics final : public CacheServiceObserver {
@@ -165,31 +156,15 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
                                               &m.server_metrics);
   m.service = std::make_unique<CacheGrpcService>(m.core.get(), &m.server_metrics);
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!m.options.tls_cert.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile(m.options.tls_cert, "TLS certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile(m.options.tls_key, "TLS key");
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions ssl(
-        m.options.client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    if (!m.options.client_ca.empty()) {
-      absl::StatusOr<std::string> ca = ReadFile(m.options.client_ca, "client CA");
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
-    }
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    creds = grpc::SslServerCredentials(ssl);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
+      ServerCredentialsFromFiles(m.options.tls_cert, m.options.tls_key, m.options.client_ca);
+  if (!creds.ok()) return creds.status();
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(m.options.listen, creds, &port);
+  builder.AddListeningPort(m.options.listen, *creds, &port);
   builder.RegisterService(m.service.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(service.max_chunk_bytes) + (64 << 10));
   builder.SetMaxSendMessageSize(static_cast<int>(service.max_chunk_bytes) + (64 << 10));

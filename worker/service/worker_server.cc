@@ -2,8 +2,6 @@
 
 #include <atomic>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +11,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "services/auth.h"
 #include "services/metrics/metrics_http_server.h"
+#include "services/server_credentials.h"
 #include "services/metrics/metrics_registry.h"
 #include "services/metrics/standard_metrics.h"
 #include "worker/service/inference_grpc_service.h"
@@ -21,14 +20,6 @@ namespace kvblock {
 namespace {
 
 constexpr char kServiceName[] = "kvblock.v1.InferenceService";
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // The worker's metrics: the standard service families plus the TTFT histogram.
 class WorkerMetrics final : public InferenceObserver {
@@ -133,30 +124,14 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runti
   m.core = *std::move(core);
   m.service = std::make_unique<InferenceGrpcService>(m.core.get(), &m.worker_metrics, token);
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!m.options.tls_cert.empty()) {
-    absl::StatusOr<std::string> cert = ReadPem(m.options.tls_cert, "TLS certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadPem(m.options.tls_key, "TLS key");
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions ssl(
-        m.options.client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    if (!m.options.client_ca.empty()) {
-      absl::StatusOr<std::string> ca = ReadPem(m.options.client_ca, "client CA");
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
-    }
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    creds = grpc::SslServerCredentials(ssl);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
+      ServerCredentialsFromFiles(m.options.tls_cert, m.options.tls_key, m.options.client_ca);
+  if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(m.options.listen, creds, &port);
+  builder.AddListeningPort(m.options.listen, *creds, &port);
   builder.RegisterService(m.service.get());
   m.server = builder.BuildAndStart();
   if (m.server == nullptr || port == 0) {
