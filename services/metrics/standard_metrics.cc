@@ -92,22 +92,6 @@ int CountOpenFds() {
   return n - 1;  // the descriptor of `dir` itself
 }
 
-std::string_view TierName(StoreTier tier) {
-  switch (tier) {
-    case StoreTier::kNone:
-      return "none";
-    case StoreTier::kGpu:
-      return "gpu";
-    case StoreTier::kMemory:
-      return "memory";
-    case StoreTier::kDisk:
-      return "disk";
-    case StoreTier::kRemote:
-      return "remote";
-  }
-  return "unknown";
-}
-
 }  // namespace
 
 std::string KvblockVersion() { return KVBLOCK_VERSION; }
@@ -208,7 +192,7 @@ absl::StatusOr<CollectorId> RegisterTierStatsCollector(
   return registry->AddCollector(
       std::move(families), [stats = std::move(stats)](CollectorSink& sink) {
         for (const TierStats& t : stats()) {
-          const std::vector<std::string> label = {std::string(TierName(t.tier))};
+          const std::vector<std::string> label = {std::string(StoreTierName(t.tier))};
           sink.Add(kBlocks, label, static_cast<double>(t.blocks));
           sink.Add(kBytesF, label, static_cast<double>(t.bytes));
           if (t.capacity_bytes > 0)
