@@ -111,12 +111,14 @@ class FuseDecoder final : public Decoder {
 // Removes up to `start` leading and `stop` trailing `content` characters from each token.
 class StripDecoder final : public Decoder {
  public:
-  StripDecoder(char32_t content, size_t start, size_t stop) : content_(content), start_(start), stop_(stop) {}
+  StripDecoder(char32_t content, size_t start, size_t stop)
+      : content_(content), start_(start), stop_(stop) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (std::string& token : *tokens) {
       const std::vector<char32_t> chars = Chars(token);
       size_t start_cut = 0;
-      for (size_t i = 0; i < start_ && i < chars.size() && chars[i] == content_; ++i) start_cut = i + 1;
+      for (size_t i = 0; i < start_ && i < chars.size() && chars[i] == content_; ++i)
+        start_cut = i + 1;
       size_t stop_cut = chars.size();
       for (size_t i = 0; i < stop_ && i < chars.size(); ++i) {
         const size_t index = chars.size() - i - 1;
@@ -165,7 +167,8 @@ class ReplaceDecoder final : public Decoder {
 // added at encoding time.
 class MetaspaceDecoder final : public Decoder {
  public:
-  MetaspaceDecoder(char32_t replacement, bool prepends) : replacement_(replacement), prepends_(prepends) {}
+  MetaspaceDecoder(char32_t replacement, bool prepends)
+      : replacement_(replacement), prepends_(prepends) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (size_t i = 0; i < tokens->size(); ++i) {
       std::string out;
@@ -213,7 +216,8 @@ class BpeSuffixDecoder final : public Decoder {
 
 class SequenceDecoder final : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps)
+      : steps_(std::move(steps)) {}
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (const auto& step : steps_) step->DecodeChain(tokens);
   }
@@ -270,7 +274,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const nlohmann::json& j
     if (!scheme.ok()) return scheme.status();
     if (!scheme->empty()) {
       if (*scheme != "always" && *scheme != "first" && *scheme != "never") {
-        return absl::InvalidArgumentError(absl::StrCat(where, ".prepend_scheme: unknown value '", *scheme, "'"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ".prepend_scheme: unknown value '", *scheme, "'"));
       }
       prepends = *scheme != "never";
     }
@@ -282,19 +287,14 @@ absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const nlohmann::json& j
     return std::make_unique<BpeSuffixDecoder>(*std::move(suffix));
   }
   if (*type == "Sequence") {
-    const auto it = json.find("decoders");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".decoders: expected an array"));
-    }
-    std::vector<std::unique_ptr<Decoder>> steps;
-    for (size_t i = 0; i < it->size(); ++i) {
-      auto step = DecoderFromJson((*it)[i], absl::StrCat(where, ".decoders[", i, "]"));
-      if (!step.ok()) return step.status();
-      steps.push_back(*std::move(step));
-    }
-    return std::make_unique<SequenceDecoder>(std::move(steps));
+    auto steps = JsonSequence<Decoder>(
+        json, "decoders", where,
+        [](const nlohmann::json& j, const std::string& w) { return DecoderFromJson(j, w); });
+    if (!steps.ok()) return steps.status();
+    return std::make_unique<SequenceDecoder>(*std::move(steps));
   }
-  return absl::InvalidArgumentError(absl::StrCat(where, ": unsupported decoder type '", *type, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": unsupported decoder type '", *type, "'"));
 }
 
 }  // namespace kvblock::tokenizer

@@ -36,12 +36,14 @@ class StripNormalizer final : public Normalizer {
     char32_t cp;
     if (left_) {
       size_t len;
-      while (begin < end && (len = DecodeUtf8(*text, begin, &cp)) > 0 && IsWhitespace(cp)) begin += len;
+      while (begin < end && (len = DecodeUtf8(*text, begin, &cp)) > 0 && IsWhitespace(cp))
+        begin += len;
     }
     if (right_) {
       while (end > begin) {
         size_t start = end - 1;
-        while (start > begin && (static_cast<unsigned char>((*text)[start]) & 0xC0) == 0x80) --start;
+        while (start > begin && (static_cast<unsigned char>((*text)[start]) & 0xC0) == 0x80)
+          --start;
         if (DecodeUtf8(*text, start, &cp) == 0 || !IsWhitespace(cp)) break;
         end = start;
       }
@@ -225,19 +227,14 @@ absl::StatusOr<std::unique_ptr<Normalizer>> NormalizerFromJson(const nlohmann::j
     return std::make_unique<BertNormalizer>(*clean, *chinese, *strip, *lower);
   }
   if (*type == "Sequence") {
-    const auto it = json.find("normalizers");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".normalizers: expected an array"));
-    }
-    std::vector<std::unique_ptr<Normalizer>> steps;
-    for (size_t i = 0; i < it->size(); ++i) {
-      auto step = NormalizerFromJson((*it)[i], absl::StrCat(where, ".normalizers[", i, "]"));
-      if (!step.ok()) return step.status();
-      steps.push_back(*std::move(step));
-    }
-    return std::make_unique<SequenceNormalizer>(std::move(steps));
+    auto steps = JsonSequence<Normalizer>(
+        json, "normalizers", where,
+        [](const nlohmann::json& j, const std::string& w) { return NormalizerFromJson(j, w); });
+    if (!steps.ok()) return steps.status();
+    return std::make_unique<SequenceNormalizer>(*std::move(steps));
   }
-  return absl::InvalidArgumentError(absl::StrCat(where, ": unsupported normalizer type '", *type, "'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": unsupported normalizer type '", *type, "'"));
 }
 
 }  // namespace kvblock::tokenizer

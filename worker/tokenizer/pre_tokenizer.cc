@@ -19,8 +19,8 @@ namespace {
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-std::vector<Segment> SegmentsFromMatches(std::string_view text, const std::vector<RegexMatch>& matches,
-                                         bool invert) {
+std::vector<Segment> SegmentsFromMatches(std::string_view text,
+                                         const std::vector<RegexMatch>& matches, bool invert) {
   std::vector<Segment> segments;
   if (text.empty()) {
     segments.push_back({0, 0, invert});
@@ -129,7 +129,8 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
       }
       matches.clear();
       regex_->FindAll(p.text, &matches);
-      SplitBySegments(p, SegmentsFromMatches(p.text, matches, false), SplitBehavior::kIsolated, out);
+      SplitBySegments(p, SegmentsFromMatches(p.text, matches, false), SplitBehavior::kIsolated,
+                      out);
     });
     for (PreToken& piece : *pieces) {
       std::string mapped;
@@ -164,8 +165,8 @@ class MetaspacePreTokenizer final : public PreTokenizer {
           p.text.push_back(c);
         }
       }
-      const bool prepend = scheme_ == PrependScheme::kAlways ||
-                           (scheme_ == PrependScheme::kFirst && piece.at_start);
+      const bool prepend =
+          scheme_ == PrependScheme::kAlways || (scheme_ == PrependScheme::kFirst && piece.at_start);
       if (prepend && !p.text.starts_with(replacement_)) p.text.insert(0, replacement_);
       if (!split_) {
         if (!p.text.empty()) out->push_back(std::move(p));
@@ -313,7 +314,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const nlohman
   if (*type == "BertPreTokenizer") {
     std::vector<std::unique_ptr<PreTokenizer>> steps;
     steps.push_back(std::make_unique<PredicatePreTokenizer>(IsWhitespace, SplitBehavior::kRemoved));
-    steps.push_back(std::make_unique<PredicatePreTokenizer>(IsPunctuation, SplitBehavior::kIsolated));
+    steps.push_back(
+        std::make_unique<PredicatePreTokenizer>(IsPunctuation, SplitBehavior::kIsolated));
     return std::make_unique<SequencePreTokenizer>(std::move(steps));
   }
   if (*type == "CharDelimiterSplit") {
@@ -348,17 +350,11 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const nlohman
     return std::make_unique<MetaspacePreTokenizer>(*std::move(replacement), scheme, *split);
   }
   if (*type == "Sequence") {
-    const auto it = json.find("pretokenizers");
-    if (it == json.end() || !it->is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".pretokenizers: expected an array"));
-    }
-    std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (size_t i = 0; i < it->size(); ++i) {
-      auto step = PreTokenizerFromJson((*it)[i], absl::StrCat(where, ".pretokenizers[", i, "]"));
-      if (!step.ok()) return step.status();
-      steps.push_back(*std::move(step));
-    }
-    return std::make_unique<SequencePreTokenizer>(std::move(steps));
+    auto steps = JsonSequence<PreTokenizer>(
+        json, "pretokenizers", where,
+        [](const nlohmann::json& j, const std::string& w) { return PreTokenizerFromJson(j, w); });
+    if (!steps.ok()) return steps.status();
+    return std::make_unique<SequencePreTokenizer>(*std::move(steps));
   }
   return absl::InvalidArgumentError(
       absl::StrCat(where, ": unsupported pre-tokenizer type '", *type, "'"));
