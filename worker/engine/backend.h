@@ -7,11 +7,14 @@
 // copied in per head without reshuffling).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "cache/block_payload.h"
 #include "worker/model/config.h"
@@ -47,6 +50,26 @@ class Backend {
   virtual absl::Status Forward(KvSequence& seq, absl::Span<const int32_t> tokens,
                                int64_t logit_rows, absl::Span<float> logits) = 0;
 
+  // One decode step of a batch of distinct sequences: tokens[i] goes to seqs[i] at position
+  // seqs[i]->length(), attending to everything in it, and its K/V are appended; the next-token
+  // logits of seqs[i] go to logits[i * vocab, (i + 1) * vocab). Overrides read the weights once
+  // per step for the whole batch; this default runs Forward per sequence. Every check happens
+  // before any sequence changes (CheckDecodeStep). INVALID_ARGUMENT for an empty batch, sizes
+  // that disagree, a null or repeated sequence, a token id outside the vocabulary or a full
+  // sequence; the backend's errors otherwise (the batch's sequences are then unusable).
+  virtual absl::Status DecodeStep(absl::Span<KvSequence* const> seqs,
+                                  absl::Span<const int32_t> tokens, absl::Span<float> logits) {
+    if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
+    const int64_t vocab = config().vocab_size;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (absl::Status s = Forward(*seqs[i], tokens.subspan(i, 1), 1, logits.subspan(i * vocab, vocab));
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
   // Appends a cached block (K encoded at block-local positions 0..n-1) at offset length(),
   // re-encoding its K by that offset; V is copied as is. INVALID_ARGUMENT if the block's
   // geometry (layers, kv heads, head_dim) is not the model's or the capacity is exceeded.
@@ -57,6 +80,36 @@ class Backend {
   // span sizes.
   virtual absl::Status ReadKv(const KvSequence& seq, int64_t begin, int64_t n, absl::Span<float> k,
                               absl::Span<float> v) const = 0;
+
+ protected:
+  // The argument checks of DecodeStep (see there), for overrides to run first.
+  absl::Status CheckDecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+                               absl::Span<const float> logits) const {
+    const ModelConfig& c = config();
+    if (seqs.empty()) return absl::InvalidArgumentError("decode step: empty batch");
+    if (tokens.size() != seqs.size() ||
+        static_cast<int64_t>(logits.size()) < static_cast<int64_t>(seqs.size()) * c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("decode step: ", seqs.size(), " sequences, ",
+                                                     tokens.size(), " tokens, ", logits.size(),
+                                                     " logits (vocab ", c.vocab_size, ")"));
+    }
+    std::vector<const KvSequence*> sorted(seqs.begin(), seqs.end());
+    std::sort(sorted.begin(), sorted.end());
+    if (sorted.front() == nullptr || std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return absl::InvalidArgumentError("decode step: a sequence is null or repeated");
+    }
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i]->length() >= seqs[i]->capacity()) {
+        return absl::InvalidArgumentError(absl::StrCat("decode step: sequence ", i, " is full (",
+                                                       seqs[i]->capacity(), " tokens)"));
+      }
+      if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", tokens[i], " is outside the vocabulary of ", c.vocab_size));
+      }
+    }
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace kvblock
