@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <thread>
 #include <vector>
@@ -103,6 +104,8 @@ class CpuBackend : public Backend {
 
   absl::Status Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens, int64_t logit_rows,
                        absl::Span<float> logits) override;
+  absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+                          absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
   absl::Status ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
                       absl::Span<float> v) const override;
@@ -120,8 +123,20 @@ class CpuBackend : public Backend {
                                        seq.rope_len_, absl::MakeSpan(inv));
   }
 
+  // Rows [row0, row0 + n) of a Run's batch are the next n tokens of `seq`.
+  struct Part {
+    CpuKvSequence* seq;
+    int64_t row0;
+    int64_t n;
+  };
+  // The model over a batch of token rows split into parts (Forward: one part; DecodeStep: one
+  // part of one row per sequence), the projections as one GEMM over all rows, attention per part;
+  // logits of the last `logit_rows` rows. Arguments are checked by the callers.
+  absl::Status Run(absl::Span<const Part> parts, absl::Span<const int32_t> tokens,
+                   int64_t logit_rows, absl::Span<float> logits);
+  // Attention of one part, its KV heads split over `threads` threads.
   absl::Status Attention(View3<const float> q, View3<const float> k, View3<const float> v,
-                         int64_t num_cached, View3<float> out) const;
+                         int64_t num_cached, int threads, View3<float> out) const;
 
   std::shared_ptr<const ModelWeights> weights_;
   ModelConfig config_;
@@ -130,19 +145,42 @@ class CpuBackend : public Backend {
   std::vector<float> base_inv_freq_;
 };
 
+// Runs fn(0) .. fn(count - 1) on up to `threads` threads (the caller's included); the first
+// error, in index order.
+absl::Status ParallelFor(int count, int threads, const std::function<absl::Status(int)>& fn) {
+  threads = std::max(1, std::min(threads, count));
+  if (threads == 1) {
+    for (int i = 0; i < count; ++i) {
+      if (absl::Status s = fn(i); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  std::vector<absl::Status> status(count);
+  // Thread t takes indices t, t + threads, ...
+  auto run = [&](int t) {
+    for (int i = t; i < count; i += threads) status[i] = fn(i);
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (std::thread& t : pool) t.join();
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::Attention(View3<const float> q, View3<const float> k,
-                                   View3<const float> v, int64_t num_cached,
+                                   View3<const float> v, int64_t num_cached, int threads,
                                    View3<float> out) const {
   const float scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
   const int64_t ctx = k.d1;
-  const int64_t work = q.d0 * q.d1 * ctx * q.d2;
   const int64_t kv_heads = k.d0;
   const int64_t group = q.d1 / kv_heads;
-  const int parts = static_cast<int>(
-      std::min<int64_t>(work >= options_.attention_parallel_min_work ? threads_ : 1, kv_heads));
+  const int parts = static_cast<int>(std::min<int64_t>(threads, kv_heads));
   std::vector<float> workspace(parts * kernels::AttentionWorkspaceFloats(ctx));
   // Part p takes KV heads [p * kv_heads / parts, (p + 1) * kv_heads / parts) and their query heads.
-  auto run_part = [&](int p) -> absl::Status {
+  return ParallelFor(parts, parts, [&](int p) -> absl::Status {
     const int64_t h0 = p * kv_heads / parts;
     const int64_t h1 = (p + 1) * kv_heads / parts;
     View3<const float> qp{q.data + h0 * group * q.stride1, q.d0, (h1 - h0) * group, q.d2,
@@ -153,17 +191,7 @@ absl::Status CpuBackend::Attention(View3<const float> q, View3<const float> k,
                     out.stride0, out.stride1};
     absl::Span<float> ws = absl::MakeSpan(workspace).subspan(p * ctx, ctx);
     return kernels::BlockAttention(qp, kp, vp, num_cached, scale, op, ws);
-  };
-  if (parts == 1) return run_part(0);
-  std::vector<absl::Status> status(parts);
-  std::vector<std::thread> pool;
-  for (int p = 1; p < parts; ++p) pool.emplace_back([&, p] { status[p] = run_part(p); });
-  status[0] = run_part(0);
-  for (std::thread& t : pool) t.join();
-  for (const absl::Status& s : status) {
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
+  });
 }
 
 absl::Status CpuBackend::Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens,
@@ -188,29 +216,62 @@ absl::Status CpuBackend::Forward(KvSequence& seq_base, absl::Span<const int32_t>
                                                      " is outside the vocabulary of ", c.vocab_size));
     }
   }
+  const Part part{&seq, 0, n};
+  return Run({&part, 1}, tokens, logit_rows, logits);
+}
+
+absl::Status CpuBackend::DecodeStep(absl::Span<KvSequence* const> seqs,
+                                    absl::Span<const int32_t> tokens, absl::Span<float> logits) {
+  if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
+  std::vector<Part> parts(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    parts[i] = {static_cast<CpuKvSequence*>(seqs[i]), static_cast<int64_t>(i), 1};
+  }
+  return Run(parts, tokens, static_cast<int64_t>(seqs.size()), logits);
+}
+
+absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int32_t> tokens,
+                             int64_t logit_rows, absl::Span<float> logits) {
+  const ModelConfig& c = config_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c.hidden_size;
   const int64_t hd = c.head_dim;
   const int64_t q_dim = c.num_heads * hd;
   const int64_t kv_dim = c.num_kv_heads * hd;
-  const int64_t cap = seq.capacity();
   const ModelWeights& w = *weights_;
 
-  // Activations for this call.
+  // Activations for this call: row r is token r of the batch, whatever its sequence.
   std::vector<float> x(n * hidden), h(n * hidden), q(n * q_dim), k(n * kv_dim), v(n * kv_dim),
       attn(n * q_dim), proj(n * hidden), gate(n * c.intermediate_size), up(n * c.intermediate_size);
   for (int64_t i = 0; i < n; ++i) {
     std::memcpy(x.data() + i * hidden, w.embed() + static_cast<int64_t>(tokens[i]) * hidden,
                 hidden * sizeof(float));
   }
-  std::vector<float> inv;
-  if (absl::Status s = InvFreqFor(seq, start + n, inv); !s.ok()) return s;
-  std::vector<int64_t> pos(n);
-  for (int64_t i = 0; i < n; ++i) pos[i] = start + i;
+  // RoPE table rows: each part's tokens at its own positions (and, for dynamic RoPE, with its own
+  // sequence's frequencies).
   std::vector<float> cos(n * hd / 2), sin(n * hd / 2);
-  if (absl::Status s = kernels::BuildRopeTable(inv, pos, absl::MakeSpan(cos), absl::MakeSpan(sin));
-      !s.ok()) {
-    return s;
+  int64_t attention_work = 0;
+  for (const Part& p : parts) {
+    const int64_t start = p.seq->length();
+    std::vector<float> inv;
+    if (absl::Status s = InvFreqFor(*p.seq, start + p.n, inv); !s.ok()) return s;
+    std::vector<int64_t> pos(p.n);
+    for (int64_t i = 0; i < p.n; ++i) pos[i] = start + i;
+    const int64_t half = hd / 2;
+    if (absl::Status s = kernels::BuildRopeTable(
+            inv, pos, absl::MakeSpan(cos).subspan(p.row0 * half, p.n * half),
+            absl::MakeSpan(sin).subspan(p.row0 * half, p.n * half));
+        !s.ok()) {
+      return s;
+    }
+    attention_work += p.n * c.num_heads * (start + p.n) * hd;
   }
+  // Threads for attention: across the parts when there are several (a decode batch), else
+  // across one part's KV heads; one thread for small work.
+  const int attention_threads =
+      attention_work >= options_.attention_parallel_min_work ? threads_ : 1;
+  const int part_threads = parts.size() > 1 ? attention_threads : 1;
+  const int head_threads = parts.size() > 1 ? 1 : attention_threads;
 
   auto X = Contiguous2(x.data(), n, hidden);
   auto H = Contiguous2(h.data(), n, hidden);
@@ -223,18 +284,25 @@ absl::Status CpuBackend::Forward(KvSequence& seq_base, absl::Span<const int32_t>
     Linear(h.data(), n, L.v, v.data());
     if (s = kernels::ApplyRope(Contiguous3(q.data(), n, c.num_heads, hd), cos, sin); !s.ok()) break;
     if (s = kernels::ApplyRope(Contiguous3(k.data(), n, c.num_kv_heads, hd), cos, sin); !s.ok()) break;
-    float* kc = seq.K(l);
-    float* vc = seq.V(l);
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t g = 0; g < c.num_kv_heads; ++g) {
-        std::memcpy(kc + (g * cap + start + i) * hd, k.data() + (i * c.num_kv_heads + g) * hd, hd * 4);
-        std::memcpy(vc + (g * cap + start + i) * hd, v.data() + (i * c.num_kv_heads + g) * hd, hd * 4);
+    s = ParallelFor(static_cast<int>(parts.size()), part_threads, [&](int pi) -> absl::Status {
+      const Part& p = parts[pi];
+      const int64_t start = p.seq->length();
+      const int64_t cap = p.seq->capacity();
+      float* kc = p.seq->K(l);
+      float* vc = p.seq->V(l);
+      for (int64_t i = 0; i < p.n; ++i) {
+        const int64_t r = p.row0 + i;
+        for (int64_t g = 0; g < c.num_kv_heads; ++g) {
+          std::memcpy(kc + (g * cap + start + i) * hd, k.data() + (r * c.num_kv_heads + g) * hd, hd * 4);
+          std::memcpy(vc + (g * cap + start + i) * hd, v.data() + (r * c.num_kv_heads + g) * hd, hd * 4);
+        }
       }
-    }
-    View3<const float> K{kc, c.num_kv_heads, start + n, hd, cap * hd, hd};
-    View3<const float> V{vc, c.num_kv_heads, start + n, hd, cap * hd, hd};
-    s = Attention(Contiguous3<const float>(q.data(), n, c.num_heads, hd), K, V, start,
-                  Contiguous3(attn.data(), n, c.num_heads, hd));
+      View3<const float> K{kc, c.num_kv_heads, start + p.n, hd, cap * hd, hd};
+      View3<const float> V{vc, c.num_kv_heads, start + p.n, hd, cap * hd, hd};
+      return Attention(Contiguous3<const float>(q.data() + p.row0 * q_dim, p.n, c.num_heads, hd),
+                       K, V, start, head_threads,
+                       Contiguous3(attn.data() + p.row0 * q_dim, p.n, c.num_heads, hd));
+    });
     if (!s.ok()) break;
     Linear(attn.data(), n, L.o, proj.data());
     if (s = kernels::AddRmsNorm(X, P, L.post_attention_norm, c.rms_norm_eps, H); !s.ok()) break;
@@ -256,7 +324,7 @@ absl::Status CpuBackend::Forward(KvSequence& seq_base, absl::Span<const int32_t>
     }
   }
   if (!s.ok()) return s;
-  seq.length_ = start + n;
+  for (const Part& p : parts) p.seq->length_ += p.n;
   return absl::OkStatus();
 }
 

@@ -1,6 +1,8 @@
 // The CPU backend: f32 math, projections through OpenBLAS sgemm/sgemv (which use every core),
 // everything else through the kernels/cpu reference twins; attention is split across KV heads
-// on a few threads for long sequences. This is the reference every faster backend is checked
+// on a few threads for long sequences. DecodeStep runs a batch of sequences as one set of GEMMs
+// (M = batch), attention per sequence (split across sequences on a few threads when the batch's
+// attention work is large). This is the reference every faster backend is checked
 // against, and what CI runs.
 #pragma once
 

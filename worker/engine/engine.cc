@@ -33,6 +33,16 @@ std::optional<BlockView> UsableHit(const BlockBytes& bytes, const BlockKey& key,
 
 }  // namespace
 
+Decoding::Decoding(const GenerateRequest& r, int64_t vocab, Clock::time_point start)
+    : sampling_(r.sampling),
+      rng_(r.sampling.seed),
+      max_new_tokens_(r.max_new_tokens),
+      stop_ids_(r.stop_token_ids),
+      probs_(vocab),
+      order_(vocab),
+      start_(start),
+      first_token_(start) {}
+
 std::string_view AttentionModeName(AttentionMode mode) {
   return mode == AttentionMode::kBlock ? "block" : "full";
 }
@@ -118,6 +128,12 @@ absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_toke
     if (absl::Status s = check_ids(r.blocks[i], absl::StrCat("blocks[", i, "]")); !s.ok()) return s;
   }
   if (absl::Status s = check_ids(r.final_block, "final_block"); !s.ok()) return s;
+  for (int32_t id : r.stop_token_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop token id ", id, " is outside the vocabulary of ", c.vocab_size));
+    }
+  }
   const int64_t limit = options_.max_sequence_tokens > 0
                             ? std::min(options_.max_sequence_tokens, c.max_position_embeddings)
                             : c.max_position_embeddings;
@@ -134,7 +150,7 @@ absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_toke
   return absl::OkStatus();
 }
 
-absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& r) {
+absl::StatusOr<std::unique_ptr<Decoding>> Engine::Prefill(const GenerateRequest& r) {
   const Clock::time_point t_start = Clock::now();
   const ModelConfig& c = backend_->config();
   int64_t prompt = 0;
@@ -145,8 +161,10 @@ absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& r) {
   const int64_t capacity = std::min(limit, prompt + std::max<int64_t>(r.max_new_tokens, 1));
   absl::StatusOr<std::unique_ptr<KvSequence>> seq_or = backend_->NewSequence(capacity);
   if (!seq_or.ok()) return seq_or.status();
-  KvSequence& seq = **seq_or;
-  GenerateResult out;
+  std::unique_ptr<Decoding> d(new Decoding(r, c.vocab_size, t_start));
+  d->seq_ = *std::move(seq_or);
+  KvSequence& seq = *d->seq_;
+  GenerateResult& out = d->result_;
   const int64_t n_final = static_cast<int64_t>(r.final_block.size());
   const int64_t logit_rows = r.return_logits ? n_final : 1;
   std::vector<float> logits(logit_rows * c.vocab_size);
@@ -222,37 +240,79 @@ absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& r) {
     out.timings.prefill_ms = MsSince(t);
   }
 
-  // Decode: the last row of `logits` is the distribution of the next token.
-  Clock::time_point t = Clock::now();
-  kernels::SamplingRng rng(r.sampling.seed);
-  std::vector<float> probs(c.vocab_size);
-  std::vector<int32_t> order(c.vocab_size);
-  std::vector<float> step_logits(c.vocab_size);
-  absl::Span<const float> next(logits.data() + (logit_rows - 1) * c.vocab_size, c.vocab_size);
-  out.stop_reason = "max_new_tokens";
-  while (static_cast<int64_t>(out.tokens.size()) < r.max_new_tokens) {
-    absl::StatusOr<int32_t> tok = kernels::SampleToken(
-        next, r.sampling, rng, {absl::MakeSpan(probs), absl::MakeSpan(order)});
-    if (!tok.ok()) return tok.status();
-    out.tokens.push_back(*tok);
-    if (out.tokens.size() == 1) out.timings.ttft_ms = MsSince(t_start);
-    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), *tok) != c.eos_token_ids.end()) {
-      out.stop_reason = "eos";
-      break;
-    }
-    if (static_cast<int64_t>(out.tokens.size()) == r.max_new_tokens) break;
-    if (seq.length() >= seq.capacity()) {
-      out.stop_reason = "context_limit";
-      break;
-    }
-    const int32_t one[1] = {*tok};
-    if (absl::Status s = backend_->Forward(seq, one, 1, absl::MakeSpan(step_logits)); !s.ok()) return s;
-    next = step_logits;
+  if (r.max_new_tokens == 0) {
+    out.stop_reason = "max_new_tokens";
+    d->done_ = true;
+    out.timings.total_ms = MsSince(t_start);
+  } else if (absl::Status s = Sample(*d, absl::MakeConstSpan(logits).subspan(
+                                             (logit_rows - 1) * c.vocab_size, c.vocab_size));
+             !s.ok()) {
+    return s;  // the last row of `logits` is the distribution of the first new token
   }
-  out.timings.decode_ms = MsSince(t);
   if (r.return_logits) out.logits = std::move(logits);
-  out.timings.total_ms = MsSince(t_start);
-  return out;
+  return d;
+}
+
+absl::Status Engine::Sample(Decoding& d, absl::Span<const float> logits) const {
+  const ModelConfig& c = backend_->config();
+  absl::StatusOr<int32_t> tok = kernels::SampleToken(
+      logits, d.sampling_, d.rng_, {absl::MakeSpan(d.probs_), absl::MakeSpan(d.order_)});
+  if (!tok.ok()) return tok.status();
+  GenerateResult& out = d.result_;
+  out.tokens.push_back(*tok);
+  const Clock::time_point now = Clock::now();
+  if (out.tokens.size() == 1) {
+    d.first_token_ = now;
+    out.timings.ttft_ms = std::chrono::duration<double, std::milli>(now - d.start_).count();
+  }
+  if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), *tok) != c.eos_token_ids.end()) {
+    out.stop_reason = "eos";
+  } else if (std::find(d.stop_ids_.begin(), d.stop_ids_.end(), *tok) != d.stop_ids_.end()) {
+    out.stop_reason = "stop";
+  } else if (static_cast<int64_t>(out.tokens.size()) >= d.max_new_tokens_) {
+    out.stop_reason = "max_new_tokens";
+  } else if (d.seq_->length() >= d.seq_->capacity()) {
+    out.stop_reason = "context_limit";
+  } else {
+    return absl::OkStatus();
+  }
+  d.done_ = true;
+  out.timings.decode_ms = std::chrono::duration<double, std::milli>(now - d.first_token_).count();
+  out.timings.total_ms = std::chrono::duration<double, std::milli>(now - d.start_).count();
+  return absl::OkStatus();
+}
+
+absl::Status Engine::DecodeStep(absl::Span<Decoding* const> batch) {
+  const int64_t vocab = backend_->config().vocab_size;
+  std::vector<KvSequence*> seqs(batch.size());
+  std::vector<int32_t> tokens(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i] == nullptr || batch[i]->done_) {
+      return absl::InvalidArgumentError(absl::StrCat("decode step: entry ", i, " is null or done"));
+    }
+    seqs[i] = batch[i]->seq_.get();
+    tokens[i] = batch[i]->result_.tokens.back();
+  }
+  // The backend refuses an empty batch and repeated sequences (so repeated Decodings).
+  std::vector<float> logits(batch.size() * vocab);
+  if (absl::Status s = backend_->DecodeStep(seqs, tokens, absl::MakeSpan(logits)); !s.ok()) return s;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (absl::Status s = Sample(*batch[i], absl::MakeConstSpan(logits).subspan(i * vocab, vocab));
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& r) {
+  absl::StatusOr<std::unique_ptr<Decoding>> d = Prefill(r);
+  if (!d.ok()) return d.status();
+  Decoding* one[1] = {d->get()};
+  while (!(*d)->done()) {
+    if (absl::Status s = DecodeStep(one); !s.ok()) return s;
+  }
+  return (*d)->TakeResult();
 }
 
 }  // namespace kvblock

@@ -6,10 +6,18 @@
 // 0..n-1 and Put back. Every block, hit or miss, then enters the sequence from its payload,
 // its K re-encoded to the block's offset (the sum of the lengths of the blocks before it). The
 // final block is prefilled at its real positions attending to all blocks and causally to
-// itself; decoding samples until an EOS id of the model or max_new_tokens.
+// itself; decoding samples until an EOS id of the model, a stop id of the request or
+// max_new_tokens.
 // Full mode: ordinary causal prefill of blocks[0] ++ ... ++ final_block, same decoding.
+//
+// Generation is split so that requests can be decoded together: Prefill (per request: blocks,
+// final block, first token) returns a Decoding, and DecodeStep advances a batch of Decodings by
+// one token each with one Backend::DecodeStep call (continuous batching: the caller may change
+// the batch between steps). Generate is Prefill plus DecodeStep on a batch of one, so a request
+// decodes through the same code alone or batched.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -35,6 +43,7 @@ struct GenerateRequest {
   kernels::SamplingParams sampling;
   AttentionMode mode = AttentionMode::kBlock;
   bool return_logits = false;  // fill GenerateResult::logits
+  std::vector<int32_t> stop_token_ids;  // end generation (included) besides the model's EOS ids
 };
 
 struct GenerateTimings {
@@ -42,14 +51,14 @@ struct GenerateTimings {
   double encode_ms = 0;   // encoding missed blocks alone (and writing them back)
   double load_ms = 0;     // placing blocks in the sequence, K re-encoded
   double prefill_ms = 0;  // final block (block mode) or whole prompt (full mode)
-  double decode_ms = 0;
+  double decode_ms = 0;   // first token to last token
   double ttft_ms = 0;     // request start to first token
   double total_ms = 0;
 };
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids, an EOS that stopped generation included
-  std::string stop_reason;      // "eos", "max_new_tokens" or "context_limit"
+  std::string stop_reason;      // "eos", "stop" (a stop_token_id), "max_new_tokens" or "context_limit"
   std::vector<float> logits;    // [final_block.size()][vocab] when return_logits
   int64_t cache_hits = 0;       // blocks read from the store
   int64_t cache_misses = 0;     // blocks encoded here
@@ -72,6 +81,36 @@ struct EngineOptions {
   absl::Status Validate() const;
 };
 
+// One request from its prefill to its last token: made by Engine::Prefill, advanced by one token
+// per Engine::DecodeStep. Not thread-safe: one owner at a time; must not outlive its Engine.
+class Decoding {
+ public:
+  // True once the last token is sampled (EOS, a stop id, max_new_tokens or the context limit).
+  bool done() const { return done_; }
+  // Tokens sampled so far: the first comes from the prefill, each DecodeStep adds one.
+  const std::vector<int32_t>& tokens() const { return result_.tokens; }
+  // The result so far; stop_reason, decode_ms and total_ms are set once done().
+  const GenerateResult& result() const { return result_; }
+  GenerateResult TakeResult() { return std::move(result_); }
+
+ private:
+  friend class Engine;
+  using Clock = std::chrono::steady_clock;
+  Decoding(const GenerateRequest& request, int64_t vocab, Clock::time_point start);
+
+  std::unique_ptr<KvSequence> seq_;
+  kernels::SamplingParams sampling_;
+  kernels::SamplingRng rng_;
+  int32_t max_new_tokens_;
+  std::vector<int32_t> stop_ids_;
+  std::vector<float> probs_;    // sampling workspace
+  std::vector<int32_t> order_;  // sampling workspace
+  Clock::time_point start_;
+  Clock::time_point first_token_;
+  GenerateResult result_;
+  bool done_ = false;
+};
+
 class Engine {
  public:
   // `store` is not owned and must outlive the engine. INVALID_ARGUMENT for bad options or a
@@ -85,7 +124,18 @@ class Engine {
   // INVALID_ARGUMENT for an empty final block, an empty block, a token id outside the
   // vocabulary, a prompt longer than the model's limit or bad sampling settings; the backend's
   // and store's errors otherwise.
+  // Prefill(request), then DecodeStep on it alone until done.
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request);
+
+  // Checks the request, resolves its blocks, prefills and samples the first token (unless
+  // max_new_tokens is 0). Thread-safe. Errors as Generate's.
+  absl::StatusOr<std::unique_ptr<Decoding>> Prefill(const GenerateRequest& request);
+  // Feeds each Decoding's last token and samples its next one, all in one Backend::DecodeStep;
+  // each samples with its own parameters and generator, so a request's tokens do not depend on
+  // the batch it runs in (up to the backend's rounding). Thread-safe for disjoint batches.
+  // INVALID_ARGUMENT for an empty batch, a null, repeated or done Decoding; the backend's errors
+  // otherwise (the batch's Decodings are then unusable).
+  absl::Status DecodeStep(absl::Span<Decoding* const> batch);
 
   // Encodes one block alone at positions 0..n-1 into a payload (the cache format). Thread-safe.
   absl::StatusOr<std::vector<uint8_t>> EncodeBlock(absl::Span<const int32_t> tokens);
@@ -98,6 +148,8 @@ class Engine {
   Engine(std::unique_ptr<Backend> backend, BlockStore* store, const ModelFingerprint& fingerprint,
          const EngineOptions& options);
   absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
+  // Appends the next token of `d` sampled from `logits` ([vocab]) and decides whether d is done.
+  absl::Status Sample(Decoding& d, absl::Span<const float> logits) const;
 
   std::unique_ptr<Backend> backend_;
   BlockStore* store_;
