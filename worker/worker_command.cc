@@ -124,7 +124,14 @@ void AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--max-prompt-tokens", f->server.core.max_prompt_tokens,
                   "Longest prompt (tokens)")
       ->capture_default_str();
-  cmd->add_option("--max-concurrent", f->server.core.max_concurrent, "Requests run at once")
+  cmd->add_option("--max-concurrent", f->server.core.max_concurrent,
+                  "Requests in progress at once (prefilling or decoding)")
+      ->capture_default_str();
+  cmd->add_option("--max-decode-batch", f->server.core.max_decode_batch,
+                  "Requests decoded together in one step at most")
+      ->capture_default_str();
+  cmd->add_option("--prefill-threads", f->server.core.prefill_threads,
+                  "Threads that prefill requests")
       ->capture_default_str();
   cmd->add_option("--queue-size", f->server.core.queue_size, "Requests that may wait")
       ->capture_default_str();

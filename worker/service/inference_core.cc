@@ -13,7 +13,7 @@
 namespace kvblock {
 namespace {
 
-// Per-request state of PolicyStore, set on the pool thread for the duration of one Generate.
+// Per-request state of PolicyStore, set on the prefill thread for the duration of one Prefill.
 struct RequestCacheScope {
   CachePolicyMode policy = CachePolicyMode::kReadWrite;
   int64_t local_hits = 0;  // present keys not served by the remote tier
@@ -86,6 +86,8 @@ absl::Status InferenceCoreOptions::Validate() const {
   if (max_prompt_tokens <= 0) return absl::InvalidArgumentError("max_prompt_tokens must be > 0");
   if (max_concurrent <= 0) return absl::InvalidArgumentError("max_concurrent must be > 0");
   if (queue_size < 0) return absl::InvalidArgumentError("queue_size must be >= 0");
+  if (prefill_threads <= 0) return absl::InvalidArgumentError("prefill_threads must be > 0");
+  if (max_decode_batch <= 0) return absl::InvalidArgumentError("max_decode_batch must be > 0");
   if (auto_split_max_block_tokens <= 0) {
     return absl::InvalidArgumentError("auto_split_max_block_tokens must be > 0");
   }
@@ -104,12 +106,50 @@ absl::Status InferenceCoreOptions::Validate() const {
 struct InferenceCore::Job {
   GenerateRequest request;
   CachePolicyMode policy = CachePolicyMode::kReadWrite;
-  std::vector<int32_t> stop_ids;
   absl::Time arrival;
   absl::Time deadline;
+  absl::Time start;  // when its prefill began
   double tokenize_ms = 0;
   CancelledFn cancelled;
+  TokensFn on_tokens;
   GenerateDone done;
+  RequestCacheScope cache;             // what the prefill's store calls saw
+  std::unique_ptr<Decoding> decoding;  // set by the prefill
+  size_t streamed = 0;                 // tokens handed to on_tokens
+  bool decoding_counted = false;       // counted in decoding_count_
+
+  // Hands the tokens sampled since the last call to on_tokens.
+  void StreamNewTokens() {
+    const std::vector<int32_t>& tokens = decoding->tokens();
+    if (on_tokens && tokens.size() > streamed) {
+      on_tokens(absl::MakeConstSpan(tokens).subspan(streamed));
+    }
+    streamed = tokens.size();
+  }
+
+  // The finished request as the service reports it.
+  GenerateOutcome Outcome() {
+    GenerateResult result = decoding->TakeResult();
+    GenerateOutcome out;
+    out.tokens = std::move(result.tokens);
+    out.finish_reason = result.stop_reason == "eos" || result.stop_reason == "stop"
+                            ? result.stop_reason
+                            : "length";
+    const GenerateTimings& t = result.timings;
+    out.timings.set_tokenize_ms(tokenize_ms);
+    out.timings.set_lookup_ms(t.lookup_ms);
+    out.timings.set_fetch_ms(cache.fetch_ms);
+    out.timings.set_compute_misses_ms(t.encode_ms);
+    out.timings.set_prefill_ms(t.load_ms + t.prefill_ms);
+    out.timings.set_first_token_ms(MsBetween(arrival, start) + t.ttft_ms);
+    out.timings.set_total_ms(MsBetween(arrival, absl::Now()));
+    out.cache.set_hits(static_cast<uint32_t>(result.cache_hits));
+    out.cache.set_misses(static_cast<uint32_t>(result.cache_misses));
+    out.cache.set_gpu_hits(
+        static_cast<uint32_t>(std::min<int64_t>(cache.local_hits, result.cache_hits)));
+    out.cache.set_fetched_bytes(cache.fetched_bytes);
+    return out;
+  }
 };
 
 absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* runtime,
@@ -131,9 +171,10 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* ru
   if (!engine.ok()) return engine.status();
   core->engine_ = std::move(*engine);
   core->vocab_size_ = runtime->model.config.vocab_size;
-  for (int i = 0; i < core->options_.max_concurrent; ++i) {
-    core->threads_.emplace_back([c = core.get()] { c->PoolLoop(); });
+  for (int i = 0; i < core->options_.prefill_threads; ++i) {
+    core->prefill_threads_.emplace_back([c = core.get()] { c->PrefillLoop(); });
   }
+  core->decode_thread_ = std::thread([c = core.get()] { c->DecodeLoop(); });
   return core;
 }
 
@@ -148,12 +189,20 @@ InferenceCore::~InferenceCore() {
     orphans.swap(queue_);
   }
   for (auto& job : orphans) job->done(absl::UnavailableError("worker shutting down"));
-  for (std::thread& t : threads_) t.join();
+  // Prefill threads finish their requests and hand them to the decode thread, which ends once
+  // nothing is in progress.
+  for (std::thread& t : prefill_threads_) t.join();
+  if (decode_thread_.joinable()) decode_thread_.join();
 }
 
 int64_t InferenceCore::pending() const {
   absl::MutexLock lock(&mu_);
-  return running_ + static_cast<int64_t>(queue_.size());
+  return in_progress_ + static_cast<int64_t>(queue_.size());
+}
+
+int64_t InferenceCore::decoding() const {
+  absl::MutexLock lock(&mu_);
+  return decoding_count_;
 }
 
 std::string InferenceCore::Decode(absl::Span<const int32_t> ids) const {
@@ -189,11 +238,13 @@ absl::StatusOr<std::vector<int32_t>> InferenceCore::SegmentTokens(const v1::Segm
 }
 
 void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time arrival,
-                                  absl::Time deadline, CancelledFn cancelled, GenerateDone done) {
+                                  absl::Time deadline, CancelledFn cancelled, TokensFn on_tokens,
+                                  GenerateDone done) {
   auto job = std::make_unique<Job>();
   job->arrival = arrival;
   job->deadline = deadline;
   job->cancelled = std::move(cancelled);
+  job->on_tokens = std::move(on_tokens);
   job->done = std::move(done);
   // Validation and conversion, on the caller's thread (cheap next to generation).
   absl::Status status = [&]() -> absl::Status {
@@ -263,7 +314,7 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
         return absl::InvalidArgumentError(
             absl::StrCat("stop token id ", id, " outside the vocabulary"));
       }
-      job->stop_ids.push_back(id);
+      r.stop_token_ids.push_back(id);
     }
     switch (request.mode()) {
       case v1::ATTENTION_MODE_UNSPECIFIED:
@@ -301,10 +352,10 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
     absl::MutexLock lock(&mu_);
     if (stop_) {
       status = absl::UnavailableError("worker shutting down");
-    } else if (running_ + static_cast<int64_t>(queue_.size()) >=
+    } else if (in_progress_ + static_cast<int64_t>(queue_.size()) >=
                options_.max_concurrent + options_.queue_size) {
       status = absl::ResourceExhaustedError(absl::StrCat(
-          "worker overloaded: ", running_, " running, ", queue_.size(), " queued (max_concurrent ",
+          "worker overloaded: ", in_progress_, " in progress, ", queue_.size(), " queued (max_concurrent ",
           options_.max_concurrent, ", queue_size ", options_.queue_size, ")"));
     } else {
       queue_.push_back(std::move(job));
@@ -319,7 +370,7 @@ absl::StatusOr<GenerateOutcome> InferenceCore::Generate(const v1::GenerateReques
                                                         CancelledFn cancelled) {
   absl::Notification finished;
   absl::StatusOr<GenerateOutcome> result = absl::UnknownError("not run");
-  GenerateAsync(request, absl::Now(), deadline, std::move(cancelled),
+  GenerateAsync(request, absl::Now(), deadline, std::move(cancelled), nullptr,
                 [&](absl::StatusOr<GenerateOutcome> r) {
                   result = std::move(r);
                   finished.Notify();
@@ -328,74 +379,116 @@ absl::StatusOr<GenerateOutcome> InferenceCore::Generate(const v1::GenerateReques
   return result;
 }
 
-void InferenceCore::PoolLoop() {
+absl::Status InferenceCore::CheckAlive(const Job& job, const char* phase) {
+  if (job.cancelled && job.cancelled()) {
+    return absl::CancelledError(absl::StrCat("request cancelled ", phase));
+  }
+  return CheckDeadline(job.deadline, phase);
+}
+
+void InferenceCore::Retire(std::unique_ptr<Job> job, const absl::Status& status) {
+  absl::StatusOr<GenerateOutcome> result =
+      status.ok() ? absl::StatusOr<GenerateOutcome>(job->Outcome()) : status;
+  {
+    // The slot is free before the caller hears of the result, so a caller that sends its next
+    // request on completion is not refused.
+    absl::MutexLock lock(&mu_);
+    --in_progress_;
+    if (job->decoding_counted) --decoding_count_;
+  }
+  job->done(std::move(result));
+}
+
+void InferenceCore::PrefillLoop() {
   while (true) {
     std::unique_ptr<Job> job;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](InferenceCore* c)
-               ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) { return c->stop_ || !c->queue_.empty(); },
+          +[](InferenceCore* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->stop_ ||
+                   (!c->queue_.empty() && c->in_progress_ < c->options_.max_concurrent);
+          },
           this));
       if (queue_.empty()) return;  // stop_ and nothing left
       job = std::move(queue_.front());
       queue_.pop_front();
-      ++running_;
+      ++in_progress_;
     }
-    absl::StatusOr<GenerateOutcome> result = Run(*job);
-    {
-      // The slot is free before the caller hears of the result, so a caller that sends its next
-      // request on completion is not refused.
-      absl::MutexLock lock(&mu_);
-      --running_;
+    absl::Status status = Prefill(*job);
+    if (!status.ok() || job->decoding->done()) {
+      Retire(std::move(job), status);
+      continue;
     }
-    job->done(std::move(result));
+    absl::MutexLock lock(&mu_);
+    job->decoding_counted = true;
+    ++decoding_count_;
+    decoding_.push_back(std::move(job));
   }
 }
 
-absl::StatusOr<GenerateOutcome> InferenceCore::Run(Job& job) {
-  auto check = [&](const char* phase) -> absl::Status {
-    if (job.cancelled && job.cancelled()) {
-      return absl::CancelledError(absl::StrCat("request cancelled ", phase));
-    }
-    return CheckDeadline(job.deadline, phase);
-  };
-  if (absl::Status s = check("while queued"); !s.ok()) return s;
-  const absl::Time start = absl::Now();
-  RequestCacheScope scope;
-  scope.policy = job.policy;
-  tls_scope = &scope;
-  absl::StatusOr<GenerateResult> result = engine_->Generate(job.request);
+absl::Status InferenceCore::Prefill(Job& job) {
+  if (absl::Status s = CheckAlive(job, "while queued"); !s.ok()) return s;
+  job.start = absl::Now();
+  job.cache.policy = job.policy;
+  tls_scope = &job.cache;
+  absl::StatusOr<std::unique_ptr<Decoding>> decoding = engine_->Prefill(job.request);
   tls_scope = nullptr;
-  if (!result.ok()) return result.status();
-  if (absl::Status s = check("after generation"); !s.ok()) return s;
-  GenerateOutcome out;
-  out.tokens = std::move(result->tokens);
-  out.finish_reason = result->stop_reason == "eos" ? "eos" : "length";
-  // Stop ids: the engine knows only the model's EOS ids, so generation is cut after the first
-  // requested stop id here.
-  for (size_t i = 0; i < out.tokens.size(); ++i) {
-    if (std::find(job.stop_ids.begin(), job.stop_ids.end(), out.tokens[i]) != job.stop_ids.end()) {
-      const bool last_is_eos = out.finish_reason == "eos" && i + 1 == out.tokens.size();
-      if (!last_is_eos) out.finish_reason = "stop";
-      out.tokens.resize(i + 1);
-      break;
+  if (!decoding.ok()) return decoding.status();
+  job.decoding = *std::move(decoding);
+  if (absl::Status s = CheckAlive(job, "after prefill"); !s.ok()) return s;
+  job.StreamNewTokens();  // the first token, before the job reaches the decode thread
+  return absl::OkStatus();
+}
+
+void InferenceCore::DecodeLoop() {
+  std::vector<std::unique_ptr<Job>> batch;
+  std::vector<Decoding*> decodings;
+  while (true) {
+    batch.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](InferenceCore* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return !c->decoding_.empty() || (c->stop_ && c->in_progress_ == 0);
+          },
+          this));
+      if (decoding_.empty()) return;  // stopped and nothing in progress
+      // The front of the queue: those left out go first next step, those taken rejoin at the back.
+      while (!decoding_.empty() && static_cast<int>(batch.size()) < options_.max_decode_batch) {
+        batch.push_back(std::move(decoding_.front()));
+        decoding_.pop_front();
+      }
     }
+    // Cancelled and late requests leave before the step.
+    decodings.clear();
+    for (std::unique_ptr<Job>& job : batch) {
+      if (absl::Status s = CheckAlive(*job, "while decoding"); !s.ok()) {
+        Retire(std::move(job), s);
+        continue;
+      }
+      decodings.push_back(job->decoding.get());
+    }
+    if (decodings.empty()) continue;
+    const absl::Status step = engine_->DecodeStep(decodings);
+    if (options_.decode_step_hook) options_.decode_step_hook(static_cast<int>(decodings.size()));
+    std::vector<std::unique_ptr<Job>> kept;
+    for (std::unique_ptr<Job>& job : batch) {
+      if (job == nullptr) continue;  // retired above
+      if (!step.ok()) {
+        Retire(std::move(job), step);
+        continue;
+      }
+      job->StreamNewTokens();
+      if (job->decoding->done()) {
+        Retire(std::move(job), absl::OkStatus());
+      } else {
+        kept.push_back(std::move(job));
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    for (std::unique_ptr<Job>& job : kept) decoding_.push_back(std::move(job));
   }
-  const GenerateTimings& t = result->timings;
-  out.timings.set_tokenize_ms(job.tokenize_ms);
-  out.timings.set_lookup_ms(t.lookup_ms);
-  out.timings.set_fetch_ms(scope.fetch_ms);
-  out.timings.set_compute_misses_ms(t.encode_ms);
-  out.timings.set_prefill_ms(t.load_ms + t.prefill_ms);
-  out.timings.set_first_token_ms(MsBetween(job.arrival, start) + t.ttft_ms);
-  out.timings.set_total_ms(MsBetween(job.arrival, absl::Now()));
-  out.cache.set_hits(static_cast<uint32_t>(result->cache_hits));
-  out.cache.set_misses(static_cast<uint32_t>(result->cache_misses));
-  out.cache.set_gpu_hits(
-      static_cast<uint32_t>(std::min<int64_t>(scope.local_hits, result->cache_hits)));
-  out.cache.set_fetched_bytes(scope.fetched_bytes);
-  return out;
 }
 
 absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(

@@ -21,6 +21,11 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(d);
 }
 
+// Streams a Generate: tokens are written as the core hands them over, at most one write in
+// flight (the callback API's rule) and at most stream_chunk_tokens per message; then the final
+// message, then Finish. The core calls on_tokens and done on its threads and OnWriteDone comes on
+// gRPC's: all meet in Pump under mu_. Finish waits for the core's `done`, so the core never calls
+// into a deleted reactor.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateReactor(InferenceGrpcService* service, InferenceCore* core, InferenceObserver* observer,
@@ -31,69 +36,104 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
       End(auth);
       return;
     }
-    // `done` runs on a pool thread (or here for early errors); the reactor lives until OnDone,
-    // which cannot happen before Finish is called from End.
     core->GenerateAsync(
         *request, start_, DeadlineOf(context), [context] { return context->IsCancelled(); },
-        [this](absl::StatusOr<GenerateOutcome> r) { OnGenerated(std::move(r)); });
+        [this](absl::Span<const int32_t> tokens) {
+          {
+            absl::MutexLock lock(&mu_);
+            tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+          }
+          Pump();
+        },
+        [this](absl::StatusOr<GenerateOutcome> r) {
+          if (r.ok() && observer_ != nullptr) observer_->OnGenerated(*r);
+          {
+            absl::MutexLock lock(&mu_);
+            finished_ = true;
+            if (r.ok()) {
+              outcome_ = *std::move(r);
+            } else {
+              status_ = r.status();
+            }
+          }
+          Pump();
+        });
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) {
-      End(absl::CancelledError("Generate stream broken by the client"));
-      return;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      // A broken stream: the client is gone, so its context reads as cancelled and the core
+      // stops within a step; Finish waits for that.
+      if (!ok) broken_ = true;
     }
-    WriteNext();
+    Pump();
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void OnGenerated(absl::StatusOr<GenerateOutcome> r) {
-    if (!r.ok()) {
-      End(r.status());
+  // Starts the next write (tokens, or the final message) or Finish, unless a write is in flight.
+  void Pump() {
+    std::vector<int32_t> prefix;  // tokens sent once this message is out
+    size_t first_new = 0;
+    bool final_message = false;
+    bool end = false;
+    absl::Status finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (writing_ || ended_) return;
+      if (broken_ || (finished_ && !status_.ok()) || final_sent_) {
+        if (!finished_) return;
+        ended_ = end = true;
+        finish = broken_ ? absl::CancelledError("Generate stream broken by the client") : status_;
+      } else if (next_ < tokens_.size()) {
+        first_new = next_;
+        next_ = std::min(tokens_.size(),
+                         next_ + static_cast<size_t>(core_->options().stream_chunk_tokens));
+        prefix.assign(tokens_.begin(), tokens_.begin() + next_);
+        writing_ = true;
+      } else if (finished_) {
+        prefix = tokens_;
+        final_message = final_sent_ = writing_ = true;
+      } else {
+        return;  // nothing to send yet
+      }
+    }
+    if (end) {
+      End(finish);
       return;
     }
-    outcome_ = *std::move(r);
-    if (observer_ != nullptr) observer_->OnGenerated(outcome_);
-    WriteNext();
-  }
-
-  // Next chunk of tokens, or the final message, or Finish.
-  void WriteNext() {
-    if (final_sent_) {
-      End(absl::OkStatus());
-      return;
-    }
+    // Only this thread touches response_ and sent_text_ until the write completes.
     response_.Clear();
-    const size_t n = outcome_.tokens.size();
-    if (next_ < n) {
-      const size_t end =
-          std::min(n, next_ + static_cast<size_t>(core_->options().stream_chunk_tokens));
-      response_.mutable_token_ids()->Add(outcome_.tokens.begin() + next_,
-                                         outcome_.tokens.begin() + end);
-      // Text of the new tokens: decode the whole prefix and send what it adds, so a character
-      // split across chunks is sent whole once complete. A trailing U+FFFD may be the start of
-      // a character whose other bytes are in the next chunk: it is held back until the last one.
-      std::string text = core_->Decode(absl::MakeConstSpan(outcome_.tokens.data(), end));
-      constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-      while (end < n && text.size() >= kReplacement.size() &&
-             text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0) {
-        text.resize(text.size() - kReplacement.size());
-      }
-      if (text.size() >= sent_text_.size() && text.compare(0, sent_text_.size(), sent_text_) == 0) {
-        response_.set_text(text.substr(sent_text_.size()));
-        sent_text_ = text;
-      }
-      next_ = end;
-    } else {
+    if (!final_message) response_.mutable_token_ids()->Add(prefix.begin() + first_new, prefix.end());
+    response_.set_text(NewText(prefix, /*last=*/final_message));
+    if (final_message) {
       response_.set_done(true);
       response_.set_finish_reason(outcome_.finish_reason);
       *response_.mutable_timings() = outcome_.timings;
       *response_.mutable_cache() = outcome_.cache;
-      final_sent_ = true;
     }
     StartWrite(&response_);
+  }
+
+  // The text `tokens` add to what was sent: the whole prefix is decoded so a character split
+  // across messages is sent whole once complete. Until the last message a trailing U+FFFD may be
+  // the start of a character whose other bytes come later: it is held back.
+  std::string NewText(const std::vector<int32_t>& tokens, bool last) {
+    std::string text = core_->Decode(tokens);
+    constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+    while (!last && text.size() >= kReplacement.size() &&
+           text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0) {
+      text.resize(text.size() - kReplacement.size());
+    }
+    if (text.size() < sent_text_.size() || text.compare(0, sent_text_.size(), sent_text_) != 0) {
+      return "";
+    }
+    std::string added = text.substr(sent_text_.size());
+    sent_text_ = std::move(text);
+    return added;
   }
 
   void End(const absl::Status& status) {
@@ -101,14 +141,22 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     Finish(ToGrpcStatus(status));
   }
 
-  InferenceCore* core_;
-  InferenceObserver* observer_;
-  absl::Time start_;
-  GenerateOutcome outcome_;
-  v1::GenerateResponse response_;
+  InferenceCore* const core_;
+  InferenceObserver* const observer_;
+  const absl::Time start_;
+  v1::GenerateResponse response_;  // the write in flight
   std::string sent_text_;
-  size_t next_ = 0;
-  bool final_sent_ = false;
+
+  absl::Mutex mu_;
+  std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);  // every token the core handed over
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;               // tokens_[0, next_) written
+  GenerateOutcome outcome_;  // written once under mu_ with finished_, read-only after
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // the core called done
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool final_sent_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace

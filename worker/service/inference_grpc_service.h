@@ -1,9 +1,8 @@
 // The gRPC face of `kvblock worker`: kvblock.v1.InferenceService on the callback API. Reactors
 // are thin: they check the bearer token, hand the request to InferenceCore and report each
-// finished call to the observer. Generate streams the generated tokens in chunks of
-// InferenceCoreOptions::stream_chunk_tokens once the engine has returned them (the engine
-// produces all tokens before returning), then one final message with done, finish_reason,
-// timings and cache report.
+// finished call to the observer. Generate streams the tokens as the core samples them (at most
+// InferenceCoreOptions::stream_chunk_tokens per message, one write in flight), then one final
+// message with done, finish_reason, timings, cache report and any text held back.
 #pragma once
 
 #include <string>

@@ -2,6 +2,7 @@
 // on 127.0.0.1:0 with a bearer token, and the generated C++ client.
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -34,6 +35,7 @@ struct Streamed {
   std::vector<int32_t> tokens;
   std::string text;
   int messages = 0;
+  std::vector<int> tokens_per_message;
   v1::GenerateResponse final_message;
 };
 
@@ -107,8 +109,12 @@ class WorkerServiceTest : public ::testing::Test {
     s->mutable_tokens()->mutable_ids()->Add(ids.begin(), ids.end());
   }
 
+  // One Generate call read to the end; `on_message` (optional) sees each message as it arrives
+  // and may cancel the call through the context.
   Streamed Call(const v1::GenerateRequest& req, bool auth = true,
-                absl::Duration timeout = absl::Seconds(60)) {
+                absl::Duration timeout = absl::Seconds(60),
+                const std::function<void(const v1::GenerateResponse&, grpc::ClientContext&)>&
+                    on_message = nullptr) {
     grpc::ClientContext ctx;
     if (auth) ctx.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
@@ -117,12 +123,35 @@ class WorkerServiceTest : public ::testing::Test {
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
       ++out.messages;
+      out.tokens_per_message.push_back(msg.token_ids_size());
       out.tokens.insert(out.tokens.end(), msg.token_ids().begin(), msg.token_ids().end());
       out.text += msg.text();
       if (msg.done()) out.final_message = msg;
+      if (on_message) on_message(msg, ctx);
     }
     out.status = reader->Finish();
     return out;
+  }
+
+  // A token-id request whose greedy continuation (by the runtime's engine) has at least
+  // `min_tokens` tokens before any EOS, so a test can count on that many decode steps.
+  v1::GenerateRequest LongRequest(int min_tokens, int max_new_tokens) {
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      GenerateRequest direct;
+      direct.blocks = {RandomIds(24)};
+      direct.final_block = RandomIds(6);
+      direct.max_new_tokens = min_tokens;
+      absl::StatusOr<GenerateResult> r = runtime_->engine->Generate(direct);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (!r.ok() || r->stop_reason != "max_new_tokens") continue;
+      v1::GenerateRequest req;
+      SetIds(req.add_blocks(), direct.blocks[0]);
+      SetIds(req.mutable_final_block(), direct.final_block);
+      req.mutable_sampling()->set_max_new_tokens(max_new_tokens);
+      return req;
+    }
+    ADD_FAILURE() << "no prompt of 20 gave " << min_tokens << " tokens before EOS";
+    return {};
   }
 
   std::mt19937_64 rng_;
@@ -160,8 +189,13 @@ TEST_F(WorkerServiceTest, GenerateMatchesEngineAndRepeatIsAllHits) {
   EXPECT_GT(first.final_message.timings().first_token_ms(), 0.0);
   EXPECT_GE(first.final_message.timings().total_ms(),
             first.final_message.timings().first_token_ms());
-  // Tokens come in chunks of 8, then the final message.
-  EXPECT_EQ(first.messages, static_cast<int>((first.tokens.size() + 7) / 8) + 1);
+  // Tokens come in messages of 1 to 8 (stream_chunk_tokens), then the final message alone.
+  ASSERT_GE(first.messages, static_cast<int>((first.tokens.size() + 7) / 8) + 1);
+  for (int i = 0; i + 1 < first.messages; ++i) {
+    EXPECT_GE(first.tokens_per_message[i], 1) << i;
+    EXPECT_LE(first.tokens_per_message[i], 8) << i;
+  }
+  EXPECT_EQ(first.tokens_per_message.back(), 0);
   const std::string& reason = first.final_message.finish_reason();
   EXPECT_TRUE(reason == "length" ? first.tokens.size() == 40u : reason == "eos") << reason;
 
@@ -323,7 +357,8 @@ TEST_F(WorkerServiceTest, OverloadIsResourceExhausted) {
   SetIds(req.mutable_final_block(), RandomIds(8));
   req.mutable_sampling()->set_max_new_tokens(2);
 
-  // Deterministic: request A is held on its pool thread (in its cancellation check) while B comes.
+  // Deterministic: request A is held on its prefill thread (in its cancellation check) while B
+  // comes.
   absl::Notification release, a_done;
   std::atomic<bool> a_ok{false};
   c->GenerateAsync(
@@ -332,6 +367,7 @@ TEST_F(WorkerServiceTest, OverloadIsResourceExhausted) {
         release.WaitForNotification();
         return false;
       },
+      nullptr,
       [&](absl::StatusOr<GenerateOutcome> r) {
         a_ok = r.ok();
         a_done.Notify();
@@ -365,6 +401,191 @@ TEST_F(WorkerServiceTest, OverloadIsResourceExhausted) {
     }
   }
   EXPECT_EQ(exhausted, 1);
+}
+
+// Tokens reach the client while generation goes on: the decode thread is held after its first
+// step (by the step hook) until the client has read a message with a token, which only streaming
+// can deliver; the rest follows in further messages.
+TEST_F(WorkerServiceTest, TokensStreamWhileDecoding) {
+  absl::Notification client_has_token;
+  std::atomic<bool> hook_timed_out{false};
+  std::atomic<int> steps{0};
+  InferenceCoreOptions core;
+  core.decode_step_hook = [&](int) {
+    if (steps.fetch_add(1) == 0 &&
+        !client_has_token.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+      hook_timed_out = true;
+    }
+  };
+  Start(core);
+  v1::GenerateRequest req = LongRequest(24, 24);
+  int steps_when_first_read = -1;
+  Streamed r = Call(req, true, absl::Seconds(60),
+                    [&](const v1::GenerateResponse& msg, grpc::ClientContext&) {
+                      if (msg.token_ids_size() > 0 && !client_has_token.HasBeenNotified()) {
+                        steps_when_first_read = steps.load();
+                        client_has_token.Notify();
+                      }
+                    });
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_FALSE(hook_timed_out) << "the first token reached the client only after generation";
+  EXPECT_LE(steps_when_first_read, 1);  // at most the first step had run (and was held)
+  EXPECT_EQ(r.tokens.size(), 24u);
+  EXPECT_EQ(steps.load(), 23);  // one token from the prefill, one per step
+  int token_messages = 0;
+  for (int n : r.tokens_per_message) token_messages += n > 0;
+  EXPECT_GE(token_messages, 2);
+  EXPECT_EQ(r.final_message.finish_reason(), "length");
+  EXPECT_EQ(r.text, server_->core()->Decode(r.tokens));
+}
+
+// A request cancelled mid-decode stops at the next step: the hook cancels after step 5, so the
+// request ends with exactly the prefill's token and five more. A passed deadline does the same;
+// over gRPC, a client that cancels after its first message frees the worker long before
+// max_new_tokens.
+TEST_F(WorkerServiceTest, CancellationAndDeadlineStopDecodingWithinAStep) {
+  std::atomic<int> steps{0};
+  std::atomic<bool> cancel{false};
+  std::atomic<int> cancel_after{-1};
+  std::atomic<int64_t> late_until_us{0};
+  InferenceCoreOptions core;
+  core.decode_step_hook = [&](int) {
+    const int n = steps.fetch_add(1) + 1;
+    if (n == cancel_after.load()) cancel = true;
+    // Deadline case: this step runs past the request's deadline.
+    while (absl::ToUnixMicros(absl::Now()) < late_until_us.load()) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  };
+  Start(core);
+  InferenceCore* c = server_->core();
+  v1::GenerateRequest req = LongRequest(8, 4000);
+
+  auto run = [&](absl::Time deadline) {
+    std::vector<int32_t> streamed;
+    absl::StatusOr<GenerateOutcome> result = absl::UnknownError("not run");
+    absl::Notification finished;
+    c->GenerateAsync(
+        req, absl::Now(), deadline, [&] { return cancel.load(); },
+        [&](absl::Span<const int32_t> t) { streamed.insert(streamed.end(), t.begin(), t.end()); },
+        [&](absl::StatusOr<GenerateOutcome> r) {
+          result = std::move(r);
+          finished.Notify();
+        });
+    EXPECT_TRUE(finished.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    return std::make_pair(result.status(), streamed.size());
+  };
+  steps = 0;
+  cancel_after = 5;
+  auto [cancelled, cancelled_tokens] = run(absl::InfiniteFuture());
+  EXPECT_EQ(cancelled.code(), absl::StatusCode::kCancelled) << cancelled;
+  EXPECT_EQ(cancelled_tokens, 6u);
+  EXPECT_EQ(steps.load(), 5);
+
+  cancel = false;
+  cancel_after = -1;
+  steps = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(3);
+  late_until_us = absl::ToUnixMicros(deadline) + 1000;  // the first step ends past the deadline
+  auto [late, late_tokens] = run(deadline);
+  late_until_us = 0;
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  EXPECT_LE(late_tokens, 2u);  // the prefill's token and at most the first step's
+  EXPECT_LE(steps.load(), 1);
+
+  steps = 0;
+  Streamed r = Call(req, true, absl::Seconds(60),
+                    [](const v1::GenerateResponse&, grpc::ClientContext& ctx) { ctx.TryCancel(); });
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED);
+  for (int i = 0; i < 10000 && c->pending() != 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(c->pending(), 0);
+  EXPECT_LT(steps.load(), 3999);
+  const std::string series = "kvblock_requests_total{method=\"Generate\",code=\"CANCELLED\"}";
+  for (int i = 0; i < 1000 && Metric(series) != 1; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(Metric(series), 1);
+}
+
+// Concurrent requests of different lengths, sampling settings and arrival times are decoded in
+// shared steps (batches of up to max_decode_batch, round robin beyond it) and each gets exactly
+// the tokens it gets alone.
+TEST_F(WorkerServiceTest, ConcurrentRequestsAreBatchedAndMatchRunningAlone) {
+  constexpr int kRequests = 5;
+  std::atomic<int> steps{0};
+  std::atomic<int> max_batch{0};
+  std::atomic<bool> hold_first_step{true};
+  InferenceCore* c = nullptr;
+  InferenceCoreOptions core;
+  core.max_concurrent = 8;
+  core.max_decode_batch = 3;
+  core.decode_step_hook = [&](int batch) {
+    steps.fetch_add(1);
+    int seen = max_batch.load();
+    while (batch > seen && !max_batch.compare_exchange_weak(seen, batch)) {
+    }
+    // The first step waits (bounded) until a second request is decoding, so batching is certain.
+    for (int i = 0; hold_first_step && i < 20000 && c->decoding() < 2; ++i) {
+      absl::SleepFor(absl::Microseconds(500));
+    }
+    hold_first_step = false;
+  };
+  Start(core);
+  c = server_->core();
+  std::vector<v1::GenerateRequest> reqs;
+  std::vector<GenerateRequest> direct(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    v1::GenerateRequest req = LongRequest(4, 12 + 9 * i);
+    direct[i].blocks = {std::vector<int32_t>(req.blocks(0).tokens().ids().begin(),
+                                             req.blocks(0).tokens().ids().end())};
+    if (i % 2 == 1) {  // a second, longer block: different prompt lengths
+      direct[i].blocks.push_back(RandomIds(10 + 13 * i));
+      SetIds(req.add_blocks(), direct[i].blocks.back());
+    }
+    direct[i].final_block.assign(req.final_block().tokens().ids().begin(),
+                                 req.final_block().tokens().ids().end());
+    direct[i].max_new_tokens = static_cast<int32_t>(req.sampling().max_new_tokens());
+    if (i >= 2) {  // seeded sampling for some
+      req.mutable_sampling()->set_temperature(0.9f);
+      req.mutable_sampling()->set_top_k(40);
+      req.mutable_sampling()->set_seed(1000 + i);
+      direct[i].sampling = {.temperature = 0.9f, .top_k = 40, .top_p = 1.0f,
+                            .seed = static_cast<uint64_t>(1000 + i)};
+    }
+    reqs.push_back(req);
+  }
+  std::vector<absl::StatusOr<GenerateOutcome>> results(kRequests, absl::UnknownError("not run"));
+  std::vector<std::vector<int32_t>> streamed(kRequests);
+  std::vector<absl::Notification> finished(kRequests);
+  auto submit = [&](int i) {
+    c->GenerateAsync(
+        reqs[i], absl::Now(), absl::InfiniteFuture(), nullptr,
+        [&, i](absl::Span<const int32_t> t) {
+          streamed[i].insert(streamed[i].end(), t.begin(), t.end());
+        },
+        [&, i](absl::StatusOr<GenerateOutcome> r) {
+          results[i] = std::move(r);
+          finished[i].Notify();
+        });
+  };
+  // Two at once, the others as decoding goes on.
+  submit(0);
+  submit(1);
+  for (int i = 2; i < kRequests; ++i) {
+    const int at = steps.load() + 3;
+    for (int w = 0; w < 20000 && steps.load() < at && c->pending() > 0; ++w) {
+      absl::SleepFor(absl::Microseconds(500));
+    }
+    submit(i);
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(finished[i].WaitForNotificationWithTimeout(absl::Seconds(60))) << i;
+    ASSERT_TRUE(results[i].ok()) << i << ": " << results[i].status();
+    absl::StatusOr<GenerateResult> alone = runtime_->engine->Generate(direct[i]);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    EXPECT_EQ(results[i]->tokens, alone->tokens) << "request " << i;
+    EXPECT_EQ(streamed[i], results[i]->tokens) << "request " << i;
+  }
+  EXPECT_GE(max_batch.load(), 2);
+  EXPECT_LE(max_batch.load(), 3);
 }
 
 }  // namespace
