@@ -1,6 +1,7 @@
 #include "worker/engine/engine.h"
 
 #include <algorithm>
+#include <random>
 
 #include "cache/tiered_store.h"
 #include "gtest/gtest.h"
@@ -151,6 +152,163 @@ TEST_P(FixtureTest, GenerateMatchesTransformersAndReusesTheCache) {
             << "; tokens " << first->tokens.size() << " (" << first->stop_reason << ")\n";
 }
 
+// Delegates to the CPU backend but keeps Backend's default DecodeStep (Forward per sequence),
+// so that default is tested against the real math.
+class ForwardOnlyBackend final : public Backend {
+ public:
+  explicit ForwardOnlyBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  std::string_view name() const override { return "forward-only"; }
+  const ModelConfig& config() const override { return inner_->config(); }
+  absl::StatusOr<std::unique_ptr<KvSequence>> NewSequence(int64_t capacity) override {
+    return inner_->NewSequence(capacity);
+  }
+  absl::Status Forward(KvSequence& seq, absl::Span<const int32_t> tokens, int64_t logit_rows,
+                       absl::Span<float> logits) override {
+    return inner_->Forward(seq, tokens, logit_rows, logits);
+  }
+  absl::Status AppendBlock(KvSequence& seq, const BlockView& block) override {
+    return inner_->AppendBlock(seq, block);
+  }
+  absl::Status ReadKv(const KvSequence& seq, int64_t begin, int64_t n, absl::Span<float> k,
+                      absl::Span<float> v) const override {
+    return inner_->ReadKv(seq, begin, n, k, v);
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+};
+
+std::vector<int32_t> RandomTokens(std::mt19937_64& rng, int64_t n, int64_t vocab) {
+  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> ids(n);
+  for (int32_t& id : ids) id = d(rng);
+  return ids;
+}
+
+// Sequences of different lengths (fresh random prompts) decoded for a few steps: the CPU
+// backend's batched DecodeStep gives the logits and K/V of Forward run per sequence, within f32
+// tolerance; Backend's default DecodeStep gives them exactly.
+TEST_P(FixtureTest, DecodeStepLogitsEqualForwardPerSequence) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  const ModelConfig& c = l.model.config;
+  auto cpu = CreateCpuBackend(l.model.weights, c);
+  auto inner = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu.ok() && inner.ok());
+  ForwardOnlyBackend by_forward(std::move(*inner));
+  std::mt19937_64 rng(std::random_device{}());
+  const std::vector<int64_t> lengths = {1 + static_cast<int64_t>(rng() % 5),
+                                        7 + static_cast<int64_t>(rng() % 20),
+                                        30 + static_cast<int64_t>(rng() % 40), 3};
+  constexpr int kSteps = 4;
+  const size_t b = lengths.size();
+  // Three copies of the same prefilled sequences: batched, default DecodeStep, Forward per sequence.
+  std::vector<std::unique_ptr<KvSequence>> batched, by_default, alone;
+  for (int64_t len : lengths) {
+    const std::vector<int32_t> prompt = RandomTokens(rng, len, c.vocab_size);
+    for (auto* set : {&batched, &by_default, &alone}) {
+      auto seq = (*cpu)->NewSequence(len + kSteps);
+      ASSERT_TRUE(seq.ok());
+      ASSERT_TRUE((*cpu)->Forward(**seq, prompt, 0, {}).ok());
+      set->push_back(std::move(*seq));
+    }
+  }
+  auto raw = [](const std::vector<std::unique_ptr<KvSequence>>& v) {
+    std::vector<KvSequence*> out;
+    for (const auto& s : v) out.push_back(s.get());
+    return out;
+  };
+  double worst = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    const std::vector<int32_t> tokens = RandomTokens(rng, b, c.vocab_size);
+    std::vector<float> lb(b * c.vocab_size), ld(b * c.vocab_size), la(b * c.vocab_size);
+    ASSERT_TRUE((*cpu)->DecodeStep(raw(batched), tokens, absl::MakeSpan(lb)).ok());
+    ASSERT_TRUE(by_forward.DecodeStep(raw(by_default), tokens, absl::MakeSpan(ld)).ok());
+    for (size_t i = 0; i < b; ++i) {
+      ASSERT_TRUE((*cpu)->Forward(*alone[i], absl::MakeConstSpan(tokens).subspan(i, 1), 1,
+                                  absl::MakeSpan(la).subspan(i * c.vocab_size, c.vocab_size))
+                      .ok());
+    }
+    EXPECT_EQ(ld, la) << "step " << step;
+    worst = std::max(worst, MaxRelError(lb, la));
+  }
+  EXPECT_LT(worst, 1e-5) << f.name;
+  for (size_t i = 0; i < b; ++i) {
+    ASSERT_EQ(batched[i]->length(), lengths[i] + kSteps);
+    const int64_t elems = c.num_layers * c.num_kv_heads * batched[i]->length() * c.head_dim;
+    std::vector<float> kb(elems), vb(elems), ka(elems), va(elems);
+    ASSERT_TRUE((*cpu)->ReadKv(*batched[i], 0, batched[i]->length(), absl::MakeSpan(kb),
+                               absl::MakeSpan(vb)).ok());
+    ASSERT_TRUE((*cpu)->ReadKv(*alone[i], 0, alone[i]->length(), absl::MakeSpan(ka),
+                               absl::MakeSpan(va)).ok());
+    EXPECT_LT(MaxAbsError(kb.data(), ka.data(), elems), 1e-4) << i;
+    EXPECT_LT(MaxAbsError(vb.data(), va.data(), elems), 1e-4) << i;
+  }
+  std::cout << f.name << ": batched decode logits rel err " << worst << "\n";
+}
+
+// Requests of different lengths and modes, greedy and seeded sampling, joining a running batch
+// at different steps (as a scheduler admits them): each gets token for token what it gets alone,
+// and the fixture's request what transformers' greedy decoding gives.
+TEST_P(FixtureTest, BatchedDecodeMatchesDecodingAlone) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  const int64_t vocab = l.model.config.vocab_size;
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<GenerateRequest> reqs(5);
+  reqs[0].blocks = ref.blocks;
+  reqs[0].final_block = ref.final_block;
+  reqs[0].max_new_tokens = 16;
+  for (size_t i = 1; i < reqs.size(); ++i) {
+    GenerateRequest& r = reqs[i];
+    for (uint64_t n = rng() % 4; n > 0; --n) r.blocks.push_back(RandomTokens(rng, 3 + rng() % 18, vocab));
+    r.final_block = RandomTokens(rng, 1 + rng() % 10, vocab);
+    r.max_new_tokens = static_cast<int32_t>(6 + rng() % 15);
+    if (i % 2 == 0) r.sampling = {.temperature = 0.8f, .top_k = 20, .top_p = 0.9f, .seed = rng()};
+    if (i == 3) r.mode = AttentionMode::kFull;
+  }
+  std::vector<GenerateResult> alone;
+  for (const GenerateRequest& r : reqs) {
+    auto res = l.engine->Generate(r);
+    ASSERT_TRUE(res.ok()) << res.status();
+    alone.push_back(*std::move(res));
+  }
+  EXPECT_EQ(alone[0].tokens, CutAtEos(ref.greedy_block, l.model.config.eos_token_ids)) << f.name;
+
+  // Request i is prefilled and joins the batch before step 2 * i.
+  std::vector<std::unique_ptr<Decoding>> decodings(reqs.size());
+  size_t joined = 0;
+  int max_batch = 0;
+  for (int step = 0; step < 1000; ++step) {
+    while (joined < reqs.size() && static_cast<int>(2 * joined) <= step) {
+      auto d = l.engine->Prefill(reqs[joined]);
+      ASSERT_TRUE(d.ok()) << d.status();
+      decodings[joined++] = *std::move(d);
+    }
+    std::vector<Decoding*> batch;
+    for (size_t i = 0; i < joined; ++i) {
+      if (!decodings[i]->done()) batch.push_back(decodings[i].get());
+    }
+    if (batch.empty() && joined == reqs.size()) break;
+    if (batch.empty()) continue;
+    max_batch = std::max(max_batch, static_cast<int>(batch.size()));
+    ASSERT_TRUE(l.engine->DecodeStep(batch).ok());
+  }
+  EXPECT_GE(max_batch, 3);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(decodings[i]->done()) << i;
+    EXPECT_EQ(decodings[i]->tokens(), alone[i].tokens) << f.name << " request " << i;
+    EXPECT_EQ(decodings[i]->result().stop_reason, alone[i].stop_reason) << i;
+  }
+  // A finished Decoding cannot take another step; nor can an empty batch run.
+  Decoding* finished[1] = {decodings[0].get()};
+  EXPECT_EQ(l.engine->DecodeStep(finished).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(l.engine->DecodeStep({}).code(), absl::StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(testing::AllFixtures()),
                          [](const auto& info) {
                            std::string n = info.param.name;
@@ -279,6 +437,48 @@ TEST(EngineTest, StopsOnEosAndAtTheContextLimit) {
   ASSERT_TRUE(lr.ok());
   EXPECT_EQ(lr->stop_reason, "context_limit");
   EXPECT_EQ(lr->tokens, std::vector<int32_t>(ref.greedy_block.begin(), ref.greedy_block.begin() + 6));
+}
+
+TEST(EngineTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  const ModelConfig& c = l.model.config;
+  auto cpu = CreateCpuBackend(l.model.weights, c);
+  auto inner = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu.ok() && inner.ok());
+  ForwardOnlyBackend by_forward(std::move(*inner));
+  std::mt19937_64 rng(std::random_device{}());
+  auto a = (*cpu)->NewSequence(8);
+  auto full = (*cpu)->NewSequence(4);
+  ASSERT_TRUE(a.ok() && full.ok());
+  ASSERT_TRUE((*cpu)->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
+  ASSERT_TRUE((*cpu)->Forward(**full, RandomTokens(rng, 4, c.vocab_size), 0, {}).ok());
+  std::vector<float> logits(2 * c.vocab_size);
+  const int32_t ok_token = static_cast<int32_t>(rng() % c.vocab_size);
+  struct Case {
+    std::vector<KvSequence*> seqs;
+    std::vector<int32_t> tokens;
+    size_t logit_floats;
+    std::string what;
+  };
+  const std::vector<Case> cases = {
+      {{}, {}, logits.size(), "empty batch"},
+      {{a->get()}, {ok_token, ok_token}, logits.size(), "sizes disagree"},
+      {{a->get(), a->get()}, {ok_token, ok_token}, logits.size(), "repeated"},
+      {{a->get(), nullptr}, {ok_token, ok_token}, logits.size(), "null"},
+      {{a->get()}, {static_cast<int32_t>(c.vocab_size)}, logits.size(), "outside the vocabulary"},
+      {{a->get(), full->get()}, {ok_token, ok_token}, logits.size(), "full"},
+      {{a->get()}, {ok_token}, static_cast<size_t>(c.vocab_size - 1), "logits too small"},
+  };
+  for (Backend* backend : {cpu->get(), static_cast<Backend*>(&by_forward)}) {
+    for (const Case& k : cases) {
+      absl::Status s = backend->DecodeStep(k.seqs, k.tokens, absl::MakeSpan(logits.data(), k.logit_floats));
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << backend->name() << ": " << k.what;
+      EXPECT_EQ((*a)->length(), 5) << k.what;
+      EXPECT_EQ((*full)->length(), 4) << k.what;
+    }
+  }
 }
 
 }  // namespace
