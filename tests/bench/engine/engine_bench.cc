@@ -2,12 +2,14 @@
 // as safetensors into a temporary directory by this program), with OpenBLAS sgemm GFLOP/s
 // measured in the same run as the ceiling (these machines are noisy: compare ratios).
 //
-//   engine_bench [--smoke] [--prompt N] [--decode N] [--json FILE]
+//   engine_bench [--smoke] [--prompt N] [--decode N] [--batches B1,B2,...] [--json FILE]
 //
 // Reports (stdout, and --json FILE): sgemm GFLOP/s at the model's projection shapes; full-mode
 // prefill of N tokens (tokens/s, GFLOP/s, fraction of the sgemm rate); block-mode TTFT for a
-// 64-token final block over cached blocks of the same total length, against full-mode TTFT; and
-// decode tokens/s. --smoke uses a tiny model so ctest can check the program runs.
+// 64-token final block over cached blocks of the same total length, against full-mode TTFT;
+// decode tokens/s; and batched decode (Backend::DecodeStep over B sequences of N cached tokens
+// each, --decode steps) in tokens/s at each batch size (default 1,4,8,16), with the ratio to the
+// batch-1 rate of the same run. --smoke uses a tiny model so ctest can check the program runs.
 #include <cblas.h>
 
 #include <chrono>
@@ -20,7 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cache/dtype.h"
 #include "cache/tiered_store.h"
 #include "nlohmann/json.hpp"
@@ -106,23 +110,62 @@ double SgemmGflops(int m, int n, int k) {
   return best;
 }
 
+// Decode tokens/s of Backend::DecodeStep over `batch` sequences that each hold `context`
+// cached tokens (the same encoded block appended to each), `steps` steps of fresh random tokens.
+absl::StatusOr<double> BatchedDecodeRate(Backend& backend, const BlockView& block, int64_t context,
+                                         int batch, int64_t steps, std::mt19937& gen) {
+  const int64_t vocab = backend.config().vocab_size;
+  std::vector<std::unique_ptr<KvSequence>> owned;
+  std::vector<KvSequence*> seqs;
+  for (int i = 0; i < batch; ++i) {
+    absl::StatusOr<std::unique_ptr<KvSequence>> seq = backend.NewSequence(context + steps);
+    if (!seq.ok()) return seq.status();
+    if (absl::Status s = backend.AppendBlock(**seq, block); !s.ok()) return s;
+    seqs.push_back(seq->get());
+    owned.push_back(*std::move(seq));
+  }
+  std::uniform_int_distribution<int32_t> tok(3, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> tokens(batch);
+  std::vector<float> logits(batch * vocab);
+  const auto t0 = Clock::now();
+  for (int64_t step = 0; step < steps; ++step) {
+    for (int32_t& t : tokens) t = tok(gen);
+    if (absl::Status s = backend.DecodeStep(seqs, tokens, absl::MakeSpan(logits)); !s.ok()) return s;
+  }
+  return batch * steps / Seconds(t0);
+}
+
 int Main(int argc, char** argv) {
   bool smoke = false;
   int64_t prompt = 512, decode = 32;
+  std::vector<int> batches = {1, 4, 8, 16};
   std::string json_path;
-  for (int i = 1; i < argc; ++i) {
+  bool usage = false;
+  for (int i = 1; i < argc && !usage; ++i) {
     const std::string a = argv[i];
     if (a == "--smoke") smoke = true;
     else if (a == "--prompt" && i + 1 < argc) prompt = std::atoll(argv[++i]);
     else if (a == "--decode" && i + 1 < argc) decode = std::atoll(argv[++i]);
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else {
-      std::cerr << "usage: engine_bench [--smoke] [--prompt N] [--decode N] [--json FILE]\n";
-      return 2;
+    else if (a == "--batches" && i + 1 < argc) {
+      batches.clear();
+      for (absl::string_view part : absl::StrSplit(argv[++i], ',')) {
+        int b = 0;
+        usage |= !absl::SimpleAtoi(part, &b) || b <= 0;
+        batches.push_back(b);
+      }
+    } else {
+      usage = true;
     }
   }
+  if (usage || batches.empty() || prompt <= 0 || decode <= 0) {
+    std::cerr << "usage: engine_bench [--smoke] [--prompt N] [--decode N] [--batches B1,B2,...] "
+                 "[--json FILE]\n";
+    return 2;
+  }
   Shape s = smoke ? Shape{64, 2, 4, 2, 16, 128, 512} : Shape{768, 12, 12, 4, 64, 2048, 32000};
-  if (smoke) prompt = 64, decode = 4;
+  if (smoke) prompt = 64, decode = 4, batches = {1, 2, 4};
+  if (batches.front() != 1) batches.insert(batches.begin(), 1);  // the baseline comes first
   const fs::path dir = fs::temp_directory_path() / absl::StrCat("kvblock-bench-", ::getpid());
   const auto t_write = Clock::now();
   const int64_t params = WriteRandomLlama((dir / "model").string(), s);
@@ -203,6 +246,26 @@ int Main(int argc, char** argv) {
   int64_t block_tokens = 0;
   for (const auto& b : req.blocks) block_tokens += b.size();
 
+  // Batched decode over sequences holding `prompt` cached tokens; batch 1 first is the baseline.
+  absl::StatusOr<std::vector<uint8_t>> context_block = (*engine)->EncodeBlock(random_tokens(prompt));
+  if (!context_block.ok()) {
+    std::cerr << "engine_bench: " << context_block.status() << "\n";
+    return 1;
+  }
+  absl::StatusOr<BlockView> context_view = BlockView::Parse(*context_block);
+  if (!context_view.ok()) return 1;
+  nlohmann::json batched = nlohmann::json::array();
+  double batch1_rate = 0;
+  for (int b : batches) {
+    absl::StatusOr<double> rate = BatchedDecodeRate(*raw_backend, *context_view, prompt, b, decode, gen);
+    if (!rate.ok()) {
+      std::cerr << "engine_bench: batched decode: " << rate.status() << "\n";
+      return 1;
+    }
+    if (batch1_rate == 0) batch1_rate = *rate;
+    batched.push_back({{"batch", b}, {"tokens_per_s", *rate}, {"vs_batch_1", *rate / batch1_rate}});
+  }
+
   nlohmann::json report = {
       {"model", {{"params", params}, {"hidden", s.hidden}, {"layers", s.layers},
                  {"heads", s.heads}, {"kv_heads", s.kv_heads}, {"head_dim", s.head_dim},
@@ -217,6 +280,7 @@ int Main(int argc, char** argv) {
                    {"gflops", prefill_gflops}, {"fraction_of_sgemm", prefill_gflops / gemm_ceiling}}},
       {"decode", {{"tokens", warm->tokens.size()}, {"tokens_per_s", decode_tps},
                   {"context", block_tokens + final_len}}},
+      {"batched_decode", {{"context", prompt}, {"steps", decode}, {"rates", batched}}},
       {"block_mode", {{"blocks", req.blocks.size()}, {"block_tokens", block_tokens},
                       {"final_tokens", final_len},
                       {"ttft_cold_ms", cold->timings.ttft_ms},
