@@ -3,11 +3,13 @@
 // optionally split over the key axis and merged by a combine kernel.
 //
 // Two kernels compute the same function:
-//  - MmaAttentionKernel<D>: bf16, head_dim 64/128, tensor cores (mma.sync m16n8k16, f32
-//    accumulate). A CTA takes 64 query rows of one KV head (rows = token-major (token, head in
-//    group) pairs, so GQA heads share every K/V tile) and walks 64-key tiles of its key range.
-//    K tiles of a segment with rope_offset != 0 are rotated while they are copied to shared
-//    memory: re-encoding costs no extra pass over the KV.
+//  - MmaAttentionKernel<D, WM>: bf16, head_dim 64/128, tensor cores (mma.sync m16n8k16, f32
+//    accumulate). A CTA of 4 warps takes 64 * WM query rows of one KV head (rows = token-major
+//    (token, head in group) pairs, so GQA heads share every K/V tile; each warp owns WM 16-row
+//    fragments) and walks 64-key tiles of its key range through a two-stage cp.async pipeline.
+//    Re-encoding a segment (rope_offset != 0) rotates the CTA's queries by -rope_offset once per
+//    segment instead of every K tile by +rope_offset: no extra pass over the KV and no pass over
+//    shared K. Causal CTAs run longest-first and skip the mask on tiles below the diagonal.
 //  - GenericAttentionKernel<T>: f32 or bf16, any even head_dim <= 256, one warp per query row,
 //    CUDA cores; used for f32 (tests at ~1e-5) and unusual shapes.
 #include <cfloat>
@@ -19,9 +21,9 @@ namespace kvblock::cuda::internal {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kMmaRows = 64;
 constexpr int kMmaKeys = 64;
-constexpr int kMmaThreads = 128;
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kGenericWarps = 4;
 
 struct KeyRange {
@@ -111,12 +113,14 @@ __device__ __forceinline__ bool FindTile(const AttentionParams& p, const AttnSeq
 // Starts the asynchronous copy of a tile's K and V into one shared-memory stage.
 template <int D>
 __device__ __forceinline__ void IssueTileLoad(const AttentionParams& p, const Tile& t, int kvh,
-                                              bf16* sK, bf16* sV, int tid, int threads) {
+                                              bf16* sK, bf16* sV, int tid) {
   constexpr int kStride = D + 8;
   const AttnSegment& sg = p.segs[t.seg];
-  const bf16* kbase = static_cast<const bf16*>(sg.k) + kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
-  const bf16* vbase = static_cast<const bf16*>(sg.v) + kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
-  for (int i = tid; i < kMmaKeys * (D / 8); i += threads) {
+  const int64_t first = kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
+  const bf16* kbase = static_cast<const bf16*>(sg.k) + first;
+  const bf16* vbase = static_cast<const bf16*>(sg.v) + first;
+#pragma unroll 2
+  for (int i = tid; i < kMmaKeys * (D / 8); i += kMmaThreads) {
     const int key = i / (D / 8), c = i % (D / 8);
     const bool valid = key < t.len;
     const int off = valid ? key * D + c * 8 : 0;
@@ -125,11 +129,75 @@ __device__ __forceinline__ void IssueTileLoad(const AttentionParams& p, const Ti
   }
 }
 
-template <int D>
+// Tile geometry of MmaAttentionKernel<D, WM>: kMmaWarps warps, each owning WM 16-row MMA
+// fragments of query rows, so every K/V fragment read from shared memory feeds WM MMAs.
+template <int D, int WM>
 struct MmaShape {
+  static constexpr int kRows = kMmaWarps * 16 * WM;  // query rows per CTA
   static constexpr int kStride = D + 8;  // bf16 per shared row: 16-byte pad against bank conflicts
-  static constexpr int kSmemBytes = (kMmaRows + 4 * kMmaKeys) * kStride * 2 + D * 4;  // Q, 2x(K, V)
+  // Keys whose scores are held in registers at once: half a tile where the accumulators of two
+  // fragments of head_dim 128 leave no room for 64 keys' scores.
+  static constexpr int kSubKeys = WM == 2 && D == 128 ? kMmaKeys / 2 : kMmaKeys;
+  // Q, two stages of K and V, the cos/sin table.
+  static constexpr int kSmemBytes = (kRows + 4 * kMmaKeys) * kStride * 2 + D * 4;
 };
+
+// Writes the CTA's query rows into sQ, rotated by -offset positions (a plain copy for offset 0).
+// Re-encoding a cached block rotates its K by +offset; since R(o)k . q = k . R(-o)q, rotating the
+// CTA's queries once per segment replaces rotating every K tile (the segment's cos/sin come from
+// one f64 sincos per frequency, as in the CPU twin). Callers synchronize before sQ is read and
+// make sure no thread still reads sQ or the table.
+template <int D, int kRows>
+__device__ __forceinline__ void LoadQ(const AttentionParams& p, const AttnSequence& seq, int row0,
+                                      int rows_total, int group, int kvh, int offset, float* sCos,
+                                      float* sSin, bf16* sQ, int tid) {
+  constexpr int kStride = D + 8;
+  if (offset != 0) {  // uniform over the CTA
+    for (int i = tid; i < D / 2; i += kMmaThreads) {
+      // The angle (up to ~1e5 rad) reduced to [-pi, pi] in f64, then the f32 intrinsics: an
+      // absolute error ~1e-6, far under bf16's rounding (a full f64 sincos here would need more
+      // registers than the kernel has left beside its accumulators).
+      const double theta = static_cast<double>(offset) * p.inv_freq[i];
+      const double kTwoPi = 6.283185307179586;
+      const float r = static_cast<float>(fma(-rint(theta * (1.0 / kTwoPi)), kTwoPi, theta));
+      __sincosf(r, &sSin[i], &sCos[i]);
+    }
+    __syncthreads();
+  }
+  const bf16* q = static_cast<const bf16*>(seq.q);
+#pragma unroll 1
+  for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
+    const int rr = i / (D / 16), c = i % (D / 16), r = row0 + rr;
+    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+    if (r < rows_total) {
+      const int t = r / group, h = kvh * group + r % group;
+      const bf16* src = q + t * p.q_stride + h * D + c * 8;
+      lo = *reinterpret_cast<const uint4*>(src);
+      hi = *reinterpret_cast<const uint4*>(src + D / 2);
+      if (offset != 0) {
+        bf16* l8 = reinterpret_cast<bf16*>(&lo);
+        bf16* h8 = reinterpret_cast<bf16*>(&hi);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
+          const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
+          l8[e] = __float2bfloat16_rn(x0 * cs + x1 * sn);
+          h8[e] = __float2bfloat16_rn(x1 * cs - x0 * sn);
+        }
+      }
+    }
+    *reinterpret_cast<uint4*>(sQ + rr * kStride + c * 8) = lo;
+    *reinterpret_cast<uint4*>(sQ + rr * kStride + D / 2 + c * 8) = hi;
+  }
+}
+
+template <int WM>
+__device__ __forceinline__ bool AnyNotOne(const float (&alphas)[WM][2]) {
+  bool any = false;
+#pragma unroll
+  for (int mf = 0; mf < WM; ++mf) any = any || alphas[mf][0] != 1.f || alphas[mf][1] != 1.f;
+  return any;
+}
 
 // Writes one row's result: straight to `o` (normalized, storage type) without splits, else the
 // normalized partial and (m, l) to the workspace.
@@ -138,13 +206,14 @@ struct PartialOut {
   float* ml;  // [seqs][splits][max_q_len][heads][2]
 };
 
-template <int D>
+template <int D, int WM>
 __global__ void __launch_bounds__(kMmaThreads)
     MmaAttentionKernel(AttentionParams p, int splits, PartialOut ws) {
-  using S = MmaShape<D>;
+  using S = MmaShape<D, WM>;
+  constexpr int kNk = S::kSubKeys / 8;  // 8-key MMA column blocks per sub-tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* sK = sQ + kMmaRows * S::kStride;   // two stages
+  bf16* sK = sQ + S::kRows * S::kStride;      // two stages
   bf16* sV = sK + 2 * kMmaKeys * S::kStride;  // two stages
   float* sCos = reinterpret_cast<float*>(sV + 2 * kMmaKeys * S::kStride);
   float* sSin = sCos + D / 2;
@@ -152,41 +221,31 @@ __global__ void __launch_bounds__(kMmaThreads)
   const AttnSequence seq = p.seqs[blockIdx.z];
   const int group = p.num_heads / p.num_kv_heads;
   const int rows_total = seq.q_len * group;
-  const int row0 = blockIdx.x * kMmaRows;
+  // Last row blocks first: under the causal mask they see the most keys, so the grid ends with
+  // short CTAs instead of a tail of long ones.
+  const int row0 = (gridDim.x - 1 - blockIdx.x) * S::kRows;
   if (row0 >= rows_total) return;
   const int kvh = blockIdx.y / splits, split = blockIdx.y % splits;
-  const int t_max = (min(rows_total, row0 + kMmaRows) - 1) / group;
+  const int t_min = row0 / group;
+  const int t_max = (min(rows_total, row0 + S::kRows) - 1) / group;
   const KeyRange range = SplitRange(seq, split, splits, t_max);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3;
+  const int wrow = warp * 16 * WM;  // the warp's first row inside the CTA
 
-  // Q tile -> shared -> A fragments.
-  const bf16* q = static_cast<const bf16*>(seq.q);
-  for (int i = tid; i < kMmaRows * (D / 8); i += kMmaThreads) {
-    const int rr = i / (D / 8), c = i % (D / 8), r = row0 + rr;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r < rows_total) {
-      const int t = r / group, h = kvh * group + r % group;
-      val = *reinterpret_cast<const uint4*>(q + t * p.q_stride + h * D + c * 8);
+  float oacc[WM][D / 8][4];
+  float m_run[WM][2], l_run[WM][2];
+#pragma unroll
+  for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) oacc[mf][n][0] = oacc[mf][n][1] = oacc[mf][n][2] = oacc[mf][n][3] = 0.f;
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      m_run[mf][hi] = -INFINITY;
+      l_run[mf][hi] = 0.f;
     }
-    *reinterpret_cast<uint4*>(sQ + rr * S::kStride + c * 8) = val;
   }
-  __syncthreads();
-  uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    const bf16* ptr = sQ + (warp * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
-    LdMatrixX4(SmemAddr(ptr), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
-  }
-
-  float oacc[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  int t_row[2];
-#pragma unroll
-  for (int hi = 0; hi < 2; ++hi) t_row[hi] = (row0 + warp * 16 + g + hi * 8) / group;
   const float scale_log2 = p.scale * kLog2e;
 
   // Tiles stream through two shared-memory stages: the next tile's cp.async copies are in
@@ -194,128 +253,156 @@ __global__ void __launch_bounds__(kMmaThreads)
   Tile cur, nxt;
   int seg = seq.seg_begin, seg_start = 0;
   bool have = FindTile(p, seq, range.begin, range.end, seg, seg_start, cur);
-  if (have) IssueTileLoad<D>(p, cur, kvh, sK, sV, tid, kMmaThreads);
+  if (have) IssueTileLoad<D>(p, cur, kvh, sK, sV, tid);
   CpAsyncCommit();
   int stage = 0;
-  int table_offset = 0;  // rope offset whose cos/sin are in sCos/sSin (0 = none)
+  bool q_loaded = false;
+  int q_offset = 0;  // rotation of the queries in sQ
   while (have) {
     const bool more = FindTile(p, seq, cur.k0 + cur.len, range.end, seg, seg_start, nxt);
     if (more) {
       IssueTileLoad<D>(p, nxt, kvh, sK + (stage ^ 1) * kMmaKeys * S::kStride,
-                       sV + (stage ^ 1) * kMmaKeys * S::kStride, tid, kMmaThreads);
+                       sV + (stage ^ 1) * kMmaKeys * S::kStride, tid);
     }
     CpAsyncCommit();
+    if (!q_loaded || cur.rope_offset != q_offset) {
+      LoadQ<D, S::kRows>(p, seq, row0, rows_total, group, kvh, cur.rope_offset, sCos, sSin, sQ, tid);
+      q_offset = cur.rope_offset;
+      q_loaded = true;
+    }
     CpAsyncWait<1>();  // the current tile's group has landed (this thread's part)
     __syncthreads();
-    bf16* tK = sK + stage * kMmaKeys * S::kStride;
+    const bf16* tK = sK + stage * kMmaKeys * S::kStride;
     const bf16* tV = sV + stage * kMmaKeys * S::kStride;
-    if (cur.rope_offset != 0) {
-      if (cur.rope_offset != table_offset) {
-        for (int i = tid; i < D / 2; i += kMmaThreads) {
-          // Angle in f64 like the CPU twin (kernels/cpu/rope.h ReencodeK): offsets reach 1e5 rad.
-          double sn, cs;
-          sincos(static_cast<double>(cur.rope_offset) * p.inv_freq[i], &sn, &cs);
-          sCos[i] = static_cast<float>(cs);
-          sSin[i] = static_cast<float>(sn);
-        }
-        table_offset = cur.rope_offset;
-        __syncthreads();
-      }
-      // Re-encode K in shared memory: rotate pairs (i, i + D/2) by rope_offset * inv_freq[i].
-      for (int i = tid; i < kMmaKeys * (D / 16); i += kMmaThreads) {
-        const int key = i / (D / 16), c = i % (D / 16);
-        uint4 lo = *reinterpret_cast<uint4*>(tK + key * S::kStride + c * 8);
-        uint4 hi = *reinterpret_cast<uint4*>(tK + key * S::kStride + D / 2 + c * 8);
-        bf16* l8 = reinterpret_cast<bf16*>(&lo);
-        bf16* h8 = reinterpret_cast<bf16*>(&hi);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
-          const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
-          l8[e] = __float2bfloat16_rn(x0 * cs - x1 * sn);
-          h8[e] = __float2bfloat16_rn(x1 * cs + x0 * sn);
-        }
-        *reinterpret_cast<uint4*>(tK + key * S::kStride + c * 8) = lo;
-        *reinterpret_cast<uint4*>(tK + key * S::kStride + D / 2 + c * 8) = hi;
-      }
-      __syncthreads();
-    }
     const int k0 = cur.k0, tile_len = cur.len;
+    // No key of a full tile wholly below the CTA's first row's diagonal is masked.
+    const bool unmasked = tile_len == kMmaKeys && k0 + kMmaKeys - 1 <= seq.causal_start + t_min;
 
-    // S = Q K^T for this warp's 16 rows x 64 keys.
-    float sacc[kMmaKeys / 8][4];
+    // The tile in sub-tiles of S::kSubKeys keys: S = Q K^T for this warp's 16 WM rows, mask and
+    // online softmax (log2 domain), O += P V.
+#pragma unroll 1
+    for (int sub = 0; sub < kMmaKeys / S::kSubKeys; ++sub) {
+      const int kb = sub * S::kSubKeys;  // the sub-tile's first key inside the tile
+      float sacc[WM][kNk][4];
 #pragma unroll
-    for (int n = 0; n < kMmaKeys / 8; ++n) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
+      for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-#pragma unroll
-      for (int np = 0; np < kMmaKeys / 16; ++np) {
-        const bf16* ptr =
-            tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 + ((lane >> 3) & 1) * 8;
-        uint32_t b0, b1, b2, b3;
-        LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
-        Mma(sacc[2 * np], qf[ks], b0, b1);
-        Mma(sacc[2 * np + 1], qf[ks], b2, b3);
+        for (int n = 0; n < kNk; ++n) sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
       }
-    }
-    // Mask, online softmax (log2 domain), P into A fragments.
 #pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-      const int limit = seq.causal_start + t_row[hi] - k0;  // last visible key in tile coords
-      float mx = -INFINITY;
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[WM][4];
 #pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n) {
+        for (int mf = 0; mf < WM; ++mf) {
+          const bf16* ptr = sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
+          LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
+        }
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = n * 8 + tq * 2 + e;
-          float s = sacc[n][hi * 2 + e] * scale_log2;
-          if (key >= tile_len || key > limit) s = -INFINITY;
-          sacc[n][hi * 2 + e] = s;
-          mx = fmaxf(mx, s);
+        for (int np = 0; np < kNk / 2; ++np) {
+          const bf16* ptr = tK + (kb + np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
+                            ((lane >> 3) & 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+          for (int mf = 0; mf < WM; ++mf) {
+            Mma(sacc[mf][2 * np], a[mf], b0, b1);
+            Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
+          }
         }
       }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[hi], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m_run[hi] - m_use);
-      float sum = 0.f;
+      if (!unmasked) {
 #pragma unroll
-      for (int n = 0; n < kMmaKeys / 8; ++n) {
+        for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pv = exp2f(sacc[n][hi * 2 + e] - m_use);
-          sacc[n][hi * 2 + e] = pv;
-          sum += pv;
+          for (int hi = 0; hi < 2; ++hi) {
+            // The last key this row sees in the sub-tile (causal limit or the tile's end).
+            const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
+            const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1 - kb;
+#pragma unroll
+            for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
+              }
+            }
+          }
         }
       }
-      l_run[hi] = l_run[hi] * alpha + sum;
-      m_run[hi] = m_new;
+      float alphas[WM][2];  // each row's O rescaling factor
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        oacc[n][hi * 2] *= alpha;
-        oacc[n][hi * 2 + 1] *= alpha;
+      for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
+              sacc[mf][n][hi * 2 + e] = s;
+              mx = fmaxf(mx, s);
+            }
+          }
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(m_run[mf][hi], mx);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          const float alpha = exp2f(m_run[mf][hi] - m_use);
+          float sum = 0.f;
+#pragma unroll
+          for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pv = exp2f(sacc[mf][n][hi * 2 + e] - m_use);
+              sacc[mf][n][hi * 2 + e] = pv;
+              sum += pv;
+            }
+          }
+          l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
+          m_run[mf][hi] = m_new;
+          alphas[mf][hi] = alpha;
+        }
+      }
+      // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
+      if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
+#pragma unroll
+        for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            oacc[mf][n][0] *= alphas[mf][0];
+            oacc[mf][n][1] *= alphas[mf][0];
+            oacc[mf][n][2] *= alphas[mf][1];
+            oacc[mf][n][3] *= alphas[mf][1];
+          }
+        }
+      }
+      // O += P V, P packed from the S accumulators into A fragments.
+#pragma unroll
+      for (int kk = 0; kk < kNk / 2; ++kk) {
+        uint32_t a[WM][4];
+#pragma unroll
+        for (int mf = 0; mf < WM; ++mf) {
+          a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
+          a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
+          a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
+          a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          const int mi = lane >> 3;
+          const bf16* ptr =
+              tV + (kb + kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+          for (int mf = 0; mf < WM; ++mf) {
+            Mma(oacc[mf][2 * dp], a[mf], b0, b1);
+            Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
+          }
+        }
       }
     }
-    // O += P V.
-#pragma unroll
-    for (int kk = 0; kk < kMmaKeys / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = PackBf16(sacc[2 * kk][0], sacc[2 * kk][1]);
-      a[1] = PackBf16(sacc[2 * kk][2], sacc[2 * kk][3]);
-      a[2] = PackBf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-      a[3] = PackBf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        const int mi = lane >> 3;
-        const bf16* ptr = tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
-        uint32_t b0, b1, b2, b3;
-        LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
-        Mma(oacc[2 * dp], a, b0, b1);
-        Mma(oacc[2 * dp + 1], a, b2, b3);
-      }
-    }
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+    __syncthreads();  // this stage and sQ may be rewritten by the next iteration
     cur = nxt;
     have = more;
     stage ^= 1;
@@ -324,35 +411,36 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   // Finish: full row sums, then write.
 #pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    l_run[hi] += __shfl_xor_sync(0xffffffffu, l_run[hi], 1);
-    l_run[hi] += __shfl_xor_sync(0xffffffffu, l_run[hi], 2);
-  }
+  for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    const int r = row0 + warp * 16 + g + hi * 8;
-    if (r >= rows_total) continue;
-    const int t = r / group, h = kvh * group + r % group;
-    const float inv = l_run[hi] > 0.f ? 1.f / l_run[hi] : 0.f;
-    if (splits == 1) {
-      bf16* o = static_cast<bf16*>(seq.o) + t * p.o_stride + h * D;
+    for (int hi = 0; hi < 2; ++hi) {
+      float l = l_run[mf][hi];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int r = row0 + wrow + mf * 16 + g + hi * 8;
+      if (r >= rows_total) continue;
+      const int t = r / group, h = kvh * group + r % group;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (splits == 1) {
+        bf16* o = static_cast<bf16*>(seq.o) + t * p.o_stride + h * D;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<uint32_t*>(o + n * 8 + tq * 2) =
-            PackBf16(oacc[n][hi * 2] * inv, oacc[n][hi * 2 + 1] * inv);
-      }
-    } else {
-      const int64_t idx =
-          ((static_cast<int64_t>(blockIdx.z) * splits + split) * p.max_q_len + t) * p.num_heads + h;
-      float* o = ws.o + idx * D;
+        for (int n = 0; n < D / 8; ++n) {
+          *reinterpret_cast<uint32_t*>(o + n * 8 + tq * 2) =
+              PackBf16(oacc[mf][n][hi * 2] * inv, oacc[mf][n][hi * 2 + 1] * inv);
+        }
+      } else {
+        const int64_t idx =
+            ((static_cast<int64_t>(blockIdx.z) * splits + split) * p.max_q_len + t) * p.num_heads + h;
+        float* o = ws.o + idx * D;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<float2*>(o + n * 8 + tq * 2) =
-            make_float2(oacc[n][hi * 2] * inv, oacc[n][hi * 2 + 1] * inv);
-      }
-      if (tq == 0) {
-        ws.ml[idx * 2] = l_run[hi] > 0.f ? m_run[hi] : -INFINITY;
-        ws.ml[idx * 2 + 1] = l_run[hi];
+        for (int n = 0; n < D / 8; ++n) {
+          *reinterpret_cast<float2*>(o + n * 8 + tq * 2) =
+              make_float2(oacc[mf][n][hi * 2] * inv, oacc[mf][n][hi * 2 + 1] * inv);
+        }
+        if (tq == 0) {
+          ws.ml[idx * 2] = l > 0.f ? m_run[mf][hi] : -INFINITY;
+          ws.ml[idx * 2 + 1] = l;
+        }
       }
     }
   }
@@ -486,34 +574,59 @@ __global__ void CombineKernel(AttentionParams p, int splits, PartialOut ws) {
   }
 }
 
-template <int D>
+// 16-row MMA fragments per warp: two once a kv head has more query rows than a one-fragment CTA
+// holds (prefill, final blocks), so each K/V fragment read from shared memory feeds twice the
+// MMAs; one for short queries (decode), where a larger tile would be mostly padding.
+int MmaFragments(const AttentionParams& p) {
+  const int group = p.num_heads / p.num_kv_heads;
+  return p.max_q_len * group > MmaShape<128, 1>::kRows ? 2 : 1;
+}
+
+int MmaRowsPerCta(const AttentionParams& p) { return MmaFragments(p) * kMmaWarps * 16; }
+
+template <int D, int WM>
 cudaError_t LaunchMma(const AttentionParams& p, int splits, PartialOut ws, cudaStream_t stream) {
-  using S = MmaShape<D>;
+  using S = MmaShape<D, WM>;
   // Idempotent and host-only; set on every launch so no static state is shared across threads.
-  cudaError_t e = cudaFuncSetAttribute(MmaAttentionKernel<D>,
+  cudaError_t e = cudaFuncSetAttribute(MmaAttentionKernel<D, WM>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
   if (e != cudaSuccess) return e;
   const int group = p.num_heads / p.num_kv_heads;
-  dim3 grid((p.max_q_len * group + kMmaRows - 1) / kMmaRows, p.num_kv_heads * splits, p.num_seqs);
-  MmaAttentionKernel<D><<<grid, kMmaThreads, S::kSmemBytes, stream>>>(p, splits, ws);
+  dim3 grid((p.max_q_len * group + S::kRows - 1) / S::kRows, p.num_kv_heads * splits, p.num_seqs);
+  MmaAttentionKernel<D, WM><<<grid, kMmaThreads, S::kSmemBytes, stream>>>(p, splits, ws);
   return cudaGetLastError();
 }
 
-// CTAs of the tensor-core kernel that fit on one multiprocessor at once (registers and shared
-// memory decide); 2 if the occupancy query fails.
-int MmaBlocksPerSm(int head_dim) {
-  auto query = [](auto kernel, int smem) {
-    int n = 0;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kMmaThreads, smem) != cudaSuccess || n < 1) {
+template <int D>
+cudaError_t LaunchMmaFor(const AttentionParams& p, int splits, PartialOut ws, cudaStream_t stream) {
+  return MmaFragments(p) == 2 ? LaunchMma<D, 2>(p, splits, ws, stream)
+                              : LaunchMma<D, 1>(p, splits, ws, stream);
+}
+
+// CTAs of one tensor-core kernel instance that fit on one multiprocessor at once (registers and
+// shared memory decide); 2 if the occupancy query fails.
+template <int D, int WM>
+int MmaBlocksPerSm() {
+  static const int n = [] {
+    int blocks = 0;
+    const int smem = MmaShape<D, WM>::kSmemBytes;
+    if (cudaFuncSetAttribute(MmaAttentionKernel<D, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, MmaAttentionKernel<D, WM>, kMmaThreads,
+                                                      smem) != cudaSuccess ||
+        blocks < 1) {
       cudaGetLastError();  // clear a sticky-free error from the query
       return 2;
     }
-    return n;
-  };
-  static const int n64 = query(MmaAttentionKernel<64>, MmaShape<64>::kSmemBytes);
-  static const int n128 = query(MmaAttentionKernel<128>, MmaShape<128>::kSmemBytes);
-  return head_dim == 64 ? n64 : n128;
+    return blocks;
+  }();
+  return n;
+}
+
+int MmaBlocksPerSm(const AttentionParams& p) {
+  const bool two = MmaFragments(p) == 2;
+  if (p.head_dim == 64) return two ? MmaBlocksPerSm<64, 2>() : MmaBlocksPerSm<64, 1>();
+  return two ? MmaBlocksPerSm<128, 2>() : MmaBlocksPerSm<128, 1>();
 }
 
 }  // namespace
@@ -521,11 +634,12 @@ int MmaBlocksPerSm(int head_dim) {
 int32_t AttentionSplits(const AttentionParams& p, int num_sms) {
   if (p.num_splits > 0) return p.num_splits;
   const int group = p.num_heads / p.num_kv_heads;
-  const int64_t ctas = static_cast<int64_t>((p.max_q_len * group + kMmaRows - 1) / kMmaRows) *
+  const int rows = MmaRowsPerCta(p);
+  const int64_t ctas = static_cast<int64_t>((p.max_q_len * group + rows - 1) / rows) *
                        p.num_kv_heads * p.num_seqs;
   // Fill exactly one wave of resident CTAs: a second, partial wave would double the time of the
   // slowest split.
-  const int64_t slots = static_cast<int64_t>(MmaBlocksPerSm(p.head_dim)) * num_sms;
+  const int64_t slots = static_cast<int64_t>(MmaBlocksPerSm(p)) * num_sms;
   int64_t splits = slots / ctas;
   const int64_t by_keys = p.max_keys / 256 > 1 ? p.max_keys / 256 : 1;
   if (splits > by_keys) splits = by_keys;
@@ -551,7 +665,7 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
                       p.q_stride % 8 == 0 && p.o_stride % 8 == 0;
   cudaError_t err;
   if (mma_ok && !force_generic) {
-    err = p.head_dim == 64 ? LaunchMma<64>(p, splits, ws, stream) : LaunchMma<128>(p, splits, ws, stream);
+    err = p.head_dim == 64 ? LaunchMmaFor<64>(p, splits, ws, stream) : LaunchMmaFor<128>(p, splits, ws, stream);
   } else {
     const int group = p.num_heads / p.num_kv_heads;
     dim3 grid((p.max_q_len * group + kGenericWarps - 1) / kGenericWarps, p.num_kv_heads * splits,
