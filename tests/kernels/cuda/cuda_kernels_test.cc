@@ -249,6 +249,17 @@ TEST(CudaAttention, LongContextBlockMode) {
   }
 }
 
+TEST(CudaAttention, ReencodesAtLargeOffsets) {
+  // Blocks re-encoded to the far end of a 32K prompt (angles up to ~3e4 rad), where the
+  // kernels' cos/sin must still match the twin's f64 angles; short and long final blocks.
+  for (const Shape& s : Shapes()) {
+    const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
+    for (int q_len : {7, 50}) {
+      RunAttention(s, {MakeSeq(s, {64, 100, 37, q_len}, {31744, 32600, 30011, 0}, q_len, 201, q_stride)});
+    }
+  }
+}
+
 TEST(CudaAttention, FullCausalPrefill) {
   for (const Shape& s : Shapes()) {
     const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
