@@ -142,52 +142,65 @@ struct MmaShape {
   static constexpr int kSmemBytes = (kRows + 4 * kMmaKeys) * kStride * 2 + D * 4;
 };
 
-// Writes the CTA's query rows into sQ, rotated by -offset positions (a plain copy for offset 0).
-// Re-encoding a cached block rotates its K by +offset; since R(o)k . q = k . R(-o)q, rotating the
-// CTA's queries once per segment replaces rotating every K tile (the segment's cos/sin come from
-// one f64 sincos per frequency, as in the CPU twin). Callers synchronize before sQ is read and
-// make sure no thread still reads sQ or the table.
-template <int D, int kRows>
-__device__ __forceinline__ void LoadQ(const AttentionParams& p, const AttnSequence& seq, int row0,
-                                      int rows_total, int group, int kvh, int offset, float* sCos,
-                                      float* sSin, bf16* sQ, int tid) {
-  constexpr int kStride = D + 8;
-  if (offset != 0) {  // uniform over the CTA
-    for (int i = tid; i < D / 2; i += kMmaThreads) {
-      // The angle (up to ~1e5 rad) reduced to [-pi, pi] in f64, then the f32 intrinsics: an
-      // absolute error ~1e-6, far under bf16's rounding (a full f64 sincos here would need more
-      // registers than the kernel has left beside its accumulators).
-      const double theta = static_cast<double>(offset) * p.inv_freq[i];
-      const double kTwoPi = 6.283185307179586;
-      const float r = static_cast<float>(fma(-rint(theta * (1.0 / kTwoPi)), kTwoPi, theta));
-      __sincosf(r, &sSin[i], &sCos[i]);
-    }
-    __syncthreads();
+// Re-encoding a cached block rotates its K by +offset; since R(o)k . q = k . R(-o)q, the kernel
+// rotates the CTA's queries by -offset once per segment instead of every K tile. The queries are
+// copied to sQ with cp.async (IssueQLoad), then each thread rotates the chunks it copied
+// (RotateQ) with the segment's cos/sin table (RopeTable).
+
+// cos/sin of offset * inv_freq[i]: the angle (up to ~1e5 rad) reduced to [-pi, pi] in f64, then
+// the f32 intrinsics; an absolute error ~1e-6, far under bf16's rounding (a full f64 sincos would
+// need more registers than the kernel has left beside its accumulators).
+template <int D>
+__device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, float* sCos, float* sSin,
+                                          int tid) {
+  for (int i = tid; i < D / 2; i += kMmaThreads) {
+    const double theta = static_cast<double>(offset) * inv_freq[i];
+    const double kTwoPi = 6.283185307179586;
+    const float r = static_cast<float>(fma(-rint(theta * (1.0 / kTwoPi)), kTwoPi, theta));
+    __sincosf(r, &sSin[i], &sCos[i]);
   }
+}
+
+// Starts copying the CTA's query rows into sQ (zeros for rows past the sequence). Thread `tid`
+// copies the chunk pairs (row, c) and (row, c + D/2) that RotateQ gives it.
+template <int D, int kRows>
+__device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnSequence& seq, int row0,
+                                           int rows_total, int group, int kvh, bf16* sQ, int tid) {
+  constexpr int kStride = D + 8;
   const bf16* q = static_cast<const bf16*>(seq.q);
-#pragma unroll 1
+#pragma unroll 2
   for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
     const int rr = i / (D / 16), c = i % (D / 16), r = row0 + rr;
-    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-    if (r < rows_total) {
-      const int t = r / group, h = kvh * group + r % group;
-      const bf16* src = q + t * p.q_stride + h * D + c * 8;
-      lo = *reinterpret_cast<const uint4*>(src);
-      hi = *reinterpret_cast<const uint4*>(src + D / 2);
-      if (offset != 0) {
-        bf16* l8 = reinterpret_cast<bf16*>(&lo);
-        bf16* h8 = reinterpret_cast<bf16*>(&hi);
+    const bool valid = r < rows_total;
+    const bf16* src = q;
+    if (valid) src = q + (r / group) * p.q_stride + (kvh * group + r % group) * D + c * 8;
+    CpAsync16(sQ + rr * kStride + c * 8, src, valid);
+    CpAsync16(sQ + rr * kStride + D / 2 + c * 8, valid ? src + D / 2 : src, valid);
+  }
+}
+
+// Rotates the chunk pairs this thread copied in IssueQLoad by -offset (table in sCos/sSin), in
+// place, after its copies have landed.
+template <int D, int kRows>
+__device__ __forceinline__ void RotateQ(bf16* sQ, const float* sCos, const float* sSin, int tid) {
+  constexpr int kStride = D + 8;
+#pragma unroll 1
+  for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
+    const int rr = i / (D / 16), c = i % (D / 16);
+    uint4* plo = reinterpret_cast<uint4*>(sQ + rr * kStride + c * 8);
+    uint4* phi = reinterpret_cast<uint4*>(sQ + rr * kStride + D / 2 + c * 8);
+    uint4 lo = *plo, hi = *phi;
+    bf16* l8 = reinterpret_cast<bf16*>(&lo);
+    bf16* h8 = reinterpret_cast<bf16*>(&hi);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
-          const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
-          l8[e] = __float2bfloat16_rn(x0 * cs + x1 * sn);
-          h8[e] = __float2bfloat16_rn(x1 * cs - x0 * sn);
-        }
-      }
+    for (int e = 0; e < 8; ++e) {
+      const float cs = sCos[c * 8 + e], sn = sSin[c * 8 + e];
+      const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
+      l8[e] = __float2bfloat16_rn(x0 * cs + x1 * sn);
+      h8[e] = __float2bfloat16_rn(x1 * cs - x0 * sn);
     }
-    *reinterpret_cast<uint4*>(sQ + rr * kStride + c * 8) = lo;
-    *reinterpret_cast<uint4*>(sQ + rr * kStride + D / 2 + c * 8) = hi;
+    *plo = lo;
+    *phi = hi;
   }
 }
 
@@ -260,22 +273,33 @@ __global__ void __launch_bounds__(kMmaThreads)
   int q_offset = 0;  // rotation of the queries in sQ
   while (have) {
     const bool more = FindTile(p, seq, cur.k0 + cur.len, range.end, seg, seg_start, nxt);
+    // The queries, when the segment's rotation differs from the one in sQ (no thread reads sQ or
+    // the table any more: the previous iteration ended with a barrier).
+    const bool new_q = !q_loaded || cur.rope_offset != q_offset;
+    if (new_q) {
+      if (cur.rope_offset != 0) {
+        RopeTable<D>(p.inv_freq, cur.rope_offset, sCos, sSin, tid);
+        __syncthreads();
+      }
+      IssueQLoad<D, S::kRows>(p, seq, row0, rows_total, group, kvh, sQ, tid);
+      CpAsyncCommit();
+    }
     if (more) {
       IssueTileLoad<D>(p, nxt, kvh, sK + (stage ^ 1) * kMmaKeys * S::kStride,
                        sV + (stage ^ 1) * kMmaKeys * S::kStride, tid);
     }
     CpAsyncCommit();
-    if (!q_loaded || cur.rope_offset != q_offset) {
-      LoadQ<D, S::kRows>(p, seq, row0, rows_total, group, kvh, cur.rope_offset, sCos, sSin, sQ, tid);
+    CpAsyncWait<1>();  // all but the next tile's group: this thread's part of the tile and sQ
+    if (new_q) {
+      if (cur.rope_offset != 0) RotateQ<D, S::kRows>(sQ, sCos, sSin, tid);
       q_offset = cur.rope_offset;
       q_loaded = true;
     }
-    CpAsyncWait<1>();  // the current tile's group has landed (this thread's part)
     __syncthreads();
     const bf16* tK = sK + stage * kMmaKeys * S::kStride;
     const bf16* tV = sV + stage * kMmaKeys * S::kStride;
     const int k0 = cur.k0, tile_len = cur.len;
-    // No key of a full tile wholly below the CTA's first row's diagonal is masked.
+    // A full tile whose last key every row of the CTA sees needs no mask.
     const bool unmasked = tile_len == kMmaKeys && k0 + kMmaKeys - 1 <= seq.causal_start + t_min;
 
     // The tile in sub-tiles of S::kSubKeys keys: S = Q K^T for this warp's 16 WM rows, mask and
