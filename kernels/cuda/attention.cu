@@ -126,7 +126,7 @@ __device__ __forceinline__ void IssueTileLoad(const AttentionParams& p, const Ti
   const int64_t first = kvh * sg.head_stride + static_cast<int64_t>(t.in_seg) * D;
   const bf16* kbase = static_cast<const bf16*>(sg.k) + first;
   const bf16* vbase = static_cast<const bf16*>(sg.v) + first;
-#pragma unroll 2
+#pragma unroll 1  // rolled: registers are scarce beside two fragments' accumulators
   for (int i = tid; i < kMmaKeys * (D / 8); i += kMmaThreads) {
     const int key = i / (D / 8), c = i % (D / 8);
     const bool valid = key < t.len;
@@ -142,9 +142,6 @@ template <int D, int WM>
 struct MmaShape {
   static constexpr int kRows = kMmaWarps * 16 * WM;  // query rows per CTA
   static constexpr int kStride = D + 8;  // bf16 per shared row: 16-byte pad against bank conflicts
-  // Keys whose scores are held in registers at once: half a tile where the accumulators of two
-  // fragments of head_dim 128 leave no room for 64 keys' scores.
-  static constexpr int kSubKeys = WM == 2 && D == 128 ? kMmaKeys / 2 : kMmaKeys;
   // Q, two stages of K and V, the cos/sin table.
   static constexpr int kSmemBytes = (kRows + 4 * kMmaKeys) * kStride * 2 + D * 4;
 };
@@ -175,7 +172,7 @@ __device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnS
                                            int rows_total, int group, int kvh, bf16* sQ, int tid) {
   constexpr int kStride = D + 8;
   const bf16* q = static_cast<const bf16*>(seq.q);
-#pragma unroll 2
+#pragma unroll 1  // rolled, as IssueTileLoad
   for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
     const int rr = i / (D / 16), c = i % (D / 16), r = row0 + rr;
     const bool valid = r < rows_total;
@@ -230,7 +227,7 @@ template <int D, int WM>
 __global__ void __launch_bounds__(kMmaThreads)
     MmaAttentionKernel(AttentionParams p, int splits, PartialOut ws) {
   using S = MmaShape<D, WM>;
-  constexpr int kNk = S::kSubKeys / 8;  // 8-key MMA column blocks per sub-tile
+  constexpr int kNk = kMmaKeys / 8;  // 8-key MMA column blocks per tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + S::kRows * S::kStride;      // two stages
@@ -309,127 +306,122 @@ __global__ void __launch_bounds__(kMmaThreads)
     // A full tile whose last key every row of the CTA sees needs no mask.
     const bool unmasked = tile_len == kMmaKeys && k0 + kMmaKeys - 1 <= seq.causal_start + t_min;
 
-    // The tile in sub-tiles of S::kSubKeys keys: S = Q K^T for this warp's 16 WM rows, mask and
-    // online softmax (log2 domain), O += P V.
-#pragma unroll 1
-    for (int sub = 0; sub < kMmaKeys / S::kSubKeys; ++sub) {
-      const int kb = sub * S::kSubKeys;  // the sub-tile's first key inside the tile
-      float sacc[WM][kNk][4];
+    // S = Q K^T for this warp's 16 WM rows, mask and online softmax (log2 domain), O += P V.
+    float sacc[WM][kNk][4];
+#pragma unroll
+    for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+      for (int n = 0; n < kNk; ++n) sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t a[WM][4];
 #pragma unroll
       for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-        for (int n = 0; n < kNk; ++n) sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
+        const bf16* ptr = sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
+        LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
       }
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t a[WM][4];
+      for (int np = 0; np < kNk / 2; ++np) {
+        const bf16* ptr = tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
+                          ((lane >> 3) & 1) * 8;
+        uint32_t b0, b1, b2, b3;
+        LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
 #pragma unroll
         for (int mf = 0; mf < WM; ++mf) {
-          const bf16* ptr = sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
-          LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
-        }
-#pragma unroll
-        for (int np = 0; np < kNk / 2; ++np) {
-          const bf16* ptr = tK + (kb + np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
-                            ((lane >> 3) & 1) * 8;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
-#pragma unroll
-          for (int mf = 0; mf < WM; ++mf) {
-            Mma(sacc[mf][2 * np], a[mf], b0, b1);
-            Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
-          }
+          Mma(sacc[mf][2 * np], a[mf], b0, b1);
+          Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
         }
       }
-      if (!unmasked) {
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-          for (int hi = 0; hi < 2; ++hi) {
-            // The last key this row sees in the sub-tile (causal limit or the tile's end).
-            const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
-            const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1 - kb;
-#pragma unroll
-            for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
-              }
-            }
-          }
-        }
-      }
-      float alphas[WM][2];  // each row's O rescaling factor
+    }
+    if (!unmasked) {
 #pragma unroll
       for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
         for (int hi = 0; hi < 2; ++hi) {
-          float mx = -INFINITY;
+          // The last key this row sees in the tile (causal limit or the tile's end).
+          const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
+          const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1;
 #pragma unroll
           for (int n = 0; n < kNk; ++n) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-              const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
-              sacc[mf][n][hi * 2 + e] = s;
-              mx = fmaxf(mx, s);
+              if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
             }
-          }
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(m_run[mf][hi], mx);
-          const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          const float alpha = FastExp2(m_run[mf][hi] - m_use);
-          float sum = 0.f;
-#pragma unroll
-          for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
-              sacc[mf][n][hi * 2 + e] = pv;
-              sum += pv;
-            }
-          }
-          l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
-          m_run[mf][hi] = m_new;
-          alphas[mf][hi] = alpha;
-        }
-      }
-      // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
-      if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            oacc[mf][n][0] *= alphas[mf][0];
-            oacc[mf][n][1] *= alphas[mf][0];
-            oacc[mf][n][2] *= alphas[mf][1];
-            oacc[mf][n][3] *= alphas[mf][1];
           }
         }
       }
-      // O += P V, P packed from the S accumulators into A fragments.
+    }
+    float alphas[WM][2];  // each row's O rescaling factor
 #pragma unroll
-      for (int kk = 0; kk < kNk / 2; ++kk) {
-        uint32_t a[WM][4];
+    for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
+            sacc[mf][n][hi * 2 + e] = s;
+            mx = fmaxf(mx, s);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run[mf][hi], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = FastExp2(m_run[mf][hi] - m_use);
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
+            sacc[mf][n][hi * 2 + e] = pv;
+            sum += pv;
+          }
+        }
+        l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
+        m_run[mf][hi] = m_new;
+        alphas[mf][hi] = alpha;
+      }
+    }
+    // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
+    if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
+#pragma unroll
+      for (int mf = 0; mf < WM; ++mf) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          oacc[mf][n][0] *= alphas[mf][0];
+          oacc[mf][n][1] *= alphas[mf][0];
+          oacc[mf][n][2] *= alphas[mf][1];
+          oacc[mf][n][3] *= alphas[mf][1];
+        }
+      }
+    }
+    // O += P V, P packed from the S accumulators into A fragments.
+#pragma unroll
+    for (int kk = 0; kk < kNk / 2; ++kk) {
+      uint32_t a[WM][4];
+#pragma unroll
+      for (int mf = 0; mf < WM; ++mf) {
+        a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
+        a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
+        a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
+        a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        const int mi = lane >> 3;
+        const bf16* ptr =
+            tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
+        uint32_t b0, b1, b2, b3;
+        LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
 #pragma unroll
         for (int mf = 0; mf < WM; ++mf) {
-          a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
-          a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
-          a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
-          a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          const int mi = lane >> 3;
-          const bf16* ptr =
-              tV + (kb + kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
-#pragma unroll
-          for (int mf = 0; mf < WM; ++mf) {
-            Mma(oacc[mf][2 * dp], a[mf], b0, b1);
-            Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
-          }
+          Mma(oacc[mf][2 * dp], a[mf], b0, b1);
+          Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
         }
       }
     }
