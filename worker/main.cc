@@ -8,6 +8,7 @@
 #include "services/cache_server_command.h"
 #include "worker/bench_command.h"
 #include "worker/demo_command.h"
+#include "worker/eval/eval_command.h"
 #include "worker/generate_command.h"
 #include "worker/indexer/index_command.h"
 #include "worker/tokenize_command.h"
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   kvblock::AddDemoCommand(app);
   kvblock::AddBenchCommand(app);
   kvblock::AddGenerateCommand(app);
+  kvblock::AddEvalCommand(app);
   kvblock::AddIndexCommand(app);
   kvblock::AddTokenizeCommand(app);
   kvblock::AddInspectCommand(app);
