@@ -1,10 +1,12 @@
 // End to end: runs the real `kvblock demo` binary twice on a fresh data directory and checks its
-// report: both modes answer every question, the second pass of a run is all cache hits, and a
-// second run finds the whole corpus already indexed (nothing encoded, every block a hit).
+// report: the bundled trained model is written and named, both modes answer every question (each
+// judged against its expected answer), the second pass of a run is all cache hits, and a second
+// run finds the whole corpus already indexed (nothing encoded, every block a hit).
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <string>
@@ -48,20 +50,34 @@ int CountLines(const std::string& out, const std::regex& re) {
 TEST(DemoCommandTest, TwoRunsSecondPassAndSecondRunAllHits) {
   testing::TempDir dir;
   const std::string cmd =
-      std::string(KVBLOCK_BIN) + " demo --data-dir " + (dir / "data") + " --max-new-tokens 8";
+      std::string(KVBLOCK_BIN) + " demo --data-dir " + (dir / "data");
   CommandRun first = RunCommand(cmd);
   ASSERT_EQ(first.exit_code, 0) << first.output;
-  EXPECT_NE(first.output.find("RANDOM weights"), std::string::npos) << first.output;
+  EXPECT_NE(first.output.find("model: kvblock-demo-qa"), std::string::npos) << first.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "data/model/model.safetensors"));
   // Six bundled questions, each answered in both modes, in each of two passes.
-  EXPECT_EQ(CountLines(first.output, std::regex(R"(\n\s+block\s+[0-9.]+\s+\d+/\d+)")), 12)
+  EXPECT_EQ(CountLines(first.output,
+                       std::regex(R"(\n\s+block\s+[0-9.]+\s+\d+/\d+\s+".*"\s+(right|wrong))")),
+            12)
       << first.output;
-  EXPECT_EQ(CountLines(first.output, std::regex(R"(\n\s+full\s+[0-9.]+\s+-)")), 12)
+  EXPECT_EQ(CountLines(first.output, std::regex(R"(\n\s+full\s+[0-9.]+\s+-\s+".*"\s+(right|wrong))")),
+            12)
       << first.output;
+  // Greedy decoding over the same cached blocks: both passes give the same answers.
+  std::smatch p1, p2;
+  ASSERT_TRUE(std::regex_search(first.output, p1,
+                                std::regex(R"(pass 1: expected answers matched: block (\d+)/6, full (\d+)/6)")))
+      << first.output;
+  ASSERT_TRUE(std::regex_search(first.output, p2,
+                                std::regex(R"(pass 2: expected answers matched: block (\d+)/6, full (\d+)/6)")))
+      << first.output;
+  EXPECT_EQ(p1[1], p2[1]);
+  EXPECT_EQ(p1[2], p2[2]);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(first.output, m,
-                                std::regex(R"(index: 300 passages -> (\d+) blocks.*encoded (\d+))")))
+                                std::regex(R"(index: 120 passages -> (\d+) blocks.*encoded (\d+))")))
       << first.output;
-  EXPECT_GE(std::stoi(m[1]), 300);
+  EXPECT_GE(std::stoi(m[1]), 120);
   EXPECT_GT(std::stoi(m[2]), 0);
   auto [h1, t1] = PassHits(first.output, 1);
   auto [h2, t2] = PassHits(first.output, 2);

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -12,7 +13,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "nlohmann/json.hpp"
-#include "worker/indexer/block_splitter.h"
+#include "worker/demo/demo_model.h"
+#include "worker/eval/qa_prompt.h"
 #include "worker/indexer/indexer.h"
 #include "worker/service/runtime.h"
 
@@ -21,14 +23,11 @@ namespace {
 
 using json = nlohmann::json;
 
-// The fixed instruction: an ordinary block, cached like any passage.
-constexpr std::string_view kInstruction =
-    "You answer questions about towns. Use only the passages below.\n";
-
 struct Question {
   std::string id;
   std::string question;
   std::vector<std::string> passages;
+  std::optional<std::string> answer;  // the expected answer, when the file names one
 };
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -59,6 +58,10 @@ absl::StatusOr<std::vector<Question>> ParseQuestions(const std::string& text) {
     for (const json& p : j["passages"]) {
       if (!p.is_string()) return absl::InvalidArgumentError(absl::StrCat("questions line ", n, ": passage ids must be strings"));
       q.passages.push_back(p.get<std::string>());
+    }
+    if (auto a = j.find("answer"); a != j.end()) {
+      if (!a->is_string()) return absl::InvalidArgumentError(absl::StrCat("questions line ", n, ": answer must be a string"));
+      q.answer = a->get<std::string>();
     }
     out.push_back(std::move(q));
   }
@@ -95,7 +98,7 @@ absl::Status DemoOptions::Validate() const {
   if (passes <= 0) return absl::InvalidArgumentError("passes must be > 0");
   if (max_block_tokens <= 0) return absl::InvalidArgumentError("max_block_tokens must be > 0");
   if (memory_bytes == 0) return absl::InvalidArgumentError("memory_bytes must be > 0");
-  return model.Validate();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& out) {
@@ -110,16 +113,11 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
 
   out << "kvblock demo: Block-Attention serving on an embedded cache (memory over RocksDB in "
       << cache_dir << ")\n";
-  const int64_t params = RandomLlamaParameterCount(options.model);
-  if (!fs::exists(model_dir + "/config.json")) {
-    if (absl::Status s = WriteRandomLlama(model_dir, options.model); !s.ok()) return s;
-    out << "model: wrote a random Llama (" << params << " parameters) to " << model_dir << "\n";
-  } else {
-    out << "model: " << model_dir << "\n";
-  }
-  out << "NOTE: no trained demo model exists yet. This model has RANDOM weights, so its answers\n"
-         "      are meaningless bytes; what the demo shows is TTFT and cache hits, block vs full.\n"
-         "      Block and full answers differ: Block-Attention needs a model fine-tuned for it.\n";
+  if (absl::Status s = WriteDemoModel(model_dir); !s.ok()) return s;
+  out << "model: " << kDemoModelName << " (models/" << kDemoModelName
+      << "/README.md), a 3.3 M-parameter byte-level Llama block fine-tuned on synthetic town QA;\n"
+         "       sha256 " << DemoModelSha256().substr(0, 16) << "..., written to " << model_dir
+      << "\n";
 
   // The corpus: a copy of the bundled one (the indexer reads files), or the user's.
   std::string corpus_path = options.corpus_path;
@@ -187,31 +185,26 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
       report->blocks_present, report->seconds,
       report->seconds > 0 ? report->tokens / report->seconds : 0.0);
 
-  absl::StatusOr<std::vector<int32_t>> instruction = r.tokenizer->Encode(kInstruction);
-  if (!instruction.ok()) return instruction.status();
-
   for (int32_t pass = 1; pass <= options.passes; ++pass) {
     DemoPassSummary ps;
     out << "\npass " << pass << " of " << options.passes << "\n";
     out << absl::StrFormat("  %-4s %-9s %-10s %-12s %s\n", "q", "mode", "TTFT ms", "cache hits",
-                           "answer (first tokens)");
+                           "answer");
     for (const Question& q : *questions) {
-      GenerateRequest req;
-      req.blocks.push_back(*instruction);
-      for (const std::string& id : q.passages) {
-        auto it = passages.find(id);  // present: checked before indexing
-        absl::StatusOr<std::vector<std::vector<int32_t>>> blocks =
-            SplitIntoBlocks(*r.tokenizer, it->second, options.max_block_tokens);
-        if (!blocks.ok()) return blocks.status();
-        for (auto& b : *blocks) req.blocks.push_back(std::move(b));
-      }
-      absl::StatusOr<std::vector<int32_t>> fin =
-          r.tokenizer->Encode(absl::StrCat("\nQuestion: ", q.question, "\nAnswer:"));
-      if (!fin.ok()) return fin.status();
-      req.final_block = std::move(*fin);
+      std::vector<std::string> texts;
+      for (const std::string& id : q.passages) texts.push_back(passages.find(id)->second);  // checked above
+      absl::StatusOr<GenerateRequest> built =
+          BuildQaRequest(*r.tokenizer, texts, q.question, options.max_block_tokens);
+      if (!built.ok()) return built.status();
+      GenerateRequest& req = *built;
       req.max_new_tokens = options.max_new_tokens;
       req.sampling.temperature = 0;  // greedy: the same answer every pass
-      out << "  " << q.id << "  " << q.question << "\n";
+      out << "  " << q.id << "  " << q.question;
+      if (q.answer.has_value()) {
+        out << "  (expected: " << *q.answer << ")";
+        ++ps.with_answer;
+      }
+      out << "\n";
       for (AttentionMode mode : {AttentionMode::kBlock, AttentionMode::kFull}) {
         req.mode = mode;
         absl::StatusOr<GenerateResult> g = r.engine->Generate(req);
@@ -221,9 +214,13 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
         const bool block = mode == AttentionMode::kBlock;
         const std::string hits =
             block ? absl::StrCat(g->cache_hits, "/", g->cache_hits + g->cache_misses) : "-";
-        out << absl::StrFormat("  %-4s %-9s %-10.1f %-12s \"%s\"\n", "",
+        const std::string answer = NormalizeAnswer(*text);
+        const bool correct = q.answer.has_value() && answer == *q.answer;
+        out << absl::StrFormat("  %-4s %-9s %-10.1f %-12s \"%s\"%s\n", "",
                                std::string(AttentionModeName(mode)), g->timings.ttft_ms, hits,
-                               Printable(*text, 40));
+                               Printable(answer, 40),
+                               !q.answer.has_value() ? "" : correct ? "  right" : "  wrong");
+        (block ? ps.correct_block : ps.correct_full) += correct;
         if (block) {
           ps.block_hits += g->cache_hits;
           ps.block_misses += g->cache_misses;
@@ -243,6 +240,10 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
         pass, ps.block_hits, total, total > 0 ? 100.0 * ps.block_hits / total : 0.0,
         ps.mean_ttft_block_ms, ps.mean_ttft_full_ms,
         ps.mean_ttft_block_ms > 0 ? ps.mean_ttft_full_ms / ps.mean_ttft_block_ms : 0.0);
+    if (ps.with_answer > 0) {
+      out << absl::StrFormat("pass %d: expected answers matched: block %d/%d, full %d/%d\n", pass,
+                             ps.correct_block, ps.with_answer, ps.correct_full, ps.with_answer);
+    }
     summary.passes.push_back(ps);
   }
   out << "\nRun it again: the corpus is already indexed and every block is a cache hit.\n";

@@ -1,8 +1,8 @@
 // `kvblock demo`, the README's main command: on an embedded store (memory over RocksDB in a data
-// directory) it writes a small random Llama model (no trained demo model exists yet, and the
-// output says so), indexes the bundled sample corpus through the real indexer, then answers the
-// bundled sample questions in block mode and in full mode, printing TTFT, cache hits and the
-// answers side by side, twice: the second pass finds every block in the cache.
+// directory) it writes the bundled trained model (models/kvblock-demo-qa, block fine-tuned on
+// synthetic town QA), indexes the bundled corpus through the real indexer, then answers the bundled
+// questions in block mode and in full mode, printing TTFT, cache hits and the answers side by side
+// with the expected ones, twice: the second pass finds every block in the cache.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,6 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "worker/demo/random_model.h"
 
 namespace kvblock {
 
@@ -24,27 +23,17 @@ struct DemoOptions {
   std::string data_dir = "kvblock-demo-data";
   // A JSONL corpus replacing the bundled one. Default: empty (bundled).
   std::string corpus_path;
-  // A JSONL question file replacing the bundled one ({"id","question","passages":[ids]}).
-  // Default: empty (bundled).
+  // A JSONL question file replacing the bundled one ({"id","question","passages":[ids]} and an
+  // optional "answer", the expected one). Default: empty (bundled).
   std::string questions_path;
-  // Tokens generated per answer. Default: 16.
-  int32_t max_new_tokens = 16;
+  // Tokens generated per answer at most (generation stops at EOS). Default: 32.
+  int32_t max_new_tokens = 32;
   // Times the questions are asked (the second pass shows the cache at work). Default: 2.
   int32_t passes = 2;
   // Longest block, in tokens. Default: 512.
   int64_t max_block_tokens = 512;
   // Memory of the embedded store (bytes). Default: 256 MiB.
   uint64_t memory_bytes = uint64_t{256} << 20;
-  // The random model's shape. Default: 192 wide, 4 layers (about 1.7 M parameters).
-  RandomLlamaOptions model = [] {
-    RandomLlamaOptions m;
-    m.hidden_size = 192;
-    m.intermediate_size = 512;
-    m.num_layers = 4;
-    m.num_heads = 4;
-    m.num_kv_heads = 2;
-    return m;
-  }();
 
   // INVALID_ARGUMENT naming the bad field.
   absl::Status Validate() const;
@@ -55,6 +44,9 @@ struct DemoPassSummary {
   int64_t questions = 0;
   int64_t block_hits = 0;    // blocks found in the cache, block mode
   int64_t block_misses = 0;  // blocks encoded, block mode
+  int64_t with_answer = 0;   // questions that name an expected answer
+  int64_t correct_block = 0; // of those, answered exactly (NormalizeAnswer) in block mode
+  int64_t correct_full = 0;  // ... in full mode
   double mean_ttft_block_ms = 0;
   double mean_ttft_full_ms = 0;
 };

@@ -1,6 +1,6 @@
 // Writes a small Llama checkpoint with random weights (config.json + model.safetensors, no
-// tokenizer.json, so LoadTokenizer gives the byte-level tokenizer). Used by `kvblock demo` until a
-// trained demo model exists, and by tests and benchmarks that need a model of a chosen size.
+// tokenizer.json, so LoadTokenizer gives the byte-level tokenizer). Used by tests and benchmarks
+// that need a model of a chosen size (`kvblock demo` uses the trained one, demo_model.h).
 // The same options always produce the same bytes (and so the same model fingerprint).
 #pragma once
 
