@@ -6,7 +6,7 @@
 # checkpoint, 4. when a kvblock binary is given ($KVBLOCK, or `kvblock` on PATH), `kvblock eval`
 # of both checkpoints in both modes on the test split (OUTDIR/eval-*.json).
 # Environment: PYTHON (default python3), KVBLOCK, EVAL_LIMIT (test examples evaluated, default
-# 300), TRAIN_ARGS (extra train.py flags). The unit tests failing does not stop training (their
+# 200, as the model card), TRAIN_ARGS (extra train.py flags). The unit tests failing does not stop training (their
 # log is kept), but the exit status is then 1.
 set -euo pipefail
 out="${1:?usage: training/run.sh OUTDIR}"
@@ -31,7 +31,7 @@ pids=()
 for model in vanilla blockft; do
   for mode in full block; do
     "$kvblock" eval --model "$out/$model" --dataset "$out/data/test.jsonl" --mode "$mode" \
-      --limit "${EVAL_LIMIT:-300}" --cache-dir "$out/cache-$model-$mode" \
+      --limit "${EVAL_LIMIT:-200}" --cache-dir "$out/cache-$model-$mode" \
       --json "$out/eval-$model-$mode.json" > "$out/eval-$model-$mode.log" 2>&1 &
     pids+=($!)
   done
