@@ -6,8 +6,8 @@
 # checkpoint, 4. when a kvblock binary is given ($KVBLOCK, or `kvblock` on PATH), `kvblock eval`
 # of both checkpoints in both modes on the test split (OUTDIR/eval-*.json).
 # Environment: PYTHON (default python3), KVBLOCK, EVAL_LIMIT (test examples evaluated, default
-# 200, as the model card), TRAIN_ARGS (extra train.py flags). The unit tests failing does not stop training (their
-# log is kept), but the exit status is then 1.
+# 200, as the model card), TRAIN_ARGS (extra train.py flags). Failing unit tests do not stop
+# training (their log is kept), but the exit status is then 1.
 set -euo pipefail
 out="${1:?usage: training/run.sh OUTDIR}"
 here="$(cd "$(dirname "$0")" && pwd)"
