@@ -5,7 +5,6 @@ the layout kvblock's worker/model loads."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional

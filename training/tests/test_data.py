@@ -3,7 +3,6 @@
 import json
 import re
 import os
-import random
 import sys
 import tempfile
 import unittest
