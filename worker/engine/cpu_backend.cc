@@ -51,11 +51,15 @@ class CpuKvSequence : public KvSequence {
   std::vector<float> v_;
 };
 
-// y[rows][w.out] = x[rows][w.in] W^T + b.
-void Linear(const float* x, int64_t rows, const LinearWeights& w, float* y) {
-  if (rows == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(w.out), static_cast<int>(w.in), 1.0f,
-                w.weight, static_cast<int>(w.in), x, 1, 0.0f, y, 1);
+// y[rows][w.out] = x[rows][w.in] W^T + b: one sgemm over all rows from `gemm_min_rows` rows on,
+// else one sgemv per row (OpenBLAS sgemm packs the whole weight matrix on every call, which
+// costs more than reading the weights again when the rows are few).
+void Linear(const float* x, int64_t rows, const LinearWeights& w, float* y, int64_t gemm_min_rows) {
+  if (rows < std::max<int64_t>(gemm_min_rows, 2)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(w.out), static_cast<int>(w.in),
+                  1.0f, w.weight, static_cast<int>(w.in), x + r * w.in, 1, 0.0f, y + r * w.out, 1);
+    }
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
                 static_cast<int>(w.out), static_cast<int>(w.in), 1.0f, x, static_cast<int>(w.in),
@@ -276,12 +280,15 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
   auto X = Contiguous2(x.data(), n, hidden);
   auto H = Contiguous2(h.data(), n, hidden);
   auto P = Contiguous2<const float>(proj.data(), n, hidden);
+  auto linear = [&](const float* in, int64_t rows, const LinearWeights& lw, float* out) {
+    Linear(in, rows, lw, out, options_.gemm_min_rows);
+  };
   absl::Status s = kernels::RmsNorm(X, w.layers()[0].input_norm, c.rms_norm_eps, H);
   for (int64_t l = 0; l < c.num_layers && s.ok(); ++l) {
     const LayerWeights& L = w.layers()[l];
-    Linear(h.data(), n, L.q, q.data());
-    Linear(h.data(), n, L.k, k.data());
-    Linear(h.data(), n, L.v, v.data());
+    linear(h.data(), n, L.q, q.data());
+    linear(h.data(), n, L.k, k.data());
+    linear(h.data(), n, L.v, v.data());
     if (s = kernels::ApplyRope(Contiguous3(q.data(), n, c.num_heads, hd), cos, sin); !s.ok()) break;
     if (s = kernels::ApplyRope(Contiguous3(k.data(), n, c.num_kv_heads, hd), cos, sin); !s.ok()) break;
     s = ParallelFor(static_cast<int>(parts.size()), part_threads, [&](int pi) -> absl::Status {
@@ -304,13 +311,13 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
                        Contiguous3(attn.data() + p.row0 * q_dim, p.n, c.num_heads, hd));
     });
     if (!s.ok()) break;
-    Linear(attn.data(), n, L.o, proj.data());
+    linear(attn.data(), n, L.o, proj.data());
     if (s = kernels::AddRmsNorm(X, P, L.post_attention_norm, c.rms_norm_eps, H); !s.ok()) break;
-    Linear(h.data(), n, L.gate, gate.data());
-    Linear(h.data(), n, L.up, up.data());
+    linear(h.data(), n, L.gate, gate.data());
+    linear(h.data(), n, L.up, up.data());
     auto G = Contiguous2(gate.data(), n, c.intermediate_size);
     if (s = kernels::SwiGlu(G, Contiguous2<const float>(up.data(), n, c.intermediate_size), G); !s.ok()) break;
-    Linear(gate.data(), n, L.down, proj.data());
+    linear(gate.data(), n, L.down, proj.data());
     if (l + 1 < c.num_layers) {
       s = kernels::AddRmsNorm(X, P, w.layers()[l + 1].input_norm, c.rms_norm_eps, H);
     } else if (logit_rows > 0) {
@@ -320,7 +327,7 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
                               View2<const float>{proj.data() + r0 * hidden, logit_rows, hidden, hidden},
                               w.final_norm(), c.rms_norm_eps,
                               View2<float>{h.data() + r0 * hidden, logit_rows, hidden, hidden});
-      if (s.ok()) Linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data());
+      if (s.ok()) linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data());
     }
   }
   if (!s.ok()) return s;
@@ -389,7 +396,7 @@ absl::Status CpuBackend::ReadKv(const KvSequence& seq_base, int64_t begin, int64
 }  // namespace
 
 absl::Status CpuBackendOptions::Validate() const {
-  if (attention_threads < 0 || attention_parallel_min_work < 0) {
+  if (attention_threads < 0 || attention_parallel_min_work < 0 || gemm_min_rows < 0) {
     return absl::InvalidArgumentError("cpu backend options: negative value");
   }
   return absl::OkStatus();

@@ -1,9 +1,10 @@
 // The CPU backend: f32 math, projections through OpenBLAS sgemm/sgemv (which use every core),
 // everything else through the kernels/cpu reference twins; attention is split across KV heads
-// on a few threads for long sequences. DecodeStep runs a batch of sequences as one set of GEMMs
-// (M = batch), attention per sequence (split across sequences on a few threads when the batch's
-// attention work is large). This is the reference every faster backend is checked
-// against, and what CI runs.
+// on a few threads for long sequences. DecodeStep runs a batch of sequences as one sgemm per
+// projection (M = batch; one sgemv per sequence below CpuBackendOptions::gemm_min_rows) and
+// attention per sequence (split across sequences on a few threads when the batch's attention
+// work is large). This is the reference every faster backend is checked against, and what CI
+// runs.
 #pragma once
 
 #include <memory>
@@ -20,6 +21,10 @@ struct CpuBackendOptions {
   int attention_threads = 0;
   // Below this many multiply-adds per attention call a single thread is used. Default: 1 << 21.
   int64_t attention_parallel_min_work = int64_t{1} << 21;
+  // Projections over at least this many token rows (a prefill, a large decode batch) are one
+  // sgemm; fewer rows run one sgemv per row, which OpenBLAS 0.3.21 does faster than an sgemm
+  // that packs the whole weight matrix (docs/benchmarks.md, CPU engine). Default: 6.
+  int64_t gemm_min_rows = 6;
 
   // INVALID_ARGUMENT for negative values.
   absl::Status Validate() const;

@@ -507,7 +507,8 @@ TEST_F(WorkerServiceTest, CancellationAndDeadlineStopDecodingWithinAStep) {
 
 // Concurrent requests of different lengths, sampling settings and arrival times are decoded in
 // shared steps (batches of up to max_decode_batch, round robin beyond it) and each gets exactly
-// the tokens it gets alone.
+// the tokens it gets alone (batches of 3 stay below CpuBackendOptions::gemm_min_rows, so every
+// row is computed as it is alone).
 TEST_F(WorkerServiceTest, ConcurrentRequestsAreBatchedAndMatchRunningAlone) {
   constexpr int kRequests = 5;
   std::atomic<int> steps{0};
