@@ -192,6 +192,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
                                          int64_t{max_decode_batch} * (o.decode_context + 64) + 64,
                                          int64_t{o.encode_batch} * o.passage});
   mo.max_seqs = std::max({64, max_decode_batch, o.encode_batch});
+  mo.max_logit_rows = mo.max_seqs;  // one row per decoding sequence
   mo.max_context_runs = max_len / o.passage + 2;
   std::printf("kvblock bench ttft: %s, %d SMs, %.0f GiB; Llama-3-8B shape, random bf16 weights\n", prop.name,
               prop.multiProcessorCount, prop.totalGlobalMem / double(1 << 30));
@@ -328,7 +329,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       f.tokens = final_block;
       f.slots = *slots;
       f.position = offset;
-      f.want_logits = true;
+      f.logit_rows = 1;
       absl::Status st = model.Forward({&f, 1});
       if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
       model.FreeSlots(*slots);
@@ -348,7 +349,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
         cuda::ForwardSeq f;
         f.tokens = all;
         f.slots = *slots;
-        f.want_logits = true;
+        f.logit_rows = 1;
         absl::Status st = model.Forward({&f, 1});
         if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
         model.FreeSlots(*slots);
@@ -381,7 +382,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       cuda::ForwardSeq f;
       f.tokens = ctx;
       f.slots = *s;
-      f.want_logits = true;
+      f.logit_rows = 1;
       BENCH_RETURN_IF_ERROR(model.Forward({&f, 1}));
       BENCH_RETURN_IF_ERROR(model.Sample(greedy, {&next[b], 1}));
     }
@@ -393,7 +394,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
         seqs[b].slots = slots[b];
         seqs[b].own_len = lens[b];
         seqs[b].position = lens[b];
-        seqs[b].want_logits = true;
+        seqs[b].logit_rows = 1;
       }
       BENCH_RETURN_IF_ERROR(model.Forward(seqs));
       std::vector<int32_t> out(B);

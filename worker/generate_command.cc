@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "cache/tiered_store.h"
 #include "nlohmann/json.hpp"
-#include "worker/engine/cpu_backend.h"
+#include "worker/engine/backend_factory.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -27,7 +27,7 @@ struct GenerateArgs {
   std::string model;
   std::string request;
   std::string mode;  // empty: the request's, else block
-  std::string backend = "cpu";
+  BackendOptions backend;
   std::string cache_dir;
   uint64_t cache_memory_mb = 512;
   std::string model_id;
@@ -95,9 +95,7 @@ double MsSince(std::chrono::steady_clock::time_point t0) {
 
 absl::Status RunGenerate(const GenerateArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (args.backend != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat("--backend ", args.backend, " is not available (available: cpu)"));
-  }
+  if (absl::Status s = args.backend.Validate(); !s.ok()) return s;
   std::optional<AttentionMode> cli_mode;
   if (args.mode == "block") cli_mode = AttentionMode::kBlock;
   else if (args.mode == "full") cli_mode = AttentionMode::kFull;
@@ -147,7 +145,7 @@ absl::Status RunGenerate(const GenerateArgs& args) {
   absl::StatusOr<std::unique_ptr<BlockStore>> store =
       OpenEmbeddedStore(cache_dir, args.cache_memory_mb << 20);
   if (!store.ok()) return absl::Status(store.status().code(), absl::StrCat("cache ", cache_dir, ": ", store.status().message()));
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(model->weights, model->config);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(*model, args.backend);
   if (!backend.ok()) return backend.status();
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(std::move(*backend), store->get(), model->fingerprint);
@@ -254,7 +252,9 @@ void AddGenerateCommand(CLI::App& app) {
   cmd->add_option("--request", args->request, "Request JSON file")->required();
   cmd->add_option("--output", args->output, "Where to write the result JSON")->required();
   cmd->add_option("--mode", args->mode, "block or full (default: the request's, else block)");
-  cmd->add_option("--backend", args->backend, "Compute backend")->capture_default_str();
+  cmd->add_option("--backend", args->backend.name, "Compute backend (" + AvailableBackends() + ")")
+      ->capture_default_str();
+  cmd->add_option("--dtype", args->backend.dtype, "Compute dtype: f32 or bf16 (cuda; default bf16)");
   cmd->add_option("--cache-dir", args->cache_dir,
                   "Embedded block cache directory (memory over RocksDB; default ~/.cache/kvblock/blocks)");
   cmd->add_option("--cache-memory-mb", args->cache_memory_mb, "Memory tier budget in MiB")

@@ -22,7 +22,7 @@ namespace {
 struct WorkerFlags {
   std::string model;
   std::string model_id;
-  std::string backend = "cpu";
+  BackendOptions backend;
   ClusterFlags cluster;  // --members / --members-file, --cache-auth-token-file, --cache-tls-*
   std::string cache_dir;
   uint64_t memory_mb = 256;
@@ -38,10 +38,7 @@ int Fail(const absl::Status& s) {
 
 int RunWorker(WorkerFlags& f) {
   const absl::Time start = absl::Now();
-  if (f.backend != "cpu") {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--backend ", f.backend, " is not available (available: cpu)")));
-  }
+  if (absl::Status s = f.backend.Validate(); !s.ok()) return Fail(s);
   const bool has_cluster = !f.cluster.members.empty() || !f.cluster.members_file.empty();
   if (has_cluster == !f.cache_dir.empty()) {
     return Fail(absl::InvalidArgumentError(
@@ -52,13 +49,14 @@ int RunWorker(WorkerFlags& f) {
   ro.model_id = f.model_id;
   ro.memory_bytes = f.memory_mb << 20;
   ro.cache_dir = f.cache_dir;
+  ro.backend = f.backend;
   if (has_cluster) {
     absl::StatusOr<CacheClientOptions> co = ClientOptionsFromFlags(f.cluster);
     if (!co.ok()) return Fail(co.status());
     ro.cluster = *co;
   }
   f.server.core.kv_dtype = ro.kv_dtype;
-  f.server.core.backend = f.backend;
+  f.server.core.backend = f.backend.name;
   f.server.drain_timeout = absl::Seconds(f.drain_timeout_s);
 
   sigset_t set;
@@ -106,7 +104,9 @@ void AddWorkerCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("worker", "Serve kvblock.v1.InferenceService (gRPC)");
   cmd->add_option("--model", f->model, "Hugging Face model directory")->required();
   cmd->add_option("--model-id", f->model_id, "Explicit model id replacing the weight fingerprint");
-  cmd->add_option("--backend", f->backend, "Compute backend (cpu)")->capture_default_str();
+  cmd->add_option("--backend", f->backend.name, "Compute backend (" + AvailableBackends() + ")")
+      ->capture_default_str();
+  cmd->add_option("--dtype", f->backend.dtype, "Compute dtype: f32 or bf16 (cuda; default bf16)");
   AddClusterFlags(*cmd, &f->cluster, "cache-");
   cmd->add_option("--cache-dir", f->cache_dir,
                   "Embedded store directory (instead of a cache cluster)");

@@ -6,7 +6,6 @@
 #include "absl/strings/str_join.h"
 #include "cache/memory_tier.h"
 #include "cache/tiered_store.h"
-#include "worker/engine/cpu_backend.h"
 
 namespace kvblock {
 
@@ -136,7 +135,7 @@ absl::Status RuntimeOptions::Validate() const {
     return absl::InvalidArgumentError("give a cache directory or cluster members");
   }
   if (memory_bytes == 0) return absl::InvalidArgumentError("memory_bytes must be > 0");
-  return absl::OkStatus();
+  return backend.Validate();
 }
 
 absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& options) {
@@ -174,8 +173,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
       rt->store = rt->layered.get();
     }
   }
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      CreateCpuBackend(rt->model.weights, rt->model.config);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(rt->model, options.backend);
   if (!backend.ok()) return backend.status();
   EngineOptions eo;
   eo.kv_dtype = options.kv_dtype;

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cache/block_store.h"
 #include "services/cache_client.h"
+#include "worker/engine/backend_factory.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -93,6 +94,8 @@ struct RuntimeOptions {
   KvDtype kv_dtype = KvDtype::kF32;
   // Write missed blocks back. Default: true.
   bool write_back = true;
+  // The compute backend. Default: cpu.
+  BackendOptions backend;
 
   // INVALID_ARGUMENT when model_dir is empty or neither a cache_dir nor members are given.
   absl::Status Validate() const;

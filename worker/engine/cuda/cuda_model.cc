@@ -60,7 +60,8 @@ int64_t CudaModelSpec::NumParameters() const {
 }
 
 absl::Status CudaModelOptions::Validate() const {
-  if (max_batch_tokens <= 0 || kv_pool_tokens <= 0 || max_seqs <= 0 || max_context_runs < 0) {
+  if (max_batch_tokens <= 0 || kv_pool_tokens <= 0 || max_seqs <= 0 || max_context_runs < 0 ||
+      max_logit_rows <= 0) {
     return absl::InvalidArgumentError("CudaModelOptions: sizes must be positive");
   }
   return absl::OkStatus();
@@ -228,7 +229,7 @@ absl::Status CudaModel::Init(bool random, uint64_t seed, const HostModel* host) 
   kv_pool_ = std::move(*pool);
   free_slots_ = {SlotRange{0, options_.kv_pool_tokens}};
 
-  const int64_t T = options_.max_batch_tokens, S = options_.max_seqs;
+  const int64_t T = options_.max_batch_tokens, S = options_.max_seqs, R = options_.max_logit_rows;
   struct Act {
     DeviceMemory* mem;
     size_t bytes;
@@ -236,23 +237,23 @@ absl::Status CudaModel::Init(bool random, uint64_t seed, const HostModel* host) 
   for (const Act& a : {Act{&hidden_, size_t(T * H * es_)}, Act{&normed_, size_t(T * H * es_)},
                        Act{&qkv_, size_t(T * qkv_out * es_)}, Act{&attn_, size_t(T * attn * es_)},
                        Act{&delta_, size_t(T * H * es_)}, Act{&gate_up_, size_t(T * 2 * I * es_)},
-                       Act{&act_, size_t(T * I * es_)}, Act{&gathered_, size_t(S * H * es_)},
-                       Act{&logits_, size_t(S * s.vocab * 4)}}) {
+                       Act{&act_, size_t(T * I * es_)}, Act{&gathered_, size_t(R * H * es_)},
+                       Act{&logits_, size_t(R * s.vocab * 4)}}) {
     auto m = DeviceMemory::Allocate(a.bytes);
     if (!m.ok()) return m.status();
     *a.mem = std::move(*m);
   }
-  const StagingLayout lay(T, S, S, int64_t{s.layers} * (options_.max_context_runs + S));
+  const StagingLayout lay(T, R, S, int64_t{s.layers} * (options_.max_context_runs + S));
   auto sh = PinnedMemory::Allocate(lay.total);
   if (!sh.ok()) return sh.status();
   staging_host_ = std::move(*sh);
   auto sd = DeviceMemory::Allocate(lay.total);
   if (!sd.ok()) return sd.status();
   staging_dev_ = std::move(*sd);
-  auto ph = PinnedMemory::Allocate(S * (sizeof(SamplingParams) + 4));
+  auto ph = PinnedMemory::Allocate(R * (sizeof(SamplingParams) + 4));
   if (!ph.ok()) return ph.status();
   sampling_host_ = std::move(*ph);
-  auto pd = DeviceMemory::Allocate(S * (sizeof(SamplingParams) + 4));
+  auto pd = DeviceMemory::Allocate(R * (sizeof(SamplingParams) + 4));
   if (!pd.ok()) return pd.status();
   sampling_dev_ = std::move(*pd);
   KV_RETURN_IF_ERROR(CudaStatus(cudaEventRecord(staging_free_, stream_), "cudaEventRecord"));
@@ -337,12 +338,16 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs) {
     }
     T += q.tokens.size();
     runs += q.context.size();
-    rows += q.want_logits ? 1 : 0;
+    if (q.logit_rows < 0 || q.logit_rows > static_cast<int64_t>(q.tokens.size())) {
+      return absl::InvalidArgumentError("Forward: logit_rows outside [0, new tokens]");
+    }
+    rows += q.logit_rows;
     max_q = std::max<int64_t>(max_q, q.tokens.size());
     max_keys = std::max(max_keys, keys);
   }
   if (T > options_.max_batch_tokens) return absl::InvalidArgumentError("Forward: more tokens than max_batch_tokens");
   if (runs > options_.max_context_runs) return absl::InvalidArgumentError("Forward: too many context runs");
+  if (rows > options_.max_logit_rows) return absl::InvalidArgumentError("Forward: more logit rows than max_logit_rows");
   if (max_keys > std::numeric_limits<int32_t>::max()) return absl::InvalidArgumentError("Forward: context too long");
   const int64_t S = seqs.size();
   const int64_t segs_per_layer = runs + S;
@@ -379,7 +384,7 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs) {
       positions[t] = q.position + static_cast<int32_t>(j);
       offsets[t] = (q.slots.begin + q.own_len + j) * D;
     }
-    if (q.want_logits) gather[r++] = static_cast<int32_t>(t - 1);
+    for (int64_t j = q.logit_rows; j > 0; --j) gather[r++] = static_cast<int32_t>(t - j);
     // Segment rows for layer 0; other layers are the same with shifted pointers.
     for (const KvRun& run : q.context) {
       AttnSegment& g = segs[seg++];
@@ -499,11 +504,11 @@ absl::Status CudaModel::Sample(absl::Span<const SamplingParams> params, absl::Sp
                                                 cudaMemcpyHostToDevice, stream_),
                                 "H2D sampling"));
   auto* out_dev = reinterpret_cast<int32_t*>(sampling_dev_.as<char>() +
-                                             options_.max_seqs * sizeof(SamplingParams));
+                                             options_.max_logit_rows * sizeof(SamplingParams));
   KV_RETURN_IF_ERROR(kvblock::cuda::Sample(logits_.as<float>(), logit_rows_, spec_.vocab, spec_.vocab,
                                            reinterpret_cast<const SamplingParams*>(sampling_dev_.get()),
                                            out_dev, stream_));
-  auto* out_host = reinterpret_cast<int32_t*>(sampling_host_.as<char>() + options_.max_seqs * sizeof(SamplingParams));
+  auto* out_host = reinterpret_cast<int32_t*>(sampling_host_.as<char>() + options_.max_logit_rows * sizeof(SamplingParams));
   KV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out_host, out_dev, params.size() * 4,
                                                 cudaMemcpyDeviceToHost, stream_),
                                 "D2H tokens"));

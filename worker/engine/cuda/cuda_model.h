@@ -61,6 +61,8 @@ struct CudaModelOptions {
   int32_t max_seqs = 64;
   // Most context runs over all sequences of one Forward. Default: 4096.
   int32_t max_context_runs = 4096;
+  // Most logits rows over all sequences of one Forward (f32 [rows][vocab] buffer). Default: 64.
+  int32_t max_logit_rows = 64;
 
   // INVALID_ARGUMENT for non-positive sizes.
   absl::Status Validate() const;
@@ -103,7 +105,7 @@ struct ForwardSeq {
   SlotRange slots;                   // the sequence's own KV slots
   int32_t own_len = 0;               // tokens already in its slots (before the new ones)
   int32_t position = 0;              // RoPE position of the first new token
-  bool want_logits = false;          // logits of the last new token
+  int32_t logit_rows = 0;            // logits of the last logit_rows new tokens (0..tokens)
 };
 
 class CudaModel {
@@ -125,7 +127,7 @@ class CudaModel {
   void FreeSlots(SlotRange range);
 
   // Runs the new tokens of `seqs` through all layers; their K/V are written to their slots at
-  // own_len... Logits of sequences with want_logits land in logits() in order.
+  // own_len... The logit rows each sequence asks for land in logits(), in order.
   // INVALID_ARGUMENT for limits exceeded (tokens, sequences, runs, slots), ids outside the
   // vocabulary; INTERNAL for CUDA/cuBLAS failures. Enqueues on stream(); returns without
   // waiting unless it had to wait for the previous Forward's staging buffers.
@@ -154,6 +156,8 @@ class CudaModel {
   Blas& blas() { return *blas_; }
   int num_sms() const { return num_sms_; }
   int64_t weight_bytes() const { return static_cast<int64_t>(weights_.bytes()); }
+  // Device f32 [head_dim / 2] RoPE inverse frequencies (for ReencodeK on copies).
+  const float* inv_freq() const { return inv_freq_.as<float>(); }
   // Bytes of one token's KV over all layers.
   int64_t kv_bytes_per_token() const;
 

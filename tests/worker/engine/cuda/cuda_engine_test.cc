@@ -2,22 +2,18 @@
 // reference's 16 greedy tokens exactly, in block mode (each block encoded alone on the GPU, kept
 // as a GPU-tier block, re-encoded inside the attention kernel) and in full mode, with the last
 // prompt position's logits within 1e-3 relative of the reference; in bf16 the logits must stay
-// within 8e-2 relative (greedy tokens may then differ). Fixture folders come from
-// KVBLOCK_TEST_FIXTURES (colon-separated; the GPU
-// machine's packed copy) or default to ../shared/fixtures and tests/fixtures.
+// within 8e-2 relative (greedy tokens may then differ). Fixture folders: fixture_dirs.h.
 #include <cuda_runtime_api.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include "kernels/cpu/rope.h"
 #include "nlohmann/json.hpp"
+#include "tests/worker/engine/cuda/fixture_dirs.h"
+#include "worker/engine/cuda/cuda_backend.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
 #include "worker/model/model.h"
@@ -26,23 +22,7 @@
 namespace kvblock::cuda {
 namespace {
 
-std::vector<std::string> FixtureDirs() {
-  std::vector<std::string> roots;
-  if (const char* env = std::getenv("KVBLOCK_TEST_FIXTURES")) {
-    for (absl::string_view p : absl::StrSplit(env, ':', absl::SkipEmpty())) roots.emplace_back(p);
-  } else {
-    roots = {std::string(KVBLOCK_SHARED_DIR) + "/fixtures", std::string(KVBLOCK_SOURCE_DIR) + "/tests/fixtures"};
-  }
-  std::vector<std::string> dirs;
-  for (const auto& root : roots) {
-    if (!std::filesystem::is_directory(root)) continue;
-    for (const auto& e : std::filesystem::directory_iterator(root)) {
-      if (std::filesystem::exists(e.path() / "reference.json")) dirs.push_back(e.path().string());
-    }
-  }
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
-}
+using kvblock::testing::FixtureDirs;
 
 double RelErr(const std::vector<float>& out, const float* ref, size_t n) {
   double num = 0, den = 0;
@@ -83,42 +63,16 @@ Fixture LoadFixture(const std::string& dir) {
 }
 
 std::unique_ptr<CudaModel> MakeModel(const Fixture& f, DType dtype, int64_t seq_len) {
-  const ModelConfig& c = f.model.config;
-  CudaModelSpec s;
-  s.vocab = c.vocab_size;
-  s.hidden = c.hidden_size;
-  s.intermediate = c.intermediate_size;
-  s.layers = c.num_layers;
-  s.heads = c.num_heads;
-  s.kv_heads = c.num_kv_heads;
-  s.head_dim = c.head_dim;
-  s.rms_eps = c.rms_norm_eps;
-  s.qkv_bias = c.qkv_bias;
-  s.o_bias = c.o_bias;
-  s.mlp_bias = c.mlp_bias;
-  s.inv_freq.resize(c.head_dim / 2);
-  EXPECT_TRUE(kernels::ComputeRopeInvFreq(c.rope, c.head_dim, seq_len, absl::MakeSpan(s.inv_freq)).ok());
-  const ModelWeights& w = *f.model.weights;
-  HostModel h;
-  h.embed = w.embed();
-  h.final_norm = w.final_norm();
-  h.lm_head = w.lm_head().weight;  // the embedding itself when tied
-  for (const LayerWeights& l : w.layers()) {
-    HostLayer hl;
-    hl.input_norm = l.input_norm;
-    hl.post_norm = l.post_attention_norm;
-    auto lin = [](const LinearWeights& x) { return HostLinear{x.weight, x.bias}; };
-    hl.q = lin(l.q), hl.k = lin(l.k), hl.v = lin(l.v), hl.o = lin(l.o);
-    hl.gate = lin(l.gate), hl.up = lin(l.up), hl.down = lin(l.down);
-    h.layers.push_back(hl);
-  }
+  auto spec = SpecFromConfig(f.model.config, seq_len);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  if (!spec.ok()) return nullptr;
   CudaModelOptions o;
   o.dtype = dtype;
   o.max_batch_tokens = 1024;
   o.kv_pool_tokens = 4096;
   o.max_seqs = 16;
   o.max_context_runs = 64;
-  auto m = CudaModel::FromHost(s, o, h);
+  auto m = CudaModel::FromHost(*spec, o, HostModelFromWeights(*f.model.weights));
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? std::move(*m) : nullptr;
 }
@@ -139,7 +93,7 @@ std::vector<int32_t> GreedyDecode(CudaModel& model, const std::vector<KvRun>& co
     f.slots = slots;
     f.own_len = own_len++;
     f.position = position++;
-    f.want_logits = true;
+    f.logit_rows = 1;
     const absl::Status st = model.Forward({&f, 1});
     EXPECT_TRUE(st.ok()) << st;
   }
@@ -194,7 +148,7 @@ TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
       f.context = context;
       f.slots = *slots;
       f.position = offset;
-      f.want_logits = true;
+      f.logit_rows = 1;
       ASSERT_TRUE(model->Forward({&f, 1}).ok());
       std::vector<float> logits;
       const std::vector<int32_t> block_tokens =
@@ -211,7 +165,7 @@ TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
       ForwardSeq g;
       g.tokens = all;
       g.slots = *slots;
-      g.want_logits = true;
+      g.logit_rows = 1;
       ASSERT_TRUE(model->Forward({&g, 1}).ok());
       const std::vector<int32_t> full_tokens =
           GreedyDecode(*model, {}, *slots, all.size(), all.size(), steps, &logits);

@@ -1,0 +1,406 @@
+// CudaBackend; see cuda_backend.h.
+#include "worker/engine/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/cpu/rope.h"
+#include "worker/engine/cuda/gpu_tier.h"
+
+namespace kvblock {
+namespace {
+
+using cuda::CudaModel;
+using cuda::CudaStatus;
+using cuda::DeviceMemory;
+using cuda::DType;
+
+#define CB_RETURN_IF_ERROR(expr) \
+  do {                           \
+    absl::Status _st = (expr);   \
+    if (!_st.ok()) return _st;   \
+  } while (0)
+
+std::optional<DType> AsCudaDtype(KvDtype d) {
+  if (d == KvDtype::kF32) return DType::kF32;
+  if (d == KvDtype::kBF16) return DType::kBF16;
+  return std::nullopt;
+}
+
+// The model, its block tier and the lock every call takes. Shared with the sequences so that a
+// sequence can give its slots back even after the backend object is gone.
+struct State {
+  State(std::unique_ptr<CudaModel> m, const cuda::GpuTierOptions& tier_options,
+        const CudaBackendOptions& o)
+      : model(std::move(m)), tier(tier_options), options(o) {}
+  absl::Mutex mu;
+  std::unique_ptr<CudaModel> model ABSL_GUARDED_BY(mu);
+  cuda::GpuTier tier;
+  const CudaBackendOptions options;
+};
+
+class CudaKvSequence final : public KvSequence {
+ public:
+  CudaKvSequence(std::shared_ptr<State> state, int64_t capacity)
+      : state_(std::move(state)), capacity_(capacity) {}
+  ~CudaKvSequence() override {
+    if (!slots_.has_value()) return;
+    absl::MutexLock lock(&state_->mu);
+    state_->model->FreeSlots(*slots_);
+  }
+
+  int64_t length() const override { return context_tokens_ + own_len_; }
+  int64_t capacity() const override { return capacity_; }
+
+  std::shared_ptr<State> state_;
+  int64_t capacity_;
+  std::vector<cuda::GpuTier::Handle> blocks_;  // keeps the context runs' memory alive
+  std::vector<cuda::KvRun> context_;
+  int64_t context_tokens_ = 0;
+  std::optional<cuda::SlotRange> slots_;  // allocated at the first own token
+  int64_t own_len_ = 0;
+};
+
+class CudaBackendImpl final : public CudaBackend {
+ public:
+  CudaBackendImpl(std::shared_ptr<State> state, const ModelConfig& config)
+      : state_(std::move(state)), config_(config) {}
+
+  std::string_view name() const override { return "cuda"; }
+  const ModelConfig& config() const override { return config_; }
+
+  absl::StatusOr<std::unique_ptr<KvSequence>> NewSequence(int64_t capacity) override {
+    if (capacity <= 0) return absl::InvalidArgumentError("sequence capacity must be > 0");
+    return std::unique_ptr<KvSequence>(new CudaKvSequence(state_, capacity));
+  }
+
+  absl::Status Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens, int64_t logit_rows,
+                       absl::Span<float> logits) override;
+  absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
+  absl::Status ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
+                      absl::Span<float> v) const override;
+
+  TierStats GpuTierStats() const override { return state_->tier.Stats(); }
+
+ private:
+  // Own slots for everything the context runs leave of the capacity.
+  absl::Status EnsureSlots(CudaKvSequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // The block's K/V in the model's dtype on the device (payload layout without fp8 scales).
+  absl::StatusOr<DeviceMemory> Upload(const BlockView& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // Positions [at, at + n) of one piece of the sequence as f32, payload layout ([layers][K|V]
+  // [kv_heads][n][head_dim]) on the host; K as the sequence sees it (re-encoded).
+  absl::Status ReadPiece(const CudaKvSequence& seq, int run, int64_t at, int64_t n,
+                         std::vector<float>& out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+
+  std::shared_ptr<State> state_;
+  ModelConfig config_;
+};
+
+absl::Status CudaBackendImpl::EnsureSlots(CudaKvSequence& seq) {
+  if (seq.slots_.has_value()) return absl::OkStatus();
+  absl::StatusOr<cuda::SlotRange> r = state_->model->AllocateSlots(seq.capacity_ - seq.context_tokens_);
+  if (!r.ok()) return r.status();
+  seq.slots_ = *r;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens,
+                                      int64_t logit_rows, absl::Span<float> logits) {
+  auto& seq = static_cast<CudaKvSequence&>(seq_base);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = config_.vocab_size;
+  if (n == 0) return absl::InvalidArgumentError("Forward: no tokens");
+  if (logit_rows < 0 || logit_rows > n) return absl::InvalidArgumentError("Forward: logit_rows outside [0, tokens]");
+  if (static_cast<int64_t>(logits.size()) < logit_rows * vocab) {
+    return absl::InvalidArgumentError("Forward: logits span too small");
+  }
+  // Checked before any chunk runs, so a bad call leaves the sequence as it was.
+  for (int32_t id : tokens) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab));
+    }
+  }
+  if (seq.length() + n > seq.capacity()) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: ", n, " tokens exceed the sequence's capacity left (",
+                                                   seq.capacity() - seq.length(), ")"));
+  }
+  absl::MutexLock lock(&state_->mu);
+  CudaModel& model = *state_->model;
+  CB_RETURN_IF_ERROR(EnsureSlots(seq));
+  const int64_t first_logit = n - logit_rows;
+  const int64_t max_tokens = state_->options.max_batch_tokens, max_rows = state_->options.max_logit_rows;
+  int64_t row = 0;
+  for (int64_t i = 0; i < n;) {
+    int64_t end = std::min(n, i + max_tokens);
+    if (end > first_logit) end = std::min(end, std::max(i, first_logit) + max_rows);
+    const int64_t rows = std::max<int64_t>(0, end - std::max(i, first_logit));
+    cuda::ForwardSeq f;
+    f.tokens = tokens.subspan(i, end - i);
+    f.context = seq.context_;
+    f.slots = *seq.slots_;
+    f.own_len = static_cast<int32_t>(seq.own_len_);
+    f.position = static_cast<int32_t>(seq.length());
+    f.logit_rows = static_cast<int32_t>(rows);
+    CB_RETURN_IF_ERROR(model.Forward({&f, 1}));
+    seq.own_len_ += end - i;
+    if (rows > 0) {
+      CB_RETURN_IF_ERROR(model.CopyLogits(logits.subspan(row * vocab, rows * vocab)));
+      row += rows;
+    }
+    i = end;
+  }
+  // Without logits nothing waited yet: surface asynchronous faults to this caller.
+  return logit_rows == 0 ? model.Synchronize() : absl::OkStatus();
+}
+
+absl::StatusOr<DeviceMemory> CudaBackendImpl::Upload(const BlockView& block) {
+  CudaModel& model = *state_->model;
+  const BlockMeta& m = block.meta();
+  const DType want = model.options().dtype;
+  const int64_t elems = static_cast<int64_t>(2 * LayerElements(m) * m.num_layers);
+  absl::StatusOr<DeviceMemory> out = DeviceMemory::Allocate(elems * cuda::DTypeBytes(want));
+  if (!out.ok()) return out.status();
+  cudaStream_t stream = model.stream();
+  // Host bytes to send and their device type: the payload's data as is for f32/bf16 (layers are
+  // contiguous), else f32 dequantized here.
+  std::vector<float> dequantized;
+  const void* host;
+  DType src;
+  if (std::optional<DType> d = AsCudaDtype(m.dtype)) {
+    host = block.Layer(0).data();
+    src = *d;
+  } else {
+    dequantized.resize(elems);
+    const int64_t le = static_cast<int64_t>(LayerElements(m));
+    for (uint32_t l = 0; l < m.num_layers; ++l) {
+      block.ReadLayerF32(l, dequantized.data() + 2 * l * le, dequantized.data() + (2 * l + 1) * le);
+    }
+    host = dequantized.data();
+    src = DType::kF32;
+  }
+  const size_t src_bytes = elems * cuda::DTypeBytes(src);
+  if (src == want) {
+    CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out->get(), host, src_bytes, cudaMemcpyHostToDevice, stream),
+                                  "block H2D"));
+  } else {
+    absl::StatusOr<DeviceMemory> tmp = DeviceMemory::Allocate(src_bytes);
+    if (!tmp.ok()) return tmp.status();
+    CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(tmp->get(), host, src_bytes, cudaMemcpyHostToDevice, stream),
+                                  "block H2D"));
+    CB_RETURN_IF_ERROR(cuda::Cast(src, want, tmp->get(), out->get(), elems, stream));
+    CB_RETURN_IF_ERROR(model.Synchronize());  // before tmp is freed
+  }
+  CB_RETURN_IF_ERROR(model.Synchronize());
+  return out;
+}
+
+absl::Status CudaBackendImpl::AppendBlock(KvSequence& seq_base, const BlockView& block) {
+  auto& seq = static_cast<CudaKvSequence&>(seq_base);
+  const BlockMeta& m = block.meta();
+  if (m.num_layers != config_.num_layers || m.num_kv_heads != config_.num_kv_heads ||
+      m.head_dim != config_.head_dim) {
+    return absl::InvalidArgumentError("AppendBlock: the block's geometry is not the model's");
+  }
+  const int64_t n = m.num_tokens;
+  if (seq.length() + n > seq.capacity()) {
+    return absl::InvalidArgumentError("AppendBlock: the block exceeds the sequence's capacity");
+  }
+  absl::MutexLock lock(&state_->mu);
+  CudaModel& model = *state_->model;
+  const int64_t block_bytes = n * model.kv_bytes_per_token();
+  const bool in_place = seq.own_len_ == 0 &&
+                        static_cast<int64_t>(seq.context_.size()) < state_->options.max_context_runs &&
+                        block_bytes <= state_->options.gpu_tier_bytes;
+  if (in_place) {
+    cuda::GpuTier::Handle h = state_->tier.Get(m.key);
+    if (h == nullptr) {
+      absl::StatusOr<DeviceMemory> mem = Upload(block);
+      if (!mem.ok()) return mem.status();
+      BlockMeta placed = m;
+      placed.dtype = model.options().dtype == DType::kF32 ? KvDtype::kF32 : KvDtype::kBF16;
+      CB_RETURN_IF_ERROR(state_->tier.Insert(m.key, cuda::GpuBlock{placed, std::move(*mem)}));
+      h = state_->tier.Get(m.key);  // present: inserts happen under our lock only
+      if (h == nullptr) return absl::InternalError("AppendBlock: block vanished from the GPU tier");
+    }
+    seq.context_.push_back(cuda::KvRun{h->memory.get(), static_cast<int32_t>(n),
+                                       static_cast<int32_t>(seq.length())});
+    seq.blocks_.push_back(std::move(h));
+    seq.context_tokens_ += n;
+    return absl::OkStatus();
+  }
+  CB_RETURN_IF_ERROR(EnsureSlots(seq));
+  absl::StatusOr<DeviceMemory> mem = Upload(block);
+  if (!mem.ok()) return mem.status();
+  CB_RETURN_IF_ERROR(model.ImportKv(mem->get(), n, *seq.slots_, seq.own_len_, static_cast<int32_t>(seq.length())));
+  CB_RETURN_IF_ERROR(model.Synchronize());  // before the upload is freed
+  seq.own_len_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::ReadPiece(const CudaKvSequence& seq, int run, int64_t at, int64_t n,
+                                        std::vector<float>& out) const {
+  CudaModel& model = *state_->model;
+  const DType dt = model.options().dtype;
+  const int es = cuda::DTypeBytes(dt);
+  const int64_t L = config_.num_layers, KVH = config_.num_kv_heads, D = config_.head_dim;
+  const int64_t elems = L * 2 * KVH * n * D;
+  cudaStream_t stream = model.stream();
+  absl::StatusOr<DeviceMemory> piece = DeviceMemory::Allocate(elems * es);
+  if (!piece.ok()) return piece.status();
+  if (run < 0) {
+    CB_RETURN_IF_ERROR(model.ExportKv(*seq.slots_, at, n, piece->get()));
+  } else {
+    const cuda::KvRun& r = seq.context_[run];
+    for (int64_t l = 0; l < L; ++l) {
+      for (int kv = 0; kv < 2; ++kv) {
+        char* dst = piece->as<char>() + (l * 2 + kv) * KVH * n * D * es;
+        const char* src = static_cast<const char*>(r.data) + ((l * 2 + kv) * KVH * r.num_tokens + at) * D * es;
+        CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpy2DAsync(dst, n * D * es, src, int64_t{r.num_tokens} * D * es,
+                                                        n * D * es, KVH, cudaMemcpyDeviceToDevice, stream),
+                                      "ReadKv copy"));
+        if (kv == 0) {
+          CB_RETURN_IF_ERROR(cuda::ReencodeK(dt, dst, dst, static_cast<int32_t>(KVH), static_cast<int32_t>(n),
+                                             static_cast<int32_t>(D), n * D, r.rope_offset, model.inv_freq(),
+                                             stream));
+        }
+      }
+    }
+  }
+  DeviceMemory f32;
+  const void* src = piece->get();
+  if (dt != DType::kF32) {
+    absl::StatusOr<DeviceMemory> m = DeviceMemory::Allocate(elems * 4);
+    if (!m.ok()) return m.status();
+    f32 = std::move(*m);
+    CB_RETURN_IF_ERROR(cuda::Cast(dt, DType::kF32, piece->get(), f32.get(), elems, stream));
+    src = f32.get();
+  }
+  out.resize(elems);
+  CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out.data(), src, elems * 4, cudaMemcpyDeviceToHost, stream), "D2H KV"));
+  return model.Synchronize();
+}
+
+absl::Status CudaBackendImpl::ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
+                                     absl::Span<float> v) const {
+  const auto& seq = static_cast<const CudaKvSequence&>(seq_base);
+  const int64_t L = config_.num_layers, KVH = config_.num_kv_heads, D = config_.head_dim;
+  if (begin < 0 || n <= 0 || begin + n > seq.length()) {
+    return absl::InvalidArgumentError("ReadKv: range outside the sequence");
+  }
+  if (static_cast<int64_t>(k.size()) != L * KVH * n * D || static_cast<int64_t>(v.size()) != L * KVH * n * D) {
+    return absl::InvalidArgumentError("ReadKv: k and v must hold layers * kv_heads * n * head_dim floats");
+  }
+  absl::MutexLock lock(&state_->mu);
+  // The sequence's pieces in order: context runs, then the own slots (run -1).
+  std::vector<float> host;
+  int64_t pos = 0;
+  const int runs = static_cast<int>(seq.context_.size());
+  for (int run = 0; run <= runs; ++run) {
+    const int64_t len = run < runs ? seq.context_[run].num_tokens : seq.own_len_;
+    const int64_t a = std::max(begin, pos), b = std::min(begin + n, pos + len);
+    if (a < b) {
+      const int64_t cnt = b - a;
+      CB_RETURN_IF_ERROR(ReadPiece(seq, run < runs ? run : -1, a - pos, cnt, host));
+      for (int64_t l = 0; l < L; ++l) {
+        for (int64_t h = 0; h < KVH; ++h) {
+          const int64_t dst = ((l * KVH + h) * n + (a - begin)) * D;
+          std::memcpy(k.data() + dst, host.data() + ((l * 2) * KVH + h) * cnt * D, cnt * D * 4);
+          std::memcpy(v.data() + dst, host.data() + ((l * 2 + 1) * KVH + h) * cnt * D, cnt * D * 4);
+        }
+      }
+    }
+    pos += len;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CudaBackendOptions::Validate() const {
+  if (dtype != KvDtype::kF32 && dtype != KvDtype::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: dtype must be f32 or bf16, not ", std::string(DtypeName(dtype))));
+  }
+  if (kv_pool_tokens <= 0 || max_batch_tokens <= 0 || max_logit_rows <= 0 || max_context_runs < 0 ||
+      gpu_tier_bytes <= 0) {
+    return absl::InvalidArgumentError("cuda backend: sizes must be positive");
+  }
+  return absl::OkStatus();
+}
+
+namespace cuda {
+
+absl::StatusOr<CudaModelSpec> SpecFromConfig(const ModelConfig& c, int64_t rope_seq_len) {
+  CudaModelSpec s;
+  s.vocab = static_cast<int32_t>(c.vocab_size);
+  s.hidden = static_cast<int32_t>(c.hidden_size);
+  s.intermediate = static_cast<int32_t>(c.intermediate_size);
+  s.layers = static_cast<int32_t>(c.num_layers);
+  s.heads = static_cast<int32_t>(c.num_heads);
+  s.kv_heads = static_cast<int32_t>(c.num_kv_heads);
+  s.head_dim = static_cast<int32_t>(c.head_dim);
+  s.rms_eps = c.rms_norm_eps;
+  s.tied_embeddings = c.tie_word_embeddings;
+  s.qkv_bias = c.qkv_bias;
+  s.o_bias = c.o_bias;
+  s.mlp_bias = c.mlp_bias;
+  s.inv_freq.resize(c.head_dim / 2);
+  CB_RETURN_IF_ERROR(kernels::ComputeRopeInvFreq(c.rope, static_cast<int>(c.head_dim), rope_seq_len,
+                                                 absl::MakeSpan(s.inv_freq)));
+  CB_RETURN_IF_ERROR(s.Validate());
+  return s;
+}
+
+HostModel HostModelFromWeights(const ModelWeights& w) {
+  HostModel h;
+  h.embed = w.embed();
+  h.final_norm = w.final_norm();
+  h.lm_head = w.lm_head().weight;  // the embedding itself when tied
+  auto lin = [](const LinearWeights& x) { return HostLinear{x.weight, x.bias}; };
+  for (const LayerWeights& l : w.layers()) {
+    HostLayer hl;
+    hl.input_norm = l.input_norm;
+    hl.post_norm = l.post_attention_norm;
+    hl.q = lin(l.q), hl.k = lin(l.k), hl.v = lin(l.v), hl.o = lin(l.o);
+    hl.gate = lin(l.gate), hl.up = lin(l.up), hl.down = lin(l.down);
+    h.layers.push_back(hl);
+  }
+  return h;
+}
+
+}  // namespace cuda
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeights& weights,
+                                                               const ModelConfig& config,
+                                                               const CudaBackendOptions& options) {
+  CB_RETURN_IF_ERROR(options.Validate());
+  int devices = 0;
+  if (const cudaError_t err = cudaGetDeviceCount(&devices); err != cudaSuccess || devices == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda backend: no CUDA device (", cudaGetErrorString(err), ")"));
+  }
+  // The Engine keeps sequences within max_position_embeddings, where every RoPE table is static.
+  absl::StatusOr<cuda::CudaModelSpec> spec = cuda::SpecFromConfig(config, config.max_position_embeddings);
+  if (!spec.ok()) return spec.status();
+  cuda::CudaModelOptions mo;
+  mo.dtype = *AsCudaDtype(options.dtype);
+  mo.max_batch_tokens = options.max_batch_tokens;
+  mo.kv_pool_tokens = options.kv_pool_tokens;
+  mo.max_seqs = 1;
+  mo.max_context_runs = options.max_context_runs;
+  mo.max_logit_rows = options.max_logit_rows;
+  absl::StatusOr<std::unique_ptr<CudaModel>> model =
+      CudaModel::FromHost(*spec, mo, cuda::HostModelFromWeights(weights));
+  if (!model.ok()) return model.status();
+  cuda::GpuTierOptions to;
+  to.capacity_bytes = options.gpu_tier_bytes;
+  auto state = std::make_shared<State>(std::move(*model), to, options);
+  return std::unique_ptr<CudaBackend>(new CudaBackendImpl(std::move(state), config));
+}
+
+}  // namespace kvblock
