@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Packs built binaries and the shared libraries they need (the GPU machine has CUDA but no gRPC,
-# RocksDB, UCX, ...) into .device/ so the device tool can carry them.
-# usage: scripts/gpu/pack.sh BUILD_DIR BINARY...   (binary paths relative to BUILD_DIR)
+# RocksDB, UCX, ...) into OUT_DIR (default .device/) so the device tool can carry them.
+# usage: KVBLOCK_DEVICE_DIR=OUT_DIR scripts/gpu/pack.sh BUILD_DIR BINARY...
+#        (binary paths relative to BUILD_DIR; OUT_DIR relative to the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build="$1"; shift
-out=.device
+out="${KVBLOCK_DEVICE_DIR:-.device}"
 rm -rf "$out"; mkdir -p "$out/bin" "$out/lib"
-grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+if [ -d .git ]; then  # a worktree's .git is a file: its excludes live in the main checkout
+  grep -qx "/$out/" .git/info/exclude 2>/dev/null || echo "/$out/" >> .git/info/exclude
+fi
 # Libraries the GPU machine provides itself (its own glibc, libstdc++ and CUDA driver/toolkit).
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libnvidia)'
 for b in "$@"; do

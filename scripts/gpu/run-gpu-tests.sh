@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Runs ON the GPU machine, in a tree where scripts/gpu/prepare.sh packed binaries into .device/:
+# Runs ON the GPU machine, in a tree where scripts/gpu/prepare.sh packed binaries into DEVICE_DIR
+# (the first argument; default .device):
 #   1. environment report (GPU, driver, that every packed binary resolves its libraries);
-#   2. every packed GPU test (.device/bin/*_test; each exits 77 without a GPU);
-#   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` (or .device/bin/ttft_bench, the same benchmark
+#   2. every packed GPU test (DEVICE_DIR/bin/*_test; each exits 77 without a GPU);
+#   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` (or DEVICE_DIR/bin/ttft_bench, the same benchmark
 #      linked standalone) if KVBLOCK_BENCH_ARGS is set (e.g. "--runs 10");
-#   4. the Hugging Face baseline (.device/tools/bench_hf_ttft.py) if KVBLOCK_HF=1.
+#   4. the Hugging Face baseline (DEVICE_DIR/tools/bench_hf_ttft.py) if KVBLOCK_HF=1.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out. Exit status: the
 # number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+dev="${1:-.device}"
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
 failed=0
@@ -21,10 +23,10 @@ done
 if [ -z "$cuda_lib" ]; then
   cuda_lib="$(dirname "$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")"
 fi
-libdir="$PWD/.device/lib"
-if [ -e .device/lib.tar.xz ]; then  # prepare.sh ships the libraries compressed
+libdir="$PWD/$dev/lib"
+if [ -e "$dev"/lib.tar.xz ]; then  # prepare.sh ships the libraries compressed
   libdir=/tmp/kvblock-device-lib
-  mkdir -p "$libdir" && tar -C "$libdir" --strip-components=1 -xJf .device/lib.tar.xz
+  mkdir -p "$libdir" && tar -C "$libdir" --strip-components=1 -xJf "$dev"/lib.tar.xz
 fi
 export LD_LIBRARY_PATH="$libdir:${cuda_lib}:${LD_LIBRARY_PATH:-}"
 {
@@ -32,14 +34,14 @@ export LD_LIBRARY_PATH="$libdir:${cuda_lib}:${LD_LIBRARY_PATH:-}"
   uname -r
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   echo "cuda libs: $cuda_lib"
-  for b in .device/bin/*; do
+  for b in "$dev"/bin/*; do
     if ldd "$b" | grep -q "not found"; then echo "MISSING LIBS for $b:"; ldd "$b" | grep "not found"; fi
   done
 } 2>&1 | tee "$out/env.log"
 
 # Fixtures for the engine test: the packed copy of ../shared/fixtures plus the repository's own.
-export KVBLOCK_TEST_FIXTURES="$PWD/.device/fixtures:$PWD/tests/fixtures"
-for t in .device/bin/*_test; do
+export KVBLOCK_TEST_FIXTURES="$PWD/$dev/fixtures:$PWD/tests/fixtures"
+for t in "$dev"/bin/*_test; do
   [ -e "$t" ] || continue
   name="$(basename "$t")"
   echo "=== $name"
@@ -50,8 +52,8 @@ for t in .device/bin/*_test; do
 done
 
 # The benchmark: `kvblock bench ttft`, or the standalone ttft_bench (same code, fewer libraries).
-bench=.device/bin/kvblock
-[ -x "$bench" ] || bench=.device/bin/ttft_bench
+bench="$dev"/bin/kvblock
+[ -x "$bench" ] || bench="$dev"/bin/ttft_bench
 if [ -x "$bench" ] && [ -n "${KVBLOCK_BENCH_ARGS:-}" ]; then
   echo "=== $(basename "$bench") bench ttft $KVBLOCK_BENCH_ARGS"
   # shellcheck disable=SC2086
@@ -59,9 +61,9 @@ if [ -x "$bench" ] && [ -n "${KVBLOCK_BENCH_ARGS:-}" ]; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 fi
 
-if [ "${KVBLOCK_HF:-0}" = 1 ] && [ -e .device/tools/bench_hf_ttft.py ]; then
+if [ "${KVBLOCK_HF:-0}" = 1 ] && [ -e "$dev"/tools/bench_hf_ttft.py ]; then
   echo "=== Hugging Face baseline"
-  PYTHONUNBUFFERED=1 python3 .device/tools/bench_hf_ttft.py "$out/hf_ttft.json" 2>&1 | grep -v Warning | tee "$out/hf.log"
+  PYTHONUNBUFFERED=1 python3 "$dev"/tools/bench_hf_ttft.py "$out/hf_ttft.json" 2>&1 | grep -v Warning | tee "$out/hf.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 fi
 echo "run-gpu-tests: $failed failed step(s)"
