@@ -82,6 +82,8 @@ class CudaBackendImpl final : public CudaBackend {
 
   absl::Status Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens, int64_t logit_rows,
                        absl::Span<float> logits) override;
+  absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+                          absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
   absl::Status ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
                       absl::Span<float> v) const override;
@@ -157,6 +159,44 @@ absl::Status CudaBackendImpl::Forward(KvSequence& seq_base, absl::Span<const int
   }
   // Without logits nothing waited yet: surface asynchronous faults to this caller.
   return logit_rows == 0 ? model.Synchronize() : absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+                                         absl::Span<float> logits) {
+  if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
+  const int64_t vocab = config_.vocab_size;
+  absl::MutexLock lock(&state_->mu);
+  CudaModel& model = *state_->model;
+  for (KvSequence* s : seqs) CB_RETURN_IF_ERROR(EnsureSlots(static_cast<CudaKvSequence&>(*s)));
+  // Groups within the model's per-pass limits (sequences, context runs), in order.
+  const size_t max_seqs = static_cast<size_t>(state_->options.max_decode_batch);
+  const size_t max_runs = static_cast<size_t>(state_->options.max_context_runs);
+  std::vector<cuda::ForwardSeq> group;
+  size_t begin = 0, runs = 0;
+  auto run_group = [&](size_t end) -> absl::Status {
+    if (group.empty()) return absl::OkStatus();
+    CB_RETURN_IF_ERROR(model.Forward(group));
+    CB_RETURN_IF_ERROR(model.CopyLogits(logits.subspan(begin * vocab, (end - begin) * vocab)));
+    for (size_t i = begin; i < end; ++i) ++static_cast<CudaKvSequence&>(*seqs[i]).own_len_;
+    group.clear();
+    begin = end;
+    runs = 0;
+    return absl::OkStatus();
+  };
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto& seq = static_cast<CudaKvSequence&>(*seqs[i]);
+    if (group.size() == max_seqs || runs + seq.context_.size() > max_runs) CB_RETURN_IF_ERROR(run_group(i));
+    cuda::ForwardSeq f;
+    f.tokens = tokens.subspan(i, 1);
+    f.context = seq.context_;
+    f.slots = *seq.slots_;
+    f.own_len = static_cast<int32_t>(seq.own_len_);
+    f.position = static_cast<int32_t>(seq.length());
+    f.logit_rows = 1;
+    runs += seq.context_.size();
+    group.push_back(std::move(f));
+  }
+  return run_group(seqs.size());
 }
 
 absl::StatusOr<DeviceMemory> CudaBackendImpl::Upload(const BlockView& block) {
@@ -327,8 +367,11 @@ absl::Status CudaBackendOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("cuda backend: dtype must be f32 or bf16, not ", std::string(DtypeName(dtype))));
   }
   if (kv_pool_tokens <= 0 || max_batch_tokens <= 0 || max_logit_rows <= 0 || max_context_runs < 0 ||
-      gpu_tier_bytes <= 0) {
+      max_decode_batch <= 0 || gpu_tier_bytes <= 0) {
     return absl::InvalidArgumentError("cuda backend: sizes must be positive");
+  }
+  if (max_decode_batch > max_batch_tokens) {
+    return absl::InvalidArgumentError("cuda backend: max_decode_batch exceeds max_batch_tokens");
   }
   return absl::OkStatus();
 }
@@ -391,9 +434,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeight
   mo.dtype = *AsCudaDtype(options.dtype);
   mo.max_batch_tokens = options.max_batch_tokens;
   mo.kv_pool_tokens = options.kv_pool_tokens;
-  mo.max_seqs = 1;
+  mo.max_seqs = options.max_decode_batch;
   mo.max_context_runs = options.max_context_runs;
-  mo.max_logit_rows = options.max_logit_rows;
+  mo.max_logit_rows = std::max(options.max_logit_rows, options.max_decode_batch);
   absl::StatusOr<std::unique_ptr<CudaModel>> model =
       CudaModel::FromHost(*spec, mo, cuda::HostModelFromWeights(weights));
   if (!model.ok()) return model.status();

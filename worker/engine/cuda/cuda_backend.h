@@ -13,7 +13,8 @@
 // converted on the GPU; f16 and fp8-e4m3 are dequantized on the host first.
 //
 // Forward calls longer than max_batch_tokens, or asking for more than max_logit_rows logits, are
-// run as consecutive chunks (equivalent: the attention is causal). Dynamic RoPE uses the default
+// run as consecutive chunks (equivalent: the attention is causal). DecodeStep runs the whole
+// batch in one CudaModel::Forward (weights read once per step for all sequences). Dynamic RoPE uses the default
 // table, which is exact for sequences within max_position_embeddings (the Engine's limit).
 //
 // Thread safety: as backend.h requires. CudaModel has none, so every call takes one mutex (the
@@ -45,10 +46,14 @@ struct CudaBackendOptions {
   int32_t max_logit_rows = 64;
   // Most blocks referenced in place by one sequence; later ones are copied. Default: 4096.
   int32_t max_context_runs = 4096;
+  // Most sequences of one batched decode pass; larger DecodeStep batches run in groups.
+  // Default: 64.
+  int32_t max_decode_batch = 64;
   // HBM budget of the GPU block tier, bytes. Default: 4 GiB.
   int64_t gpu_tier_bytes = int64_t{4} << 30;
 
-  // INVALID_ARGUMENT for a dtype other than f32/bf16 or non-positive sizes.
+  // INVALID_ARGUMENT for a dtype other than f32/bf16, non-positive sizes or a decode batch
+  // larger than max_batch_tokens.
   absl::Status Validate() const;
 };
 

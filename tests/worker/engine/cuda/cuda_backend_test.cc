@@ -2,7 +2,8 @@
 // in f32 the same greedy tokens in block and full mode with logits within 1e-4 relative, and a
 // repeated request served from the GPU tier (no transfer) with the same tokens; in bf16 the
 // logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context runs and over
-// blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests.
+// blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests, and
+// batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -236,6 +237,56 @@ TEST(CudaBackend, ChunkedForwardAndConcurrentRequestsGiveTheSameResult) {
       EXPECT_EQ(o.tokens, a.tokens);
       EXPECT_LE(RelErr(o.logits, a.logits), 1e-6);
     }
+  }
+}
+
+TEST(CudaBackend, BatchedDecodeStepMatchesCpu) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  const Fixture fx = LoadFixture(dirs.front());
+  const int64_t vocab = fx.model.config.vocab_size;
+  TestEngine cpu = CpuEngine(fx);
+  CudaBackendOptions grouped;
+  grouped.max_decode_batch = 2;  // 5 sequences run as 3 passes
+  for (const CudaBackendOptions& o : {CudaBackendOptions{}, grouped}) {
+    SCOPED_TRACE(o.max_decode_batch);
+    TestEngine gpu = CudaEngine(fx, KvDtype::kF32, o);
+    Backend& cb = const_cast<Backend&>(cpu.engine->backend());
+    Backend& gb = const_cast<Backend&>(gpu.engine->backend());
+    auto payload = cpu.engine->EncodeBlock(fx.blocks.front());
+    ASSERT_TRUE(payload.ok());
+    auto view = BlockView::Parse(*payload);
+    ASSERT_TRUE(view.ok());
+    // Five sequences of different lengths: with and without a cached block, prompts cut short.
+    constexpr int kBatch = 5, kSteps = 4;
+    std::vector<std::unique_ptr<KvSequence>> cs, gs;
+    std::vector<float> scratch(fx.final_block.size() * vocab);
+    for (int i = 0; i < kBatch; ++i) {
+      for (auto* side : {&cs, &gs}) {
+        Backend& b = side == &cs ? cb : gb;
+        auto seq = b.NewSequence(256);
+        ASSERT_TRUE(seq.ok());
+        if (i % 2 == 0) ASSERT_TRUE(b.AppendBlock(**seq, *view).ok());
+        const size_t n = std::max<size_t>(1, fx.final_block.size() - i);
+        ASSERT_TRUE(b.Forward(**seq, absl::MakeConstSpan(fx.final_block).subspan(0, n), 1, absl::MakeSpan(scratch)).ok());
+        side->push_back(std::move(*seq));
+      }
+    }
+    std::vector<KvSequence*> cp, gp;
+    for (int i = 0; i < kBatch; ++i) cp.push_back(cs[i].get()), gp.push_back(gs[i].get());
+    std::vector<int32_t> tokens(kBatch);
+    std::vector<float> cl(kBatch * vocab), gl(kBatch * vocab);
+    for (int step = 0; step < kSteps; ++step) {
+      for (int i = 0; i < kBatch; ++i) tokens[i] = fx.final_block[(i + step) % fx.final_block.size()];
+      ASSERT_TRUE(cb.DecodeStep(cp, tokens, absl::MakeSpan(cl)).ok());
+      ASSERT_TRUE(gb.DecodeStep(gp, tokens, absl::MakeSpan(gl)).ok());
+      EXPECT_LE(RelErr(gl, cl), 1e-4) << "step " << step;
+    }
+    for (int i = 0; i < kBatch; ++i) EXPECT_EQ(gs[i]->length(), cs[i]->length());
+    // A repeated sequence is refused before anything runs.
+    std::vector<KvSequence*> twice = {gp[0], gp[0]};
+    EXPECT_EQ(gb.DecodeStep(twice, {tokens[0], tokens[1]}, absl::MakeSpan(gl)).code(),
+              absl::StatusCode::kInvalidArgument);
   }
 }
 
