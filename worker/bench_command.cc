@@ -7,7 +7,10 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <filesystem>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/container/flat_hash_map.h"
@@ -17,19 +20,23 @@
 
 #ifdef KVBLOCK_WITH_CUDA
 #include <cuda_runtime_api.h>
+#include <unistd.h>
 
 #include "cache/block_key.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/kernels.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
+#include "worker/engine/cuda/layer_pipeline.h"
+#include "services/cache_client.h"
+#include "services/cache_server.h"
 #endif
 
 namespace kvblock {
 
 absl::Status BenchTtftOptions::Validate() const {
   if (lengths.empty() || final_block <= 0 || passage <= 0 || runs < 1 || warmup < 0 ||
-      decode_context <= 0 || encode_batch <= 0) {
+      decode_context <= 0 || encode_batch <= 0 || fetch_threads <= 0) {
     return absl::InvalidArgumentError("bench ttft: sizes and runs must be positive");
   }
   for (int l : lengths) {
@@ -166,6 +173,29 @@ absl::StatusOr<Baselines> MeasureBaselines(cuda::CudaModel& model, const BenchTt
 struct LengthResult {
   int total = 0, blocks = 0;
   double block_ms = 0, full_ms = 0, block_floor_ms = 0, full_floor_ms = 0;
+  // Fetched block mode: the whole request (fetch + verify + layer-wise H2D under the prefill),
+  // its fetch+verify part alone, the same with the payloads already in pinned memory, and the
+  // H2D floor (KV bytes / pinned H2D rate).
+  double fetch_ms = 0, fetch_net_ms = 0, pinned_ms = 0, h2d_floor_ms = 0;
+};
+
+// Fetched block mode (item 2 of the benchmark): a cache server in this process (memory tier over
+// RocksDB in a temporary folder, gRPC + UCX data plane on loopback), a CacheClient, pinned host
+// buffers for the payloads, device buffers for their KV and the layer-wise copy pipeline.
+struct FetchSetup {
+  std::filesystem::path dir;
+  std::unique_ptr<CacheServer> server;
+  std::unique_ptr<CacheClient> client;
+  std::string transport;
+  cuda::PinnedMemory host;
+  cuda::DeviceMemory device;
+  std::unique_ptr<cuda::LayerPipeline> pipeline;
+  ~FetchSetup() {
+    client.reset();
+    server.reset();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
 };
 struct DecodeResult {
   int batch = 0;
@@ -288,6 +318,74 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   std::printf("encoded %zu blocks into the GPU tier in %.2f s (%.2f GB)\n", to_encode.size(),
               Ms(Clock::now() - t_enc) / 1e3, tier.Stats().bytes / 1e9);
 
+  // Fetched block mode: every block also goes to a cache server (bf16 payloads).
+  FetchSetup fetch;
+  if (!o.skip_fetch) {
+    uint64_t payload_total = 0, host_need = 0, dev_need = 0;
+    for (const auto* b : to_encode) payload_total += b->size() * model.kv_bytes_per_token() + kBlockHeaderBytes;
+    for (const auto& blocks : prompt_blocks) {
+      uint64_t h = 0, d = 0;
+      for (const auto& b : blocks) h += b.size() * model.kv_bytes_per_token() + kBlockHeaderBytes, d += b.size() * model.kv_bytes_per_token();
+      host_need = std::max(host_need, h), dev_need = std::max(dev_need, d);
+    }
+    fetch.dir = std::filesystem::temp_directory_path() / absl::StrCat("kvblock-bench-", getpid());
+    std::filesystem::create_directories(fetch.dir);
+    CacheServerOptions so;
+    so.listen = "127.0.0.1:0";
+    so.ucx_listen = "127.0.0.1:0";
+    so.data_dir = (fetch.dir / "db").string();
+    // Room to spare: the memory tier is sharded, and a block evicted to RocksDB would be read
+    // from disk. A 512-token block of this model is 64 MiB plus its header.
+    so.memory_bytes = 3 * payload_total + (uint64_t{1} << 30);
+    so.service.max_block_bytes = uint64_t{128} << 20;
+    so.sync = "none";
+    auto server = CacheServer::Start(so);
+    fetch.transport = "UCX";
+    if (!server.ok()) {
+      std::printf("cache server with UCX failed (%s); fetching over gRPC\n", std::string(server.status().message()).c_str());
+      so.ucx_listen.clear();
+      server = CacheServer::Start(so);
+      fetch.transport = "gRPC";
+    }
+    if (!server.ok()) return server.status();
+    fetch.server = std::move(*server);
+    CacheClientOptions co;
+    co.members = {fetch.server->grpc_address()};
+    co.replication = 1;
+    co.rpc_timeout = absl::Seconds(30);  // 64 MiB puts on a loaded machine
+    auto client = CacheClient::Create(co);
+    if (!client.ok()) return client.status();
+    fetch.client = std::move(*client);
+    const auto t_put = Clock::now();
+    std::vector<uint8_t> data;
+    for (const auto* b : to_encode) {
+      cuda::GpuTier::Handle h = tier.Get(ComputeBlockKey(fingerprint, KvDtype::kBF16, *b));
+      if (h == nullptr) return absl::InternalError("bench: block missing from the GPU tier");
+      data.resize(h->memory.bytes());
+      BENCH_RETURN_IF_ERROR(CudaStatus(cudaMemcpy(data.data(), h->memory.get(), data.size(), cudaMemcpyDeviceToHost), "D2H block"));
+      auto payload = EncodeBlockRaw(h->meta, data);
+      if (!payload.ok()) return payload.status();
+      BENCH_RETURN_IF_ERROR(fetch.client->Put(h->meta.key, *payload));
+    }
+    auto host = cuda::PinnedMemory::Allocate(host_need);
+    if (!host.ok()) return host.status();
+    fetch.host = std::move(*host);
+    auto dev = cuda::DeviceMemory::Allocate(dev_need);
+    if (!dev.ok()) return dev.status();
+    fetch.device = std::move(*dev);
+    auto pipe = cuda::LayerPipeline::Create(spec.layers);
+    if (!pipe.ok()) return pipe.status();
+    fetch.pipeline = std::move(*pipe);
+    // One fetch to open the data plane session before anything is timed.
+    const BlockKey first = ComputeBlockKey(fingerprint, KvDtype::kBF16, *to_encode.front());
+    auto got = fetch.client->FetchInto(first, absl::MakeSpan(fetch.host.as<uint8_t>(), host_need));
+    if (!got.ok()) return got.status();
+    if (fetch.transport == "UCX" && !fetch.client->HasDataPlane(0)) fetch.transport = "gRPC (no UCX session)";
+    std::printf("cache server in this process: %zu blocks (%.2f GB) put in %.1f s; fetch over %s, %d threads\n",
+                to_encode.size(), payload_total / 1e9, Ms(Clock::now() - t_put) / 1e3, fetch.transport.c_str(),
+                o.fetch_threads);
+  }
+
   // Block-encoding throughput: full batches of full passages, forward only.
   std::vector<const std::vector<int32_t>*> enc_batch;
   for (size_t p = 0; p < passages.size() && enc_batch.size() < size_t(o.encode_batch); ++p) {
@@ -339,6 +437,83 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     if (!bm.ok()) return bm.status();
     r.block_ms = *bm;
     r.block_floor_ms = (weight_bytes + double(r.total - o.final_block) * model.kv_bytes_per_token()) / (base.hbm_gbps * 1e9) * 1e3;
+    if (!o.skip_fetch) {
+      // Where each block's payload lands (pinned) and its KV goes (device), in prompt order.
+      const std::vector<std::vector<int32_t>>& blocks = prompt_blocks[li];
+      std::vector<uint64_t> host_at(blocks.size() + 1, 0), dev_at(blocks.size() + 1, 0);
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        dev_at[i + 1] = dev_at[i] + blocks[i].size() * model.kv_bytes_per_token();
+        host_at[i + 1] = host_at[i] + blocks[i].size() * model.kv_bytes_per_token() + kBlockHeaderBytes;
+      }
+      std::vector<std::optional<BlockView>> views(blocks.size());
+      // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads).
+      auto fetch_all = [&]() -> absl::Status {
+        std::vector<absl::Status> errors(o.fetch_threads);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < o.fetch_threads; ++t) {
+          threads.emplace_back([&, t] {
+            for (size_t i = t; i < blocks.size() && errors[t].ok(); i += o.fetch_threads) {
+              absl::Span<uint8_t> dst(fetch.host.as<uint8_t>() + host_at[i], host_at[i + 1] - host_at[i]);
+              auto n = fetch.client->FetchInto(ComputeBlockKey(fingerprint, KvDtype::kBF16, blocks[i]), dst);
+              if (!n.ok()) { errors[t] = n.status(); break; }
+              auto v = BlockView::Parse(dst.subspan(0, *n));
+              if (!v.ok()) { errors[t] = v.status(); break; }
+              views[i] = *v;
+            }
+          });
+        }
+        for (auto& th : threads) th.join();
+        for (const auto& e : errors) BENCH_RETURN_IF_ERROR(e);
+        return absl::OkStatus();
+      };
+      // Layer-wise H2D on the copy stream; the prefill's layer l waits for layer l only.
+      auto place_and_prefill = [&]() -> absl::Status {
+        std::vector<cuda::LayerCopy> copies;
+        cuda::ForwardSeq f;
+        int32_t offset = 0;
+        for (size_t i = 0; i < blocks.size(); ++i) {
+          void* dst = fetch.device.as<char>() + dev_at[i];
+          copies.push_back(cuda::LayerCopy{*views[i], dst});
+          f.context.push_back(cuda::KvRun{dst, int32_t(blocks[i].size()), offset});
+          offset += blocks[i].size();
+        }
+        BENCH_RETURN_IF_ERROR(fetch.pipeline->Enqueue(copies, model.stream()));
+        auto slots = model.AllocateSlots(o.final_block);
+        if (!slots.ok()) return slots.status();
+        f.tokens = final_block;
+        f.slots = *slots;
+        f.position = offset;
+        f.logit_rows = 1;
+        absl::Status st = model.Forward({&f, 1}, fetch.pipeline->layer_events());
+        if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
+        model.FreeSlots(*slots);
+        return st;
+      };
+      int32_t resident_token = -1;
+      BENCH_RETURN_IF_ERROR(block_run());
+      resident_token = first_token;
+      std::vector<double> net;
+      auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {
+        const auto t0 = Clock::now();
+        BENCH_RETURN_IF_ERROR(fetch_all());
+        net.push_back(Ms(Clock::now() - t0));
+        return place_and_prefill();
+      });
+      if (!fm.ok()) return fm.status();
+      if (first_token != resident_token) {
+        return absl::InternalError("bench: fetched blocks gave a different first token than GPU-tier blocks");
+      }
+      r.fetch_ms = *fm;
+      r.fetch_net_ms = Median(std::vector<double>(net.begin() + std::min<size_t>(net.size(), o.warmup), net.end()));
+      auto pm = MedianMs(o.warmup, std::max(o.runs, 10), place_and_prefill);
+      if (!pm.ok()) return pm.status();
+      r.pinned_ms = *pm;
+      r.h2d_floor_ms = double(dev_at.back()) / (base.h2d_gbps * 1e9) * 1e3;
+      std::printf("length %6d: fetched block mode %.2f ms (fetch+verify %.2f ms over %s), from pinned memory %.2f ms; "
+                  "KV %.2f GB / H2D = %.2f ms: %.2fx fetched, %.2fx pinned\n",
+                  r.total, r.fetch_ms, r.fetch_net_ms, fetch.transport.c_str(), r.pinned_ms, dev_at.back() / 1e9,
+                  r.h2d_floor_ms, r.fetch_ms / r.h2d_floor_ms, r.pinned_ms / r.h2d_floor_ms);
+    }
     if (!o.skip_full) {
       std::vector<int32_t> all;
       for (const auto& b : prompt_blocks[li]) all.insert(all.end(), b.begin(), b.end());
@@ -367,6 +542,16 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
                 r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0);
     std::fflush(stdout);
     results.push_back(r);
+  }
+
+  if (!o.skip_fetch) {
+    std::printf("\n| total | KV GB | H2D floor ms | fetched block mode ms | fetch+verify ms | pinned block mode ms | fetched / floor | pinned / floor |\n"
+                "|---|---|---|---|---|---|---|---|\n");
+    for (const auto& r : results) {
+      std::printf("| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.total,
+                  r.h2d_floor_ms * base.h2d_gbps * 1e9 / 1e3 / 1e9, r.h2d_floor_ms, r.fetch_ms, r.fetch_net_ms,
+                  r.pinned_ms, r.fetch_ms / r.h2d_floor_ms, r.pinned_ms / r.h2d_floor_ms);
+    }
   }
 
   // Decode: batch B, each sequence with decode_context tokens already prefilled.
@@ -445,8 +630,10 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     for (const auto& r : results) {
       items.push_back(absl::StrFormat(
           "{\"total\": %d, \"blocks\": %d, \"block_ms\": %.3f, \"block_floor_ms\": %.3f, \"full_ms\": %.2f, "
-          "\"full_floor_ms\": %.2f, \"ratio\": %.5f}",
-          r.total, r.blocks, r.block_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0));
+          "\"full_floor_ms\": %.2f, \"ratio\": %.5f, \"fetched_block_ms\": %.3f, \"fetch_verify_ms\": %.3f, "
+          "\"pinned_block_ms\": %.3f, \"h2d_floor_ms\": %.3f}",
+          r.total, r.blocks, r.block_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0,
+          r.fetch_ms, r.fetch_net_ms, r.pinned_ms, r.h2d_floor_ms));
     }
     j += absl::StrJoin(items, ", ") + "],\n \"decode\": [";
     items.clear();
@@ -476,6 +663,8 @@ void AddBenchCommand(CLI::App& app) {
   ttft->add_option("--decode-batches", opts->decode_batches, "decode batch sizes")->delimiter(',');
   ttft->add_option("--encode-batch", opts->encode_batch, "passages per encoding batch");
   ttft->add_flag("--skip-full", opts->skip_full, "skip full-mode prefill");
+  ttft->add_flag("--skip-fetch", opts->skip_fetch, "skip block mode with blocks fetched from a cache server");
+  ttft->add_option("--fetch-threads", opts->fetch_threads, "parallel fetches in fetched block mode");
   ttft->add_option("--json", opts->json_path, "also write results as JSON");
   ttft->add_option("--seed", opts->seed, "seed of weights and tokens");
   ttft->callback([opts] {

@@ -1,7 +1,9 @@
 // `kvblock bench ttft`: the GPU time-to-first-token benchmark of issue 7 (Llama-3-8B shape, random
-// bf16 weights made on the GPU): block mode with cached blocks in the GPU tier, full mode, the
-// block/full ratio, decode tokens/s at batch 1 and 16, block-encoding tokens/s, and the
-// baselines measured in the same run (pinned H2D and HBM copy bandwidth, cuBLAS bf16 GEMM rate).
+// bf16 weights made on the GPU): block mode with cached blocks in the GPU tier, block mode with
+// the blocks fetched from a cache server in this process (loopback data plane) and copied to HBM
+// layer by layer under the prefill, full mode, the block/full ratio, decode tokens/s at batch 1
+// and 16, block-encoding tokens/s, and the baselines measured in the same run (pinned H2D and HBM
+// copy bandwidth, cuBLAS bf16 GEMM rate).
 #pragma once
 
 #include <cstdint>
@@ -36,13 +38,17 @@ struct BenchTtftOptions {
   int encode_batch = 16;
   // Skip full-mode prefill (the slowest part). Default: false.
   bool skip_full = false;
+  // Skip block mode with blocks fetched from a cache server. Default: false.
+  bool skip_fetch = false;
+  // Threads fetching (and verifying) blocks in parallel in fetched block mode. Default: 4.
+  int fetch_threads = 4;
   // Also write the results as JSON here. Default: empty (none).
   std::string json_path;
   // Seed of weights and token ids. Default: 1.
   uint64_t seed = 1;
 
-  // INVALID_ARGUMENT for non-positive sizes, a length not larger than the final block, or runs
-  // below 1.
+  // INVALID_ARGUMENT for non-positive sizes or thread counts, a length not larger than the final
+  // block, or runs below 1.
   absl::Status Validate() const;
 };
 

@@ -20,6 +20,10 @@ for b in "$@"; do
   ldd "$build/$b" | awk '/=> \//{print $1" "$3}' | while read -r name path; do
     [[ "$name" =~ $skip ]] && continue
     cp -nL "$path" "$out/lib/" 2>/dev/null || true
+    # UCX loads its transports (shared memory, CMA, TCP) as modules from <libucs's dir>/ucx/.
+    if [[ "$name" =~ ^libucs\. ]] && [ -d "$(dirname "$path")/ucx" ] && [ ! -d "$out/lib/ucx" ]; then
+      mkdir -p "$out/lib/ucx" && cp -L "$(dirname "$path")"/ucx/*.so.0 "$(dirname "$path")"/ucx/*.so "$out/lib/ucx/"
+    fi
   done
 done
 chmod u+w "$out"/lib/* 2>/dev/null || true

@@ -312,10 +312,13 @@ absl::Status CudaModel::Linear(const void* x, const void* w, const void* bias, i
                        bias != nullptr ? 1.f : 0.f);
 }
 
-absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs) {
+absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs, absl::Span<const cudaEvent_t> layer_ready) {
   const CudaModelSpec& s = spec_;
   const DType dt = options_.dtype;
   if (seqs.empty()) return absl::InvalidArgumentError("Forward: no sequences");
+  if (!layer_ready.empty() && static_cast<int64_t>(layer_ready.size()) != s.layers) {
+    return absl::InvalidArgumentError("Forward: layer_ready needs one event per layer");
+  }
   if (static_cast<int64_t>(seqs.size()) > options_.max_seqs) {
     return absl::InvalidArgumentError("Forward: more sequences than max_seqs");
   }
@@ -472,6 +475,9 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs) {
     rp.v_cache = PoolV(l);
     KV_RETURN_IF_ERROR(RopeStore(rp, stream_));
     ap.segs = reinterpret_cast<const AttnSegment*>(dev + lay.segs) + l * segs_per_layer;
+    if (!layer_ready.empty()) {
+      KV_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(stream_, layer_ready[l], 0), "cudaStreamWaitEvent"));
+    }
     KV_RETURN_IF_ERROR(Attention(ap, *plan, attn_ws_.get(), stream_));
     KV_RETURN_IF_ERROR(Linear(attn_.get(), w.o, w.o_bias, Ti, H, attn_dim, delta_.get()));
     KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), delta_.get(), w.post_norm, Ti, H, s.rms_eps,

@@ -131,7 +131,10 @@ class CudaModel {
   // INVALID_ARGUMENT for limits exceeded (tokens, sequences, runs, slots), ids outside the
   // vocabulary; INTERNAL for CUDA/cuBLAS failures. Enqueues on stream(); returns without
   // waiting unless it had to wait for the previous Forward's staging buffers.
-  absl::Status Forward(absl::Span<const ForwardSeq> seqs);
+  // `layer_ready`, when not empty, holds one event per layer: layer l's attention (the only
+  // reader of the context runs) waits for event l, so context KV still being copied layer by
+  // layer (LayerPipeline) overlaps the earlier layers' compute.
+  absl::Status Forward(absl::Span<const ForwardSeq> seqs, absl::Span<const cudaEvent_t> layer_ready = {});
   // Device [logit_rows()][vocab] f32 of the last Forward (valid until the next one).
   const float* logits() const { return logits_.as<float>(); }
   int32_t logit_rows() const { return logit_rows_; }

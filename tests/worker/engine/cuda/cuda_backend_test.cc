@@ -44,7 +44,9 @@ struct Fixture {
 
 Fixture LoadFixture(const std::string& dir) {
   Fixture f;
-  auto m = LoadModel(dir);
+  ModelLoadOptions mo;
+  mo.model_id = "cuda-backend-test";  // keeps the fixture directories untouched
+  auto m = LoadModel(dir, mo);
   EXPECT_TRUE(m.ok()) << m.status();
   if (m.ok()) f.model = std::move(*m);
   std::ifstream in(dir + "/reference.json");

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "worker/engine/cuda/cuda_backend.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
+#include "worker/engine/cuda/layer_pipeline.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
 
@@ -100,6 +102,56 @@ std::vector<int32_t> GreedyDecode(CudaModel& model, const std::vector<KvRun>& co
   return out;
 }
 
+// Encodes each block alone (positions 0..n-1) into its own device buffer; `context` references
+// them at their prompt offsets.
+void EncodeBlocks(CudaModel& model, const std::vector<std::vector<int32_t>>& blocks, std::vector<GpuBlock>* stored,
+                  std::vector<KvRun>* context) {
+  int32_t offset = 0;
+  for (const auto& b : blocks) {
+    auto slots = model.AllocateSlots(b.size());
+    ASSERT_TRUE(slots.ok());
+    ForwardSeq f;
+    f.tokens = b;
+    f.slots = *slots;
+    ASSERT_TRUE(model.Forward({&f, 1}).ok());
+    GpuBlock g;
+    g.meta.key = BlockKey{stored->size() + 1, 0x6b76};
+    g.meta.num_layers = model.spec().layers;
+    g.meta.num_kv_heads = model.spec().kv_heads;
+    g.meta.head_dim = model.spec().head_dim;
+    g.meta.num_tokens = b.size();
+    g.meta.dtype = model.options().dtype == DType::kF32 ? KvDtype::kF32 : KvDtype::kBF16;
+    auto mem = DeviceMemory::Allocate(b.size() * model.kv_bytes_per_token());
+    ASSERT_TRUE(mem.ok());
+    g.memory = std::move(*mem);
+    ASSERT_TRUE(model.ExportKv(*slots, 0, b.size(), g.memory.get()).ok());
+    ASSERT_TRUE(model.Synchronize().ok());
+    model.FreeSlots(*slots);
+    context->push_back(KvRun{g.memory.get(), int32_t(b.size()), offset});
+    offset += b.size();
+    stored->push_back(std::move(g));
+  }
+}
+
+// Logits of the final block's last token over `context`.
+std::vector<float> PrefillLogits(CudaModel& model, const std::vector<KvRun>& context, const std::vector<int32_t>& final_block,
+                                 int32_t offset, absl::Span<const cudaEvent_t> layer_ready = {}) {
+  std::vector<float> logits(model.spec().vocab);
+  auto slots = model.AllocateSlots(final_block.size());
+  EXPECT_TRUE(slots.ok());
+  if (!slots.ok()) return logits;
+  ForwardSeq f;
+  f.tokens = final_block;
+  f.context = context;
+  f.slots = *slots;
+  f.position = offset;
+  f.logit_rows = 1;
+  EXPECT_TRUE(model.Forward({&f, 1}, layer_ready).ok());
+  EXPECT_TRUE(model.CopyLogits(absl::MakeSpan(logits)).ok());
+  model.FreeSlots(*slots);
+  return logits;
+}
+
 TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
   const std::vector<std::string> dirs = FixtureDirs();
   ASSERT_FALSE(dirs.empty()) << "no fixtures found";
@@ -122,25 +174,8 @@ TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
       // Block mode: each block encoded alone at positions 0..n-1, exported as a GPU-tier block.
       std::vector<GpuBlock> stored;
       std::vector<KvRun> context;
-      int32_t offset = 0;
-      for (const auto& b : fx.blocks) {
-        auto slots = model->AllocateSlots(b.size());
-        ASSERT_TRUE(slots.ok());
-        ForwardSeq f;
-        f.tokens = b;
-        f.slots = *slots;
-        ASSERT_TRUE(model->Forward({&f, 1}).ok());
-        GpuBlock g;
-        auto mem = DeviceMemory::Allocate(b.size() * model->kv_bytes_per_token());
-        ASSERT_TRUE(mem.ok());
-        g.memory = std::move(*mem);
-        ASSERT_TRUE(model->ExportKv(*slots, 0, b.size(), g.memory.get()).ok());
-        ASSERT_TRUE(model->Synchronize().ok());
-        model->FreeSlots(*slots);
-        context.push_back(KvRun{g.memory.get(), int32_t(b.size()), offset});
-        offset += b.size();
-        stored.push_back(std::move(g));
-      }
+      ASSERT_NO_FATAL_FAILURE(EncodeBlocks(*model, fx.blocks, &stored, &context));
+      const int32_t offset = static_cast<int32_t>(prompt - final_len);
       auto slots = model->AllocateSlots(final_len + steps);
       ASSERT_TRUE(slots.ok());
       ForwardSeq f;
@@ -186,6 +221,62 @@ TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
         EXPECT_LE(full_err, 8e-2);
       }
     }
+  }
+}
+
+// The layer-wise fetch path's last hop: payloads in pinned host memory copied to HBM layer by
+// layer on the pipeline's stream, the prefill waiting per layer, gives exactly the logits of the
+// same blocks already resident.
+TEST(CudaEngine, LayerPipelinePlacesFetchedBlocksUnderThePrefill) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  Fixture fx = LoadFixture(dirs.front());
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    std::unique_ptr<CudaModel> model = MakeModel(fx, dt, 4096);
+    ASSERT_NE(model, nullptr);
+    std::vector<GpuBlock> stored;
+    std::vector<KvRun> resident;
+    ASSERT_NO_FATAL_FAILURE(EncodeBlocks(*model, fx.blocks, &stored, &resident));
+    const int32_t offset = resident.back().rope_offset + resident.back().num_tokens;
+    const std::vector<float> want = PrefillLogits(*model, resident, fx.final_block, offset);
+    // Payloads as the cache would hold them, in one pinned buffer; fresh device destinations.
+    std::vector<std::vector<uint8_t>> payloads;
+    size_t total = 0;
+    for (const GpuBlock& g : stored) {
+      std::vector<uint8_t> data(g.memory.bytes());
+      ASSERT_TRUE(CudaStatus(cudaMemcpy(data.data(), g.memory.get(), data.size(), cudaMemcpyDeviceToHost), "D2H").ok());
+      auto p = EncodeBlockRaw(g.meta, data);
+      ASSERT_TRUE(p.ok()) << p.status();
+      total += p->size();
+      payloads.push_back(std::move(*p));
+    }
+    auto host = PinnedMemory::Allocate(total);
+    ASSERT_TRUE(host.ok());
+    std::vector<DeviceMemory> dests;
+    std::vector<LayerCopy> copies;
+    std::vector<KvRun> fetched = resident;
+    size_t at = 0;
+    for (size_t i = 0; i < payloads.size(); ++i) {
+      std::memcpy(host->as<uint8_t>() + at, payloads[i].data(), payloads[i].size());
+      auto view = BlockView::Parse(absl::MakeConstSpan(host->as<uint8_t>() + at, payloads[i].size()));
+      ASSERT_TRUE(view.ok()) << view.status();
+      at += payloads[i].size();
+      auto d = DeviceMemory::Allocate(stored[i].memory.bytes());
+      ASSERT_TRUE(d.ok());
+      ASSERT_TRUE(CudaStatus(cudaMemset(d->get(), 0xff, d->bytes()), "memset").ok());  // NaN until copied
+      copies.push_back(LayerCopy{*view, d->get()});
+      fetched[i].data = d->get();
+      dests.push_back(std::move(*d));
+    }
+    auto pipe = LayerPipeline::Create(model->spec().layers);
+    ASSERT_TRUE(pipe.ok()) << pipe.status();
+    ASSERT_TRUE((*pipe)->Enqueue(copies, model->stream()).ok());
+    const std::vector<float> got = PrefillLogits(*model, fetched, fx.final_block, offset, (*pipe)->layer_events());
+    EXPECT_LE(RelErr(got, want.data(), want.size()), 1e-6) << (dt == DType::kF32 ? "f32" : "bf16");
+    // Wrong geometry is refused before anything is queued.
+    auto other = LayerPipeline::Create(model->spec().layers + 1);
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ((*other)->Enqueue(copies, model->stream()).code(), absl::StatusCode::kInvalidArgument);
   }
 }
 

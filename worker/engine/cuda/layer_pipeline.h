@@ -1,0 +1,52 @@
+// LayerPipeline: the layer-wise fetch path's last hop. Block payloads that arrived from the cache
+// cluster into pinned host memory go to HBM with cudaMemcpyAsync on a copy stream of their own,
+// layer-major across blocks (layer 0 of every block, then layer 1, ...), recording one event per
+// layer. CudaModel::Forward(seqs, layer_events()) makes layer l's attention wait for event l
+// only, so the compute of layer l overlaps the copy of layers l+1...
+//
+// Thread safety: none; one pipeline per compute stream (callers serialize use).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/block_payload.h"
+
+namespace kvblock::cuda {
+
+struct LayerCopy {
+  BlockView block;       // verified payload; its bytes in pinned host memory (else copies block)
+  void* device = nullptr;  // destination: DataBytes(meta) bytes, layer-major like the payload
+};
+
+class LayerPipeline {
+ public:
+  // One copy stream and `layers` events. INTERNAL for CUDA failures.
+  static absl::StatusOr<std::unique_ptr<LayerPipeline>> Create(int32_t layers);
+  ~LayerPipeline();
+  LayerPipeline(const LayerPipeline&) = delete;
+  LayerPipeline& operator=(const LayerPipeline&) = delete;
+
+  // Enqueues every block's layers in layer-major order after the work already on `after` (which
+  // may still read the destinations), recording event l once layer l of every block is queued.
+  // Host bytes must stay valid until the events complete. INVALID_ARGUMENT for a block whose
+  // layer count is not the pipeline's, an fp8 payload (its scales are not placed) or a null
+  // destination.
+  absl::Status Enqueue(absl::Span<const LayerCopy> blocks, cudaStream_t after);
+  // Event l: layer l of the last Enqueue is on the device.
+  absl::Span<const cudaEvent_t> layer_events() const { return events_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  LayerPipeline() = default;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t start_ = nullptr;
+  std::vector<cudaEvent_t> events_;
+};
+
+}  // namespace kvblock::cuda
