@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
@@ -170,13 +171,20 @@ absl::StatusOr<Baselines> MeasureBaselines(cuda::CudaModel& model, const BenchTt
   return b;
 }
 
+// Fetched block mode with one payload dtype: the whole request (fetch + verify + layer-wise H2D
+// under the prefill), its fetch+verify part alone, the same with the payloads already in pinned
+// memory, the H2D floor (payload bytes / pinned H2D rate), and the first token's logits against
+// those of the bf16 blocks resident in the GPU tier.
+struct FetchResult {
+  KvDtype dtype = KvDtype::kBF16;
+  double ms = 0, net_ms = 0, pinned_ms = 0, floor_ms = 0, gb = 0, logit_err = 0;
+  bool same_token = false;
+};
 struct LengthResult {
   int total = 0, blocks = 0;
   double block_ms = 0, full_ms = 0, block_floor_ms = 0, full_floor_ms = 0;
-  // Fetched block mode: the whole request (fetch + verify + layer-wise H2D under the prefill),
-  // its fetch+verify part alone, the same with the payloads already in pinned memory, and the
-  // H2D floor (KV bytes / pinned H2D rate).
-  double fetch_ms = 0, fetch_net_ms = 0, pinned_ms = 0, h2d_floor_ms = 0;
+  // Fetched block mode, bf16 and fp8 payloads (see FetchResult).
+  FetchResult fetched[2];
 };
 
 // Fetched block mode (item 2 of the benchmark): a cache server in this process (memory tier over
@@ -318,11 +326,12 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   std::printf("encoded %zu blocks into the GPU tier in %.2f s (%.2f GB)\n", to_encode.size(),
               Ms(Clock::now() - t_enc) / 1e3, tier.Stats().bytes / 1e9);
 
-  // Fetched block mode: every block also goes to a cache server (bf16 payloads).
+  // Fetched block mode: every block also goes to a cache server, as bf16 and as fp8 payloads.
   FetchSetup fetch;
+  constexpr KvDtype kFetchDtypes[2] = {KvDtype::kBF16, KvDtype::kFP8E4M3};
   if (!o.skip_fetch) {
     uint64_t payload_total = 0, host_need = 0, dev_need = 0;
-    for (const auto* b : to_encode) payload_total += b->size() * model.kv_bytes_per_token() + kBlockHeaderBytes;
+    for (const auto* b : to_encode) payload_total += 2 * (b->size() * model.kv_bytes_per_token() + kBlockHeaderBytes);
     for (const auto& blocks : prompt_blocks) {
       uint64_t h = 0, d = 0;
       for (const auto& b : blocks) h += b.size() * model.kv_bytes_per_token() + kBlockHeaderBytes, d += b.size() * model.kv_bytes_per_token();
@@ -336,7 +345,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     so.data_dir = (fetch.dir / "db").string();
     // Room to spare: the memory tier is sharded, and a block evicted to RocksDB would be read
     // from disk. A 512-token block of this model is 64 MiB plus its header.
-    so.memory_bytes = 3 * payload_total + (uint64_t{1} << 30);
+    so.memory_bytes = 2 * payload_total + (uint64_t{1} << 30);
     so.service.max_block_bytes = uint64_t{128} << 20;
     so.sync = "none";
     auto server = CacheServer::Start(so);
@@ -357,23 +366,50 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     if (!client.ok()) return client.status();
     fetch.client = std::move(*client);
     const auto t_put = Clock::now();
-    std::vector<uint8_t> data;
-    for (const auto* b : to_encode) {
-      cuda::GpuTier::Handle h = tier.Get(ComputeBlockKey(fingerprint, KvDtype::kBF16, *b));
-      if (h == nullptr) return absl::InternalError("bench: block missing from the GPU tier");
-      data.resize(h->memory.bytes());
-      BENCH_RETURN_IF_ERROR(CudaStatus(cudaMemcpy(data.data(), h->memory.get(), data.size(), cudaMemcpyDeviceToHost), "D2H block"));
-      auto payload = EncodeBlockRaw(h->meta, data);
-      if (!payload.ok()) return payload.status();
-      BENCH_RETURN_IF_ERROR(fetch.client->Put(h->meta.key, *payload));
+    // bf16 payloads straight from the GPU tier; fp8 ones quantized here (per-head scales), on
+    // `fetch_threads` threads (block i on thread i % threads).
+    std::vector<cuda::GpuTier::Handle> handles;
+    std::vector<std::vector<uint8_t>> data(to_encode.size());
+    for (size_t i = 0; i < to_encode.size(); ++i) {
+      handles.push_back(tier.Get(ComputeBlockKey(fingerprint, KvDtype::kBF16, *to_encode[i])));
+      if (handles.back() == nullptr) return absl::InternalError("bench: block missing from the GPU tier");
+      data[i].resize(handles[i]->memory.bytes());
+      BENCH_RETURN_IF_ERROR(CudaStatus(
+          cudaMemcpy(data[i].data(), handles[i]->memory.get(), data[i].size(), cudaMemcpyDeviceToHost), "D2H block"));
     }
+    std::vector<absl::Status> errors(o.fetch_threads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < o.fetch_threads; ++t) {
+      threads.emplace_back([&, t] {
+        for (size_t i = t; i < to_encode.size() && errors[t].ok(); i += o.fetch_threads) {
+          const BlockMeta& m = handles[i]->meta;
+          auto bf16 = EncodeBlockRaw(m, data[i]);
+          if (!bf16.ok()) { errors[t] = bf16.status(); break; }
+          errors[t] = fetch.client->Put(m.key, *bf16);
+          if (!errors[t].ok()) break;
+          auto view = BlockView::Parse(*bf16);
+          if (!view.ok()) { errors[t] = view.status(); break; }
+          const size_t le = LayerElements(m);
+          std::vector<float> k(le * m.num_layers), v(le * m.num_layers);
+          for (uint32_t l = 0; l < m.num_layers; ++l) view->ReadLayerF32(l, k.data() + l * le, v.data() + l * le);
+          BlockMeta q = m;
+          q.dtype = KvDtype::kFP8E4M3;
+          q.key = ComputeBlockKey(fingerprint, KvDtype::kFP8E4M3, *to_encode[i]);
+          auto fp8 = EncodeBlock(q, k, v);
+          if (!fp8.ok()) { errors[t] = fp8.status(); break; }
+          errors[t] = fetch.client->Put(q.key, *fp8);
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (const auto& e : errors) BENCH_RETURN_IF_ERROR(e);
     auto host = cuda::PinnedMemory::Allocate(host_need);
     if (!host.ok()) return host.status();
     fetch.host = std::move(*host);
     auto dev = cuda::DeviceMemory::Allocate(dev_need);
     if (!dev.ok()) return dev.status();
     fetch.device = std::move(*dev);
-    auto pipe = cuda::LayerPipeline::Create(spec.layers);
+    auto pipe = cuda::LayerPipeline::Create(spec.layers, cuda::DType::kBF16);
     if (!pipe.ok()) return pipe.status();
     fetch.pipeline = std::move(*pipe);
     // One fetch to open the data plane session before anything is timed.
@@ -381,7 +417,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     auto got = fetch.client->FetchInto(first, absl::MakeSpan(fetch.host.as<uint8_t>(), host_need));
     if (!got.ok()) return got.status();
     if (fetch.transport == "UCX" && !fetch.client->HasDataPlane(0)) fetch.transport = "gRPC (no UCX session)";
-    std::printf("cache server in this process: %zu blocks (%.2f GB) put in %.1f s; fetch over %s, %d threads\n",
+    std::printf("cache server in this process: %zu blocks as bf16 and fp8 (%.2f GB) put in %.1f s; fetch over %s, %d threads\n",
                 to_encode.size(), payload_total / 1e9, Ms(Clock::now() - t_put) / 1e3, fetch.transport.c_str(),
                 o.fetch_threads);
   }
@@ -438,81 +474,103 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     r.block_ms = *bm;
     r.block_floor_ms = (weight_bytes + double(r.total - o.final_block) * model.kv_bytes_per_token()) / (base.hbm_gbps * 1e9) * 1e3;
     if (!o.skip_fetch) {
-      // Where each block's payload lands (pinned) and its KV goes (device), in prompt order.
       const std::vector<std::vector<int32_t>>& blocks = prompt_blocks[li];
-      std::vector<uint64_t> host_at(blocks.size() + 1, 0), dev_at(blocks.size() + 1, 0);
-      for (size_t i = 0; i < blocks.size(); ++i) {
-        dev_at[i + 1] = dev_at[i] + blocks[i].size() * model.kv_bytes_per_token();
-        host_at[i + 1] = host_at[i] + blocks[i].size() * model.kv_bytes_per_token() + kBlockHeaderBytes;
-      }
-      std::vector<std::optional<BlockView>> views(blocks.size());
-      // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads).
-      auto fetch_all = [&]() -> absl::Status {
-        std::vector<absl::Status> errors(o.fetch_threads);
-        std::vector<std::thread> threads;
-        for (int t = 0; t < o.fetch_threads; ++t) {
-          threads.emplace_back([&, t] {
-            for (size_t i = t; i < blocks.size() && errors[t].ok(); i += o.fetch_threads) {
-              absl::Span<uint8_t> dst(fetch.host.as<uint8_t>() + host_at[i], host_at[i + 1] - host_at[i]);
-              auto n = fetch.client->FetchInto(ComputeBlockKey(fingerprint, KvDtype::kBF16, blocks[i]), dst);
-              if (!n.ok()) { errors[t] = n.status(); break; }
-              auto v = BlockView::Parse(dst.subspan(0, *n));
-              if (!v.ok()) { errors[t] = v.status(); break; }
-              views[i] = *v;
-            }
-          });
-        }
-        for (auto& th : threads) th.join();
-        for (const auto& e : errors) BENCH_RETURN_IF_ERROR(e);
-        return absl::OkStatus();
-      };
-      // Layer-wise H2D on the copy stream; the prefill's layer l waits for layer l only.
-      auto place_and_prefill = [&]() -> absl::Status {
-        std::vector<cuda::LayerCopy> copies;
-        cuda::ForwardSeq f;
-        int32_t offset = 0;
-        for (size_t i = 0; i < blocks.size(); ++i) {
-          void* dst = fetch.device.as<char>() + dev_at[i];
-          copies.push_back(cuda::LayerCopy{*views[i], dst});
-          f.context.push_back(cuda::KvRun{dst, int32_t(blocks[i].size()), offset});
-          offset += blocks[i].size();
-        }
-        BENCH_RETURN_IF_ERROR(fetch.pipeline->Enqueue(copies, model.stream()));
-        auto slots = model.AllocateSlots(o.final_block);
-        if (!slots.ok()) return slots.status();
-        f.tokens = final_block;
-        f.slots = *slots;
-        f.position = offset;
-        f.logit_rows = 1;
-        absl::Status st = model.Forward({&f, 1}, fetch.pipeline->layer_events());
-        if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
-        model.FreeSlots(*slots);
-        return st;
-      };
-      int32_t resident_token = -1;
+      // The resident (GPU-tier, bf16) first token and logits to compare against.
       BENCH_RETURN_IF_ERROR(block_run());
-      resident_token = first_token;
-      std::vector<double> net;
-      auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {
-        const auto t0 = Clock::now();
-        BENCH_RETURN_IF_ERROR(fetch_all());
-        net.push_back(Ms(Clock::now() - t0));
-        return place_and_prefill();
-      });
-      if (!fm.ok()) return fm.status();
-      if (first_token != resident_token) {
-        return absl::InternalError("bench: fetched blocks gave a different first token than GPU-tier blocks");
+      const int32_t resident_token = first_token;
+      std::vector<float> resident_logits(spec.vocab), logits(spec.vocab);
+      BENCH_RETURN_IF_ERROR(model.CopyLogits(absl::MakeSpan(resident_logits)));
+      for (int di = 0; di < 2; ++di) {
+        FetchResult& fr = r.fetched[di];
+        fr.dtype = kFetchDtypes[di];
+        // Where each block's payload lands (pinned) and its KV goes (device), in prompt order.
+        std::vector<uint64_t> host_at(blocks.size() + 1, 0), dev_at(blocks.size() + 1, 0);
+        std::vector<BlockKey> keys;
+        for (size_t i = 0; i < blocks.size(); ++i) {
+          const BlockMeta m{fingerprint, BlockKey{}, fr.dtype, uint32_t(spec.layers), uint32_t(spec.kv_heads),
+                            uint32_t(spec.head_dim), uint32_t(blocks[i].size())};
+          keys.push_back(ComputeBlockKey(fingerprint, fr.dtype, blocks[i]));
+          dev_at[i + 1] = dev_at[i] + blocks[i].size() * model.kv_bytes_per_token();
+          host_at[i + 1] = host_at[i] + PayloadBytes(m);
+        }
+        std::vector<std::optional<BlockView>> views(blocks.size());
+        // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads).
+        auto fetch_all = [&]() -> absl::Status {
+          std::vector<absl::Status> errors(o.fetch_threads);
+          std::vector<std::thread> threads;
+          for (int t = 0; t < o.fetch_threads; ++t) {
+            threads.emplace_back([&, t] {
+              for (size_t i = t; i < blocks.size() && errors[t].ok(); i += o.fetch_threads) {
+                absl::Span<uint8_t> dst(fetch.host.as<uint8_t>() + host_at[i], host_at[i + 1] - host_at[i]);
+                auto n = fetch.client->FetchInto(keys[i], dst);
+                if (!n.ok()) { errors[t] = n.status(); break; }
+                auto v = BlockView::Parse(dst.subspan(0, *n));
+                if (!v.ok()) { errors[t] = v.status(); break; }
+                views[i] = *v;
+              }
+            });
+          }
+          for (auto& th : threads) th.join();
+          for (const auto& e : errors) BENCH_RETURN_IF_ERROR(e);
+          return absl::OkStatus();
+        };
+        // Layer-wise H2D (fp8 dequantized) on the copy stream; the prefill's layer l waits for
+        // layer l only.
+        auto place_and_prefill = [&]() -> absl::Status {
+          std::vector<cuda::LayerCopy> copies;
+          cuda::ForwardSeq f;
+          int32_t offset = 0;
+          for (size_t i = 0; i < blocks.size(); ++i) {
+            void* dst = fetch.device.as<char>() + dev_at[i];
+            copies.push_back(cuda::LayerCopy{*views[i], dst});
+            f.context.push_back(cuda::KvRun{dst, int32_t(blocks[i].size()), offset});
+            offset += blocks[i].size();
+          }
+          BENCH_RETURN_IF_ERROR(fetch.pipeline->Enqueue(copies, model.stream()));
+          auto slots = model.AllocateSlots(o.final_block);
+          if (!slots.ok()) return slots.status();
+          f.tokens = final_block;
+          f.slots = *slots;
+          f.position = offset;
+          f.logit_rows = 1;
+          absl::Status st = model.Forward({&f, 1}, fetch.pipeline->layer_events());
+          if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
+          model.FreeSlots(*slots);
+          return st;
+        };
+        std::vector<double> net;
+        auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {
+          const auto t0 = Clock::now();
+          BENCH_RETURN_IF_ERROR(fetch_all());
+          net.push_back(Ms(Clock::now() - t0));
+          return place_and_prefill();
+        });
+        if (!fm.ok()) return fm.status();
+        BENCH_RETURN_IF_ERROR(model.CopyLogits(absl::MakeSpan(logits)));
+        double num = 0, den = 0;
+        for (int v = 0; v < spec.vocab; ++v) {
+          num += (double(logits[v]) - resident_logits[v]) * (double(logits[v]) - resident_logits[v]);
+          den += double(resident_logits[v]) * resident_logits[v];
+        }
+        fr.logit_err = std::sqrt(num / den);
+        fr.same_token = first_token == resident_token;
+        if (fr.dtype == KvDtype::kBF16 && (!fr.same_token || fr.logit_err > 1e-6)) {
+          return absl::InternalError("bench: fetched bf16 blocks gave other logits than the GPU-tier blocks");
+        }
+        fr.ms = *fm;
+        fr.net_ms = Median(std::vector<double>(net.begin() + std::min<size_t>(net.size(), o.warmup), net.end()));
+        auto pm = MedianMs(o.warmup, std::max(o.runs, 10), place_and_prefill);
+        if (!pm.ok()) return pm.status();
+        fr.pinned_ms = *pm;
+        fr.gb = double(host_at.back()) / 1e9;
+        fr.floor_ms = double(host_at.back()) / (base.h2d_gbps * 1e9) * 1e3;
+        std::printf("length %6d: fetched %s block mode %.2f ms (fetch+verify %.2f ms over %s), from pinned memory %.2f ms; "
+                    "%.2f GB / H2D = %.2f ms: %.2fx fetched, %.2fx pinned; logits rel err vs resident bf16 %.2e, "
+                    "first token %s\n",
+                    r.total, std::string(DtypeName(fr.dtype)).c_str(), fr.ms, fr.net_ms, fetch.transport.c_str(),
+                    fr.pinned_ms, fr.gb, fr.floor_ms, fr.ms / fr.floor_ms, fr.pinned_ms / fr.floor_ms, fr.logit_err,
+                    fr.same_token ? "same" : "different");
       }
-      r.fetch_ms = *fm;
-      r.fetch_net_ms = Median(std::vector<double>(net.begin() + std::min<size_t>(net.size(), o.warmup), net.end()));
-      auto pm = MedianMs(o.warmup, std::max(o.runs, 10), place_and_prefill);
-      if (!pm.ok()) return pm.status();
-      r.pinned_ms = *pm;
-      r.h2d_floor_ms = double(dev_at.back()) / (base.h2d_gbps * 1e9) * 1e3;
-      std::printf("length %6d: fetched block mode %.2f ms (fetch+verify %.2f ms over %s), from pinned memory %.2f ms; "
-                  "KV %.2f GB / H2D = %.2f ms: %.2fx fetched, %.2fx pinned\n",
-                  r.total, r.fetch_ms, r.fetch_net_ms, fetch.transport.c_str(), r.pinned_ms, dev_at.back() / 1e9,
-                  r.h2d_floor_ms, r.fetch_ms / r.h2d_floor_ms, r.pinned_ms / r.h2d_floor_ms);
     }
     if (!o.skip_full) {
       std::vector<int32_t> all;
@@ -545,12 +603,15 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   }
 
   if (!o.skip_fetch) {
-    std::printf("\n| total | KV GB | H2D floor ms | fetched block mode ms | fetch+verify ms | pinned block mode ms | fetched / floor | pinned / floor |\n"
-                "|---|---|---|---|---|---|---|---|\n");
+    std::printf("\n| total | payload | GB | H2D floor ms | fetched block mode ms | fetch+verify ms | pinned block mode ms | "
+                "fetched / floor | pinned / floor | logits rel err vs bf16 GPU tier | first token |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& r : results) {
-      std::printf("| %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", r.total,
-                  r.h2d_floor_ms * base.h2d_gbps * 1e9 / 1e3 / 1e9, r.h2d_floor_ms, r.fetch_ms, r.fetch_net_ms,
-                  r.pinned_ms, r.fetch_ms / r.h2d_floor_ms, r.pinned_ms / r.h2d_floor_ms);
+      for (const FetchResult& f : r.fetched) {
+        std::printf("| %d | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e | %s |\n", r.total,
+                    std::string(DtypeName(f.dtype)).c_str(), f.gb, f.floor_ms, f.ms, f.net_ms, f.pinned_ms,
+                    f.ms / f.floor_ms, f.pinned_ms / f.floor_ms, f.logit_err, f.same_token ? "same" : "different");
+      }
     }
   }
 
@@ -630,10 +691,15 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     for (const auto& r : results) {
       items.push_back(absl::StrFormat(
           "{\"total\": %d, \"blocks\": %d, \"block_ms\": %.3f, \"block_floor_ms\": %.3f, \"full_ms\": %.2f, "
-          "\"full_floor_ms\": %.2f, \"ratio\": %.5f, \"fetched_block_ms\": %.3f, \"fetch_verify_ms\": %.3f, "
-          "\"pinned_block_ms\": %.3f, \"h2d_floor_ms\": %.3f}",
+          "\"full_floor_ms\": %.2f, \"ratio\": %.5f, \"fetched\": [%s]}",
           r.total, r.blocks, r.block_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0,
-          r.fetch_ms, r.fetch_net_ms, r.pinned_ms, r.h2d_floor_ms));
+          absl::StrJoin(r.fetched, ", ", [](std::string* out, const FetchResult& f) {
+            absl::StrAppend(out, absl::StrFormat(
+                "{\"dtype\": \"%s\", \"gb\": %.3f, \"ms\": %.3f, \"fetch_verify_ms\": %.3f, \"pinned_ms\": %.3f, "
+                "\"h2d_floor_ms\": %.3f, \"logit_rel_err\": %.3e, \"same_first_token\": %s}",
+                std::string(DtypeName(f.dtype)), f.gb, f.ms, f.net_ms, f.pinned_ms, f.floor_ms, f.logit_err,
+                f.same_token ? "true" : "false"));
+          })));
     }
     j += absl::StrJoin(items, ", ") + "],\n \"decode\": [";
     items.clear();

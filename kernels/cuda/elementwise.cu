@@ -1,5 +1,8 @@
 // Row-wise kernels of the forward pass: embedding gather, residual add fused with RMSNorm, RoPE
-// (fused with the KV-cache store), block re-encoding, SwiGLU, casts and on-device random fill.
+// (fused with the KV-cache store), block re-encoding, SwiGLU, casts, fp8 KV dequantization and
+// on-device random fill.
+#include <cuda_fp8.h>
+
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/launch.h"
 #include "kernels/cuda/sampling_rng.h"
@@ -120,6 +123,22 @@ __global__ void CastKernel(const S* src, D* dst, int64_t n) {
   }
 }
 
+// src: one fp8 payload layer, [K scales f32[kv_heads]][V scales][K [kv_heads][head_elems]][V];
+// element i belongs to (K|V, head) i / head_elems, which is also its scale's index.
+template <typename T>
+__global__ void DequantizeFp8LayerKernel(const uint8_t* src, int32_t kv_heads, int64_t head_elems,
+                                         T* dst) {
+  const float* scales = reinterpret_cast<const float*>(src);
+  const uint8_t* q = src + 2 * kv_heads * sizeof(float);
+  const int64_t n = 2 * kv_heads * head_elems;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    __nv_fp8_e4m3 v;
+    v.__x = q[i];
+    dst[i] = FromF<T>(static_cast<float>(v) * scales[i / head_elems]);
+  }
+}
+
 template <typename T>
 __global__ void FillRandomKernel(T* dst, int64_t n, uint64_t seed, float scale) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -196,6 +215,17 @@ cudaError_t LaunchCast(DType from, DType to, const void* src, void* dst, int64_t
   KVBLOCK_DISPATCH_DTYPE(from, S, KVBLOCK_DISPATCH_DTYPE(to, D,
       CastKernel<S, D><<<grid, 256, 0, stream>>>(static_cast<const S*>(src),
                                                  static_cast<D*>(dst), n)));
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchDequantizeFp8Layer(const void* src, int32_t kv_heads, int32_t num_tokens,
+                                     int32_t head_dim, DType dtype, void* dst, cudaStream_t stream) {
+  const int64_t head_elems = int64_t{num_tokens} * head_dim;
+  const int grid = GridFor(2 * kv_heads * head_elems, 256);
+  KVBLOCK_DISPATCH_DTYPE(dtype, T,
+                         DequantizeFp8LayerKernel<T><<<grid, 256, 0, stream>>>(
+                             static_cast<const uint8_t*>(src), kv_heads, head_elems,
+                             static_cast<T*>(dst)));
   return cudaGetLastError();
 }
 

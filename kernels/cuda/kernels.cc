@@ -99,6 +99,18 @@ absl::Status Cast(DType from, DType to, const void* src, void* dst, int64_t n, c
   return CudaStatus(internal::LaunchCast(from, to, src, dst, n, stream), "Cast");
 }
 
+absl::Status DequantizeFp8Layer(const void* src, int32_t kv_heads, int32_t num_tokens,
+                                int32_t head_dim, DType dtype, void* dst, cudaStream_t stream) {
+  if (kv_heads <= 0 || num_tokens <= 0 || head_dim <= 0) {
+    return absl::InvalidArgumentError("DequantizeFp8Layer: sizes must be positive");
+  }
+  if (reinterpret_cast<uintptr_t>(src) % 4 != 0) {
+    return absl::InvalidArgumentError("DequantizeFp8Layer: src must be 4-byte aligned (f32 scales)");
+  }
+  return CudaStatus(internal::LaunchDequantizeFp8Layer(src, kv_heads, num_tokens, head_dim, dtype, dst, stream),
+                    "DequantizeFp8Layer");
+}
+
 absl::Status FillRandom(DType dtype, void* dst, int64_t n, uint64_t seed, float scale,
                         cudaStream_t stream) {
   if (n < 0) return absl::InvalidArgumentError("FillRandom: negative size");

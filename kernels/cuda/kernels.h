@@ -60,6 +60,13 @@ absl::Status BroadcastRows(DType dtype, const void* row, int32_t rows, int32_t n
 // Element-wise conversion between storage types.
 absl::Status Cast(DType from, DType to, const void* src, void* dst, int64_t n, cudaStream_t stream);
 
+// Dequantizes one fp8-e4m3 layer of a block payload (cache/block_payload.h: K scales f32
+// [kv_heads], V scales, then K and V as [kv_heads][num_tokens][head_dim] bytes) into K then V of
+// `dtype` (the same layout without the scales): value = fp8 * its (K|V, head) scale. `src` must
+// be 4-byte aligned. The CPU twin is BlockView::ReadLayerF32.
+absl::Status DequantizeFp8Layer(const void* src, int32_t kv_heads, int32_t num_tokens,
+                                int32_t head_dim, DType dtype, void* dst, cudaStream_t stream);
+
 // Uniform values in [-scale, scale) from (seed, index): weights for benchmarks, made on the GPU.
 absl::Status FillRandom(DType dtype, void* dst, int64_t n, uint64_t seed, float scale,
                         cudaStream_t stream);

@@ -27,6 +27,8 @@ cudaError_t LaunchBroadcastRows(DType dtype, const void* row, int32_t rows, int3
                                 int64_t ld, cudaStream_t stream);
 cudaError_t LaunchCast(DType from, DType to, const void* src, void* dst, int64_t n,
                        cudaStream_t stream);
+cudaError_t LaunchDequantizeFp8Layer(const void* src, int32_t kv_heads, int32_t num_tokens,
+                                     int32_t head_dim, DType dtype, void* dst, cudaStream_t stream);
 cudaError_t LaunchFillRandom(DType dtype, void* dst, int64_t n, uint64_t seed, float scale,
                              cudaStream_t stream);
 

@@ -3,6 +3,9 @@
 // layer-major across blocks (layer 0 of every block, then layer 1, ...), recording one event per
 // layer. CudaModel::Forward(seqs, layer_events()) makes layer l's attention wait for event l
 // only, so the compute of layer l overlaps the copy of layers l+1...
+// fp8-e4m3 payloads (half the bytes of bf16 over the wire and the PCIe link) are copied into a
+// device staging buffer and dequantized on the copy stream into the model's dtype (the attention
+// kernel stays untouched); other payloads must already be in the model's dtype.
 //
 // Thread safety: none; one pipeline per compute stream (callers serialize use).
 #pragma once
@@ -16,18 +19,21 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cache/block_payload.h"
+#include "kernels/cuda/layouts.h"
+#include "worker/engine/cuda/device_memory.h"
 
 namespace kvblock::cuda {
 
 struct LayerCopy {
-  BlockView block;       // verified payload; its bytes in pinned host memory (else copies block)
-  void* device = nullptr;  // destination: DataBytes(meta) bytes, layer-major like the payload
+  BlockView block;         // verified payload; its bytes in pinned host memory (else copies block)
+  void* device = nullptr;  // destination: the block's K/V in the model's dtype, layer-major
 };
 
 class LayerPipeline {
  public:
-  // One copy stream and `layers` events. INTERNAL for CUDA failures.
-  static absl::StatusOr<std::unique_ptr<LayerPipeline>> Create(int32_t layers);
+  // One copy stream and `layers` events; blocks are placed in `dtype`. INTERNAL for CUDA
+  // failures.
+  static absl::StatusOr<std::unique_ptr<LayerPipeline>> Create(int32_t layers, DType dtype);
   ~LayerPipeline();
   LayerPipeline(const LayerPipeline&) = delete;
   LayerPipeline& operator=(const LayerPipeline&) = delete;
@@ -35,15 +41,18 @@ class LayerPipeline {
   // Enqueues every block's layers in layer-major order after the work already on `after` (which
   // may still read the destinations), recording event l once layer l of every block is queued.
   // Host bytes must stay valid until the events complete. INVALID_ARGUMENT for a block whose
-  // layer count is not the pipeline's, an fp8 payload (its scales are not placed) or a null
-  // destination.
+  // layer count is not the pipeline's, a non-fp8 payload not in the pipeline's dtype or a null
+  // destination; RESOURCE_EXHAUSTED if the fp8 staging cannot grow (it grows to the largest
+  // request's fp8 bytes, synchronizing once).
   absl::Status Enqueue(absl::Span<const LayerCopy> blocks, cudaStream_t after);
   // Event l: layer l of the last Enqueue is on the device.
   absl::Span<const cudaEvent_t> layer_events() const { return events_; }
   cudaStream_t stream() const { return stream_; }
 
  private:
-  LayerPipeline() = default;
+  explicit LayerPipeline(DType dtype) : dtype_(dtype) {}
+  const DType dtype_;
+  DeviceMemory staging_;  // fp8 layers before dequantization
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr;
   std::vector<cudaEvent_t> events_;

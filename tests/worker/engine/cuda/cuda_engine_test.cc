@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/worker/engine/cuda/fixture_dirs.h"
@@ -224,59 +225,111 @@ TEST(CudaEngine, FixturesGreedyTokensAndLogits) {
   }
 }
 
+// A payload's K/V as f32, [layers][K|V][kv_heads][tokens][head_dim] (the host dequantization).
+std::vector<float> PayloadF32(const BlockView& v) {
+  const BlockMeta& m = v.meta();
+  const size_t le = LayerElements(m);
+  std::vector<float> out(2 * le * m.num_layers);
+  for (uint32_t l = 0; l < m.num_layers; ++l) v.ReadLayerF32(l, out.data() + 2 * l * le, out.data() + (2 * l + 1) * le);
+  return out;
+}
+
+// The same payload re-encoded in fp8-e4m3 (per-head scales).
+std::vector<uint8_t> ToFp8(const BlockView& v) {
+  const BlockMeta& m = v.meta();
+  const size_t le = LayerElements(m);
+  const std::vector<float> kv = PayloadF32(v);
+  std::vector<float> k(le * m.num_layers), vv(le * m.num_layers);
+  for (uint32_t l = 0; l < m.num_layers; ++l) {
+    std::copy_n(kv.data() + 2 * l * le, le, k.data() + l * le);
+    std::copy_n(kv.data() + (2 * l + 1) * le, le, vv.data() + l * le);
+  }
+  BlockMeta f = m;
+  f.dtype = KvDtype::kFP8E4M3;
+  auto p = EncodeBlock(f, k, vv);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(*p) : std::vector<uint8_t>{};
+}
+
 // The layer-wise fetch path's last hop: payloads in pinned host memory copied to HBM layer by
-// layer on the pipeline's stream, the prefill waiting per layer, gives exactly the logits of the
-// same blocks already resident.
+// layer on the pipeline's stream (fp8 ones dequantized there), the prefill waiting per layer,
+// gives exactly the logits of the same KV already resident (fp8: dequantized on the host).
 TEST(CudaEngine, LayerPipelinePlacesFetchedBlocksUnderThePrefill) {
   const std::vector<std::string> dirs = FixtureDirs();
   ASSERT_FALSE(dirs.empty());
   Fixture fx = LoadFixture(dirs.front());
   for (DType dt : {DType::kF32, DType::kBF16}) {
+    const char* dt_name = dt == DType::kF32 ? "f32" : "bf16";
     std::unique_ptr<CudaModel> model = MakeModel(fx, dt, 4096);
     ASSERT_NE(model, nullptr);
     std::vector<GpuBlock> stored;
     std::vector<KvRun> resident;
     ASSERT_NO_FATAL_FAILURE(EncodeBlocks(*model, fx.blocks, &stored, &resident));
     const int32_t offset = resident.back().rope_offset + resident.back().num_tokens;
-    const std::vector<float> want = PrefillLogits(*model, resident, fx.final_block, offset);
-    // Payloads as the cache would hold them, in one pinned buffer; fresh device destinations.
-    std::vector<std::vector<uint8_t>> payloads;
-    size_t total = 0;
+    const std::vector<float> native_logits = PrefillLogits(*model, resident, fx.final_block, offset);
+    // Payloads as the cache would hold them.
+    std::vector<std::vector<uint8_t>> native;
     for (const GpuBlock& g : stored) {
       std::vector<uint8_t> data(g.memory.bytes());
       ASSERT_TRUE(CudaStatus(cudaMemcpy(data.data(), g.memory.get(), data.size(), cudaMemcpyDeviceToHost), "D2H").ok());
       auto p = EncodeBlockRaw(g.meta, data);
       ASSERT_TRUE(p.ok()) << p.status();
-      total += p->size();
-      payloads.push_back(std::move(*p));
+      native.push_back(std::move(*p));
     }
-    auto host = PinnedMemory::Allocate(total);
-    ASSERT_TRUE(host.ok());
-    std::vector<DeviceMemory> dests;
-    std::vector<LayerCopy> copies;
-    std::vector<KvRun> fetched = resident;
-    size_t at = 0;
-    for (size_t i = 0; i < payloads.size(); ++i) {
-      std::memcpy(host->as<uint8_t>() + at, payloads[i].data(), payloads[i].size());
-      auto view = BlockView::Parse(absl::MakeConstSpan(host->as<uint8_t>() + at, payloads[i].size()));
-      ASSERT_TRUE(view.ok()) << view.status();
-      at += payloads[i].size();
-      auto d = DeviceMemory::Allocate(stored[i].memory.bytes());
-      ASSERT_TRUE(d.ok());
-      ASSERT_TRUE(CudaStatus(cudaMemset(d->get(), 0xff, d->bytes()), "memset").ok());  // NaN until copied
-      copies.push_back(LayerCopy{*view, d->get()});
-      fetched[i].data = d->get();
-      dests.push_back(std::move(*d));
+    for (bool fp8 : {false, true}) {
+      SCOPED_TRACE(absl::StrCat(dt_name, fp8 ? " fp8 payloads" : " native payloads"));
+      std::vector<std::vector<uint8_t>> payloads;
+      size_t total = 0;
+      for (const auto& p : native) {
+        payloads.push_back(fp8 ? ToFp8(*BlockView::Parse(p)) : p);
+        total += payloads.back().size();
+      }
+      auto host = PinnedMemory::Allocate(total);
+      ASSERT_TRUE(host.ok());
+      std::vector<DeviceMemory> dests, refs;
+      std::vector<LayerCopy> copies;
+      std::vector<KvRun> fetched = resident, reference = resident;
+      size_t at = 0;
+      for (size_t i = 0; i < payloads.size(); ++i) {
+        std::memcpy(host->as<uint8_t>() + at, payloads[i].data(), payloads[i].size());
+        auto view = BlockView::Parse(absl::MakeConstSpan(host->as<uint8_t>() + at, payloads[i].size()));
+        ASSERT_TRUE(view.ok()) << view.status();
+        at += payloads[i].size();
+        const size_t bytes = stored[i].memory.bytes();
+        auto d = DeviceMemory::Allocate(bytes);
+        ASSERT_TRUE(d.ok());
+        ASSERT_TRUE(CudaStatus(cudaMemset(d->get(), 0xff, bytes), "memset").ok());  // NaN until copied
+        copies.push_back(LayerCopy{*view, d->get()});
+        fetched[i].data = d->get();
+        dests.push_back(std::move(*d));
+        // Reference KV: the payload dequantized on the host, cast to the model's dtype.
+        const std::vector<float> f32 = PayloadF32(*view);
+        auto tmp = DeviceMemory::Allocate(f32.size() * 4);
+        auto ref = DeviceMemory::Allocate(bytes);
+        ASSERT_TRUE(tmp.ok() && ref.ok());
+        ASSERT_TRUE(CudaStatus(cudaMemcpy(tmp->get(), f32.data(), f32.size() * 4, cudaMemcpyHostToDevice), "H2D").ok());
+        ASSERT_TRUE(Cast(DType::kF32, dt, tmp->get(), ref->get(), f32.size(), nullptr).ok());
+        ASSERT_TRUE(CudaStatus(cudaDeviceSynchronize(), "sync").ok());
+        reference[i].data = ref->get();
+        refs.push_back(std::move(*ref));
+      }
+      auto pipe = LayerPipeline::Create(model->spec().layers, dt);
+      ASSERT_TRUE(pipe.ok()) << pipe.status();
+      ASSERT_TRUE((*pipe)->Enqueue(copies, model->stream()).ok());
+      const std::vector<float> got = PrefillLogits(*model, fetched, fx.final_block, offset, (*pipe)->layer_events());
+      const std::vector<float> want = PrefillLogits(*model, reference, fx.final_block, offset);
+      EXPECT_LE(RelErr(got, want.data(), want.size()), 1e-6);
+      const double vs_native = RelErr(got, native_logits.data(), native_logits.size());
+      std::printf("layer pipeline %s %s payloads: logits rel err vs resident %s KV %.2e, argmax %s\n", dt_name,
+                  fp8 ? "fp8" : "native", dt_name, vs_native, ArgMax(got) == ArgMax(native_logits) ? "same" : "DIFFERENT");
+      if (!fp8) EXPECT_LE(vs_native, 1e-6);
+      // fp8 KV (3 mantissa bits, per-head scales) on these tiny random models: a few percent.
+      if (fp8) EXPECT_LE(vs_native, 1e-1);
+      // Wrong geometry is refused before anything is queued.
+      auto other = LayerPipeline::Create(model->spec().layers + 1, dt);
+      ASSERT_TRUE(other.ok());
+      EXPECT_EQ((*other)->Enqueue(copies, model->stream()).code(), absl::StatusCode::kInvalidArgument);
     }
-    auto pipe = LayerPipeline::Create(model->spec().layers);
-    ASSERT_TRUE(pipe.ok()) << pipe.status();
-    ASSERT_TRUE((*pipe)->Enqueue(copies, model->stream()).ok());
-    const std::vector<float> got = PrefillLogits(*model, fetched, fx.final_block, offset, (*pipe)->layer_events());
-    EXPECT_LE(RelErr(got, want.data(), want.size()), 1e-6) << (dt == DType::kF32 ? "f32" : "bf16");
-    // Wrong geometry is refused before anything is queued.
-    auto other = LayerPipeline::Create(model->spec().layers + 1);
-    ASSERT_TRUE(other.ok());
-    EXPECT_EQ((*other)->Enqueue(copies, model->stream()).code(), absl::StatusCode::kInvalidArgument);
   }
 }
 
