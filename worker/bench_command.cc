@@ -207,6 +207,7 @@ struct FetchSetup {
 };
 struct DecodeResult {
   int batch = 0;
+  bool graphs = false;  // steps replayed as CUDA graphs
   double step_ms = 0, tokens_per_s = 0, floor_tokens_per_s = 0;
 };
 
@@ -621,7 +622,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     std::vector<cuda::SlotRange> slots;
     std::vector<int32_t> lens(B, o.decode_context), next(B);
     for (int b = 0; b < B; ++b) {
-      auto s = model.AllocateSlots(o.decode_context + o.warmup + o.runs * 4 + 8);
+      auto s = model.AllocateSlots(o.decode_context + 2 * (o.warmup + o.runs * 4) + 8);
       if (!s.ok()) return s.status();
       slots.push_back(*s);
       const std::vector<int32_t> ctx = random_tokens(o.decode_context);
@@ -648,18 +649,25 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       for (int b = 0; b < B; ++b) next[b] = out[b], ++lens[b];
       return absl::OkStatus();
     };
-    auto ms = MedianMs(o.warmup, o.runs * 4, step);
+    // Each step launched kernel by kernel, then replayed as a CUDA graph (recorded during the
+    // warm-up: a shape's second pass).
+    for (bool graphs : {false, true}) {
+      model.SetDecodeGraphs(graphs);
+      auto ms = MedianMs(std::max(o.warmup, 2), o.runs * 4, step);
+      if (!ms.ok()) return ms.status();
+      DecodeResult d;
+      d.batch = B;
+      d.graphs = graphs;
+      d.step_ms = *ms;
+      d.tokens_per_s = B / (*ms * 1e-3);
+      const double bytes = double(model.weight_bytes()) - double(spec.vocab) * spec.hidden * 2 +
+                           double(B) * o.decode_context * model.kv_bytes_per_token();
+      d.floor_tokens_per_s = B / (bytes / (base.hbm_gbps * 1e9));
+      decodes.push_back(d);
+    }
     for (auto s : slots) model.FreeSlots(s);
-    if (!ms.ok()) return ms.status();
-    DecodeResult d;
-    d.batch = B;
-    d.step_ms = *ms;
-    d.tokens_per_s = B / (*ms * 1e-3);
-    const double bytes = double(model.weight_bytes()) - double(spec.vocab) * spec.hidden * 2 +
-                         double(B) * o.decode_context * model.kv_bytes_per_token();
-    d.floor_tokens_per_s = B / (bytes / (base.hbm_gbps * 1e9));
-    decodes.push_back(d);
   }
+  std::printf("decode steps replayed as CUDA graphs: %lld\n", static_cast<long long>(model.graph_replays()));
 
   // Report.
   std::printf("\n| total | blocks | block ms | block floor ms | full ms | full floor ms | block/full |\n|---|---|---|---|---|---|---|\n");
@@ -667,10 +675,11 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     std::printf("| %d | %d | %.2f | %.2f | %.1f | %.1f | %.4f |\n", r.total, r.blocks, r.block_ms, r.block_floor_ms,
                 r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0);
   }
-  std::printf("\n| decode batch | context | step ms | tokens/s | HBM-floor tokens/s | fraction |\n|---|---|---|---|---|---|\n");
+  std::printf("\n| decode batch | context | CUDA graph | step ms | tokens/s | HBM-floor tokens/s | fraction |\n"
+              "|---|---|---|---|---|---|---|\n");
   for (const auto& d : decodes) {
-    std::printf("| %d | %d | %.2f | %.0f | %.0f | %.2f |\n", d.batch, o.decode_context, d.step_ms, d.tokens_per_s,
-                d.floor_tokens_per_s, d.tokens_per_s / d.floor_tokens_per_s);
+    std::printf("| %d | %d | %s | %.2f | %.0f | %.0f | %.2f |\n", d.batch, o.decode_context, d.graphs ? "yes" : "no",
+                d.step_ms, d.tokens_per_s, d.floor_tokens_per_s, d.tokens_per_s / d.floor_tokens_per_s);
   }
   std::printf("\nblock encoding: %zu x %d-token passages per batch, %.1f ms/batch, %.0f tokens/s; GEMM ceiling %.0f tokens/s "
               "(2 x %.2fB layer params; %.0f with all %.2fB params): %.2f of ceiling\n",
@@ -704,8 +713,9 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     j += absl::StrJoin(items, ", ") + "],\n \"decode\": [";
     items.clear();
     for (const auto& d : decodes) {
-      items.push_back(absl::StrFormat("{\"batch\": %d, \"context\": %d, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"floor_tokens_per_s\": %.1f}",
-                                      d.batch, o.decode_context, d.step_ms, d.tokens_per_s, d.floor_tokens_per_s));
+      items.push_back(absl::StrFormat("{\"batch\": %d, \"context\": %d, \"cuda_graph\": %s, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"floor_tokens_per_s\": %.1f}",
+                                      d.batch, o.decode_context, d.graphs ? "true" : "false", d.step_ms, d.tokens_per_s,
+                                      d.floor_tokens_per_s));
     }
     j += absl::StrJoin(items, ", ") + "]\n}\n";
     std::ofstream(o.json_path) << j;

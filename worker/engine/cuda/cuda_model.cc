@@ -19,6 +19,7 @@ namespace {
   } while (0)
 
 constexpr size_t kAlign = 256;
+constexpr size_t kMaxGraphs = 64;
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // Byte offsets of the per-Forward tables inside the staging buffers.
@@ -71,6 +72,7 @@ CudaModel::CudaModel(const CudaModelSpec& spec, const CudaModelOptions& options)
     : spec_(spec), options_(options), es_(DTypeBytes(options.dtype)) {}
 
 CudaModel::~CudaModel() {
+  ClearGraphs();
   blas_.reset();
   if (staging_free_ != nullptr) cudaEventDestroy(staging_free_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -448,54 +450,99 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs, absl::Span<co
     auto ws = DeviceMemory::Allocate(plan->workspace_bytes);
     if (!ws.ok()) return ws.status();
     attn_ws_ = std::move(*ws);
+    ClearGraphs();  // they hold the old workspace's address
   }
 
-  const int32_t Ti = static_cast<int32_t>(T), H = s.hidden;
-  KV_RETURN_IF_ERROR(Embedding(dt, reinterpret_cast<const int32_t*>(dev + lay.tokens), Ti, embed_,
-                               s.vocab, H, hidden_.get(), stream_));
-  RopeStoreParams rp;
-  rp.dtype = dt;
-  rp.qkv = qkv_.get();
-  rp.qkv_stride = qkv_stride;
-  rp.num_tokens = Ti;
-  rp.num_heads = s.heads;
-  rp.num_kv_heads = s.kv_heads;
-  rp.head_dim = s.head_dim;
-  rp.positions = reinterpret_cast<const int32_t*>(dev + lay.positions);
-  rp.cache_offsets = reinterpret_cast<const int64_t*>(dev + lay.cache_offsets);
-  rp.cache_head_stride = P * D;
-  rp.inv_freq = inv_freq_.as<float>();
-  const int32_t attn_dim = s.heads * s.head_dim, I = s.intermediate;
-  for (int32_t l = 0; l < s.layers; ++l) {
-    const Layer& w = layers_[l];
-    KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), l == 0 ? nullptr : delta_.get(), w.input_norm,
-                                  Ti, H, s.rms_eps, normed_.get(), stream_));
-    KV_RETURN_IF_ERROR(Linear(normed_.get(), w.qkv, w.qkv_bias, Ti, static_cast<int32_t>(qkv_stride), H, qkv_.get()));
-    rp.k_cache = PoolK(l);
-    rp.v_cache = PoolV(l);
-    KV_RETURN_IF_ERROR(RopeStore(rp, stream_));
-    ap.segs = reinterpret_cast<const AttnSegment*>(dev + lay.segs) + l * segs_per_layer;
-    if (!layer_ready.empty()) {
-      KV_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(stream_, layer_ready[l], 0), "cudaStreamWaitEvent"));
-    }
-    KV_RETURN_IF_ERROR(Attention(ap, *plan, attn_ws_.get(), stream_));
-    KV_RETURN_IF_ERROR(Linear(attn_.get(), w.o, w.o_bias, Ti, H, attn_dim, delta_.get()));
-    KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), delta_.get(), w.post_norm, Ti, H, s.rms_eps,
-                                  normed_.get(), stream_));
-    KV_RETURN_IF_ERROR(Linear(normed_.get(), w.gate_up, w.gate_up_bias, Ti, 2 * I, H, gate_up_.get()));
-    KV_RETURN_IF_ERROR(SwiGlu(dt, gate_up_.get(), 2 * int64_t{I}, Ti, I, act_.get(), stream_));
-    KV_RETURN_IF_ERROR(Linear(act_.get(), w.down, w.down_bias, Ti, H, I, delta_.get()));
-  }
   logit_rows_ = static_cast<int32_t>(rows);
-  if (rows == 0) return absl::OkStatus();
-  // Only the rows that need logits: gather them (the embedding kernel gathers rows of any
-  // table), then the final norm and the LM head on those rows alone.
-  KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), delta_.get(), final_norm_, Ti, H, s.rms_eps,
-                                normed_.get(), stream_));
-  KV_RETURN_IF_ERROR(Embedding(dt, reinterpret_cast<const int32_t*>(dev + lay.gather), logit_rows_,
-                               normed_.get(), Ti, H, gathered_.get(), stream_));
-  return blas_->Linear(dt, gathered_.get(), 0, lm_head_, logit_rows_, s.vocab, H, DType::kF32,
-                       logits_.get(), 0);
+  // Everything after the tables: reads them from the device only, so it can be recorded once as
+  // a CUDA graph per shape and replayed (the attention kernel reads key counts and K/V pointers
+  // from the tables; its split count is part of the shape).
+  auto run = [&]() -> absl::Status {
+    const int32_t Ti = static_cast<int32_t>(T), H = s.hidden;
+    KV_RETURN_IF_ERROR(Embedding(dt, reinterpret_cast<const int32_t*>(dev + lay.tokens), Ti, embed_,
+                                 s.vocab, H, hidden_.get(), stream_));
+    RopeStoreParams rp;
+    rp.dtype = dt;
+    rp.qkv = qkv_.get();
+    rp.qkv_stride = qkv_stride;
+    rp.num_tokens = Ti;
+    rp.num_heads = s.heads;
+    rp.num_kv_heads = s.kv_heads;
+    rp.head_dim = s.head_dim;
+    rp.positions = reinterpret_cast<const int32_t*>(dev + lay.positions);
+    rp.cache_offsets = reinterpret_cast<const int64_t*>(dev + lay.cache_offsets);
+    rp.cache_head_stride = P * D;
+    rp.inv_freq = inv_freq_.as<float>();
+    const int32_t attn_dim = s.heads * s.head_dim, I = s.intermediate;
+    for (int32_t l = 0; l < s.layers; ++l) {
+      const Layer& w = layers_[l];
+      KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), l == 0 ? nullptr : delta_.get(), w.input_norm,
+                                    Ti, H, s.rms_eps, normed_.get(), stream_));
+      KV_RETURN_IF_ERROR(Linear(normed_.get(), w.qkv, w.qkv_bias, Ti, static_cast<int32_t>(qkv_stride), H, qkv_.get()));
+      rp.k_cache = PoolK(l);
+      rp.v_cache = PoolV(l);
+      KV_RETURN_IF_ERROR(RopeStore(rp, stream_));
+      ap.segs = reinterpret_cast<const AttnSegment*>(dev + lay.segs) + l * segs_per_layer;
+      if (!layer_ready.empty()) {
+        KV_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(stream_, layer_ready[l], 0), "cudaStreamWaitEvent"));
+      }
+      KV_RETURN_IF_ERROR(Attention(ap, *plan, attn_ws_.get(), stream_));
+      KV_RETURN_IF_ERROR(Linear(attn_.get(), w.o, w.o_bias, Ti, H, attn_dim, delta_.get()));
+      KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), delta_.get(), w.post_norm, Ti, H, s.rms_eps,
+                                    normed_.get(), stream_));
+      KV_RETURN_IF_ERROR(Linear(normed_.get(), w.gate_up, w.gate_up_bias, Ti, 2 * I, H, gate_up_.get()));
+      KV_RETURN_IF_ERROR(SwiGlu(dt, gate_up_.get(), 2 * int64_t{I}, Ti, I, act_.get(), stream_));
+      KV_RETURN_IF_ERROR(Linear(act_.get(), w.down, w.down_bias, Ti, H, I, delta_.get()));
+    }
+    if (rows == 0) return absl::OkStatus();
+    // Only the rows that need logits: gather them (the embedding kernel gathers rows of any
+    // table), then the final norm and the LM head on those rows alone.
+    KV_RETURN_IF_ERROR(AddRmsNorm(dt, hidden_.get(), delta_.get(), final_norm_, Ti, H, s.rms_eps,
+                                  normed_.get(), stream_));
+    KV_RETURN_IF_ERROR(Embedding(dt, reinterpret_cast<const int32_t*>(dev + lay.gather), logit_rows_,
+                                 normed_.get(), Ti, H, gathered_.get(), stream_));
+    return blas_->Linear(dt, gathered_.get(), 0, lm_head_, logit_rows_, s.vocab, H, DType::kF32,
+                         logits_.get(), 0);
+  };
+  const bool decode = layer_ready.empty() && T == S;
+  if (!options_.decode_graphs || !decode) return run();
+  const GraphKey key{S, runs, rows, plan->splits};
+  auto it = std::find_if(graphs_.begin(), graphs_.end(), [&](const Graph& g) { return g.key == key; });
+  if (it == graphs_.end()) {
+    // The first pass of a shape runs eagerly (cuBLAS settles its workspace and algorithms);
+    // the second is captured. Shapes are few in practice; a runaway set starts over.
+    if (graphs_.size() >= kMaxGraphs) ClearGraphs();
+    graphs_.push_back(Graph{key, nullptr});
+    return run();
+  }
+  if (it->exec == nullptr) {
+    KV_RETURN_IF_ERROR(CudaStatus(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal),
+                                  "cudaStreamBeginCapture"));
+    const absl::Status st = run();
+    cudaGraph_t graph = nullptr;
+    const absl::Status end = CudaStatus(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+    if (!st.ok() || !end.ok()) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      return st.ok() ? end : st;
+    }
+    const absl::Status inst = CudaStatus(cudaGraphInstantiate(&it->exec, graph, 0), "cudaGraphInstantiate");
+    cudaGraphDestroy(graph);
+    KV_RETURN_IF_ERROR(inst);
+  }
+  ++graph_replays_;
+  return CudaStatus(cudaGraphLaunch(it->exec, stream_), "cudaGraphLaunch");
+}
+
+void CudaModel::ClearGraphs() {
+  for (Graph& g : graphs_) {
+    if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+  }
+  graphs_.clear();
+}
+
+void CudaModel::SetDecodeGraphs(bool on) {
+  options_.decode_graphs = on;
+  if (!on) ClearGraphs();
 }
 
 absl::Status CudaModel::Sample(absl::Span<const SamplingParams> params, absl::Span<int32_t> tokens) {

@@ -63,6 +63,10 @@ struct CudaModelOptions {
   int32_t max_context_runs = 4096;
   // Most logits rows over all sequences of one Forward (f32 [rows][vocab] buffer). Default: 64.
   int32_t max_logit_rows = 64;
+  // Decode passes (one new token per sequence, no layer_ready events) run as CUDA graphs: one
+  // per shape (sequences, context runs, logit rows, attention splits), recorded at the shape's
+  // second pass and replayed after, instead of ~10 launches per layer. Default: true.
+  bool decode_graphs = true;
 
   // INVALID_ARGUMENT for non-positive sizes.
   absl::Status Validate() const;
@@ -152,6 +156,10 @@ class CudaModel {
 
   // Waits for everything enqueued.
   absl::Status Synchronize();
+  // Turns decode graphs on or off (off drops the recorded ones).
+  void SetDecodeGraphs(bool on);
+  // Forward passes that replayed a recorded graph.
+  int64_t graph_replays() const { return graph_replays_; }
 
   const CudaModelSpec& spec() const { return spec_; }
   const CudaModelOptions& options() const { return options_; }
@@ -177,7 +185,17 @@ class CudaModel {
     void* down;
     void* down_bias;
   };
+  struct GraphKey {
+    int64_t seqs, runs, rows;
+    int32_t splits;
+    friend bool operator==(const GraphKey&, const GraphKey&) = default;
+  };
+  struct Graph {
+    GraphKey key;
+    cudaGraphExec_t exec;  // null until the shape's second pass records it
+  };
   CudaModel(const CudaModelSpec& spec, const CudaModelOptions& options);
+  void ClearGraphs();
   absl::Status Init(bool random, uint64_t seed, const HostModel* host);
   absl::Status Linear(const void* x, const void* w, const void* bias, int32_t m, int32_t n,
                       int32_t k, void* y);
@@ -210,6 +228,8 @@ class CudaModel {
   cudaEvent_t staging_free_ = nullptr;
   DeviceMemory sampling_dev_;
   PinnedMemory sampling_host_;
+  std::vector<Graph> graphs_;
+  int64_t graph_replays_ = 0;
 };
 
 }  // namespace kvblock::cuda

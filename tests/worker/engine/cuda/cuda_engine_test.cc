@@ -333,6 +333,68 @@ TEST(CudaEngine, LayerPipelinePlacesFetchedBlocksUnderThePrefill) {
   }
 }
 
+// Decode steps of a batch (with and without context runs) replayed as CUDA graphs give the same
+// logits as the same steps launched kernel by kernel.
+TEST(CudaEngine, DecodeGraphsReplayTheSameSteps) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  Fixture fx = LoadFixture(dirs.front());
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dt == DType::kF32 ? "f32" : "bf16");
+    std::unique_ptr<CudaModel> model = MakeModel(fx, dt, 4096);
+    ASSERT_NE(model, nullptr);
+    std::vector<GpuBlock> stored;
+    std::vector<KvRun> context;
+    ASSERT_NO_FATAL_FAILURE(EncodeBlocks(*model, fx.blocks, &stored, &context));
+    const int32_t offset = context.back().rope_offset + context.back().num_tokens;
+    constexpr int kBatch = 3, kSteps = 6;
+    const int vocab = model->spec().vocab;
+    // All steps' logits of kBatch sequences (even ones over the blocks), prefilled afresh.
+    auto decode = [&](bool graphs) {
+      model->SetDecodeGraphs(graphs);
+      std::vector<float> all;
+      std::vector<SlotRange> slots;
+      std::vector<ForwardSeq> seqs(kBatch);
+      std::vector<int32_t> next(kBatch);
+      for (int b = 0; b < kBatch; ++b) {
+        auto sl = model->AllocateSlots(64);
+        EXPECT_TRUE(sl.ok());
+        if (!sl.ok()) return all;
+        slots.push_back(*sl);
+        ForwardSeq& f = seqs[b];
+        f.tokens = absl::MakeConstSpan(fx.final_block).subspan(0, fx.final_block.size() - b);
+        if (b % 2 == 0) f.context = context;
+        f.slots = *sl;
+        f.position = b % 2 == 0 ? offset : 0;
+        f.logit_rows = 1;
+        EXPECT_TRUE(model->Forward({&f, 1}).ok());
+        next[b] = fx.final_block[b];
+        f.own_len = f.tokens.size();
+        f.position += f.tokens.size();
+      }
+      for (int step = 0; step < kSteps; ++step) {
+        for (int b = 0; b < kBatch; ++b) seqs[b].tokens = absl::MakeConstSpan(&next[b], 1);
+        EXPECT_TRUE(model->Forward(seqs).ok());
+        std::vector<float> logits(kBatch * vocab);
+        EXPECT_TRUE(model->CopyLogits(absl::MakeSpan(logits)).ok());
+        all.insert(all.end(), logits.begin(), logits.end());
+        for (int b = 0; b < kBatch; ++b) {
+          ++seqs[b].own_len, ++seqs[b].position;
+          next[b] = (next[b] + 7 * step + 1) % vocab;
+        }
+      }
+      for (SlotRange r : slots) model->FreeSlots(r);
+      return all;
+    };
+    const std::vector<float> eager = decode(false);
+    const int64_t before = model->graph_replays();
+    const std::vector<float> replayed = decode(true);
+    // Step 0 runs eagerly, step 1 is recorded; it and every later step launch the graph.
+    EXPECT_EQ(model->graph_replays() - before, kSteps - 1);
+    EXPECT_LE(RelErr(replayed, eager.data(), eager.size()), 1e-6);
+  }
+}
+
 TEST(CudaEngine, GpuTierEvictsLeastRecentlyUsedUnderBudget) {
   GpuTierOptions o;
   o.capacity_bytes = 3 * 4096;
