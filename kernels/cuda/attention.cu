@@ -99,6 +99,35 @@ struct Tile {
   int rope_offset;  // the segment's re-encoding offset
 };
 
+// The segment cursor (segment index, its first key) for key k: seq.seg_end and the key count
+// when k is past the last key. The calling warp reads 32 segment lengths at a time with
+// independent loads and scans them, instead of one dependent load per segment (the last split of
+// a 64-block prompt starts 60 segments in). All 32 lanes must call it together.
+__device__ __forceinline__ void LocateKey(const AttentionParams& p, const AttnSequence& seq, int k,
+                                          int lane, int& seg, int& seg_start) {
+  seg = seq.seg_begin;
+  seg_start = 0;
+  for (int base = seq.seg_begin; base < seq.seg_end; base += 32) {
+    const int i = base + lane;
+    const int len = i < seq.seg_end ? p.segs[i].num_tokens : 0;
+    int incl = len;  // keys in segments base .. i
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const unsigned ends_after = __ballot_sync(0xffffffffu, seg_start + incl > k);
+    if (ends_after != 0) {
+      const int j = __ffs(ends_after) - 1;  // the first segment that ends after k holds it
+      seg = base + j;
+      seg_start += __shfl_sync(0xffffffffu, incl - len, j);
+      return;
+    }
+    seg_start += __shfl_sync(0xffffffffu, incl, 31);
+    seg = min(base + 32, seq.seg_end);
+  }
+}
+
 // The tile starting at key k0 (< end), advancing the segment cursor; false past the end.
 __device__ __forceinline__ bool FindTile(const AttentionParams& p, const AttnSequence& seq, int k0,
                                          int end, int& seg, int& seg_start, Tile& t) {
@@ -268,7 +297,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   // Tiles stream through two shared-memory stages: the next tile's cp.async copies are in
   // flight while the current one is computed.
   Tile cur, nxt;
-  int seg = seq.seg_begin, seg_start = 0;
+  int seg, seg_start;
+  LocateKey(p, seq, range.begin, lane, seg, seg_start);
   bool have = FindTile(p, seq, range.begin, range.end, seg, seg_start, cur);
   if (have) IssueTileLoad<D>(p, cur, kvh, sK, sV, tid);
   CpAsyncCommit();
@@ -494,7 +524,8 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
     acc[i] = 0.f;
   }
   float m_run = -INFINITY, l_run = 0.f;
-  int seg = seq.seg_begin, seg_start = 0, table_offset = 0;
+  int seg, seg_start, table_offset = 0;
+  LocateKey(p, seq, range.begin, lane, seg, seg_start);
   float cs[kMaxPer], sn[kMaxPer];
 #pragma unroll
   for (int i = 0; i < kMaxPer; ++i) cs[i] = 1.f, sn[i] = 0.f;
