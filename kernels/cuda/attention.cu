@@ -46,8 +46,8 @@ __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1,
-                                           uint32_t& r2, uint32_t& r3) {
+__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                           uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(addr));
@@ -77,7 +77,6 @@ __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
-
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
   // src-size 0 zero-fills the 16 bytes (keys past the tile's end) without reading gmem.
@@ -184,8 +183,8 @@ struct MmaShape {
 // the f32 intrinsics; an absolute error ~1e-6, far under bf16's rounding (a full f64 sincos would
 // need more registers than the kernel has left beside its accumulators).
 template <int D>
-__device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, float* sCos, float* sSin,
-                                          int tid) {
+__device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, float* sCos,
+                                          float* sSin, int tid) {
   for (int i = tid; i < D / 2; i += kMmaThreads) {
     const double theta = static_cast<double>(offset) * inv_freq[i];
     const double kTwoPi = 6.283185307179586;
@@ -197,8 +196,9 @@ __device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, flo
 // Starts copying the CTA's query rows into sQ (zeros for rows past the sequence). Thread `tid`
 // copies the chunk pairs (row, c) and (row, c + D/2) that RotateQ gives it.
 template <int D, int kRows>
-__device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnSequence& seq, int row0,
-                                           int rows_total, int group, int kvh, bf16* sQ, int tid) {
+__device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnSequence& seq,
+                                           int row0, int rows_total, int group, int kvh, bf16* sQ,
+                                           int tid) {
   constexpr int kStride = D + 8;
   const bf16* q = static_cast<const bf16*>(seq.q);
 #pragma unroll 1  // rolled, as IssueTileLoad
@@ -285,7 +285,8 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
   for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) oacc[mf][n][0] = oacc[mf][n][1] = oacc[mf][n][2] = oacc[mf][n][3] = 0.f;
+    for (int n = 0; n < D / 8; ++n)
+      oacc[mf][n][0] = oacc[mf][n][1] = oacc[mf][n][2] = oacc[mf][n][3] = 0.f;
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       m_run[mf][hi] = -INFINITY;
@@ -341,14 +342,16 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
     for (int mf = 0; mf < WM; ++mf) {
 #pragma unroll
-      for (int n = 0; n < kNk; ++n) sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
+      for (int n = 0; n < kNk; ++n)
+        sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
     }
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
       uint32_t a[WM][4];
 #pragma unroll
       for (int mf = 0; mf < WM; ++mf) {
-        const bf16* ptr = sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
+        const bf16* ptr =
+            sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
         LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
       }
 #pragma unroll
@@ -483,7 +486,8 @@ __global__ void __launch_bounds__(kMmaThreads)
         }
       } else {
         const int64_t idx =
-            ((static_cast<int64_t>(blockIdx.z) * splits + split) * p.max_q_len + t) * p.num_heads + h;
+            ((static_cast<int64_t>(blockIdx.z) * splits + split) * p.max_q_len + t) * p.num_heads +
+            h;
         float* o = ws.o + idx * D;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
@@ -560,7 +564,8 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
       if (d < D) {
         float kd = ToF(k[d]);
         if (sg.rope_offset != 0) {
-          kd = d < half ? kd * cs[i] - ToF(k[d + half]) * sn[i] : kd * cs[i] + ToF(k[d - half]) * sn[i];
+          kd = d < half ? kd * cs[i] - ToF(k[d + half]) * sn[i]
+                        : kd * cs[i] + ToF(k[d - half]) * sn[i];
           if constexpr (sizeof(T) == 2) kd = ToF(FromF<T>(kd));  // as stored after re-encoding
         }
         dot += qv[i] * kd;
@@ -666,8 +671,8 @@ int MmaBlocksPerSm() {
     const int smem = MmaShape<D, WM>::kSmemBytes;
     if (cudaFuncSetAttribute(MmaAttentionKernel<D, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, MmaAttentionKernel<D, WM>, kMmaThreads,
-                                                      smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, MmaAttentionKernel<D, WM>,
+                                                      kMmaThreads, smem) != cudaSuccess ||
         blocks < 1) {
       cudaGetLastError();  // clear a sticky-free error from the query
       return 2;
@@ -689,8 +694,8 @@ int32_t AttentionSplits(const AttentionParams& p, int num_sms) {
   if (p.num_splits > 0) return p.num_splits;
   const int group = p.num_heads / p.num_kv_heads;
   const int rows = MmaRowsPerCta(p);
-  const int64_t ctas = static_cast<int64_t>((p.max_q_len * group + rows - 1) / rows) *
-                       p.num_kv_heads * p.num_seqs;
+  const int64_t ctas =
+      static_cast<int64_t>((p.max_q_len * group + rows - 1) / rows) * p.num_kv_heads * p.num_seqs;
   // Fill exactly one wave of resident CTAs: a second, partial wave would double the time of the
   // slowest split.
   const int64_t slots = static_cast<int64_t>(MmaBlocksPerSm(p)) * num_sms;
@@ -719,14 +724,15 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
                       p.q_stride % 8 == 0 && p.o_stride % 8 == 0;
   cudaError_t err;
   if (mma_ok && !force_generic) {
-    err = p.head_dim == 64 ? LaunchMmaFor<64>(p, splits, ws, stream) : LaunchMmaFor<128>(p, splits, ws, stream);
+    err = p.head_dim == 64 ? LaunchMmaFor<64>(p, splits, ws, stream)
+                           : LaunchMmaFor<128>(p, splits, ws, stream);
   } else {
     const int group = p.num_heads / p.num_kv_heads;
     dim3 grid((p.max_q_len * group + kGenericWarps - 1) / kGenericWarps, p.num_kv_heads * splits,
               p.num_seqs);
     KVBLOCK_DISPATCH_DTYPE(p.dtype, T,
-                           GenericAttentionKernel<T><<<grid, kGenericWarps * 32, 0, stream>>>(
-                               p, splits, ws));
+                           GenericAttentionKernel<T>
+                           <<<grid, kGenericWarps * 32, 0, stream>>>(p, splits, ws));
     err = cudaGetLastError();
   }
   if (err != cudaSuccess || splits <= 1) return err;

@@ -23,29 +23,29 @@ constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128;
 constexpr int64_t kQStride = int64_t{kHeads + 2 * kKvHeads} * kHeadDim;  // fused QKV row
 constexpr int64_t kOStride = int64_t{kHeads} * kHeadDim;
 
-#define BENCH_CUDA(expr)                                                                   \
-  do {                                                                                     \
-    const cudaError_t e_ = (expr);                                                         \
-    if (e_ != cudaSuccess) {                                                               \
+#define BENCH_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    const cudaError_t e_ = (expr);                                                               \
+    if (e_ != cudaSuccess) {                                                                     \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
-#define BENCH_OK(expr)                                                                       \
-  do {                                                                                       \
-    const absl::Status s_ = (expr);                                                          \
-    if (!s_.ok()) {                                                                          \
+#define BENCH_OK(expr)                                                                          \
+  do {                                                                                          \
+    const absl::Status s_ = (expr);                                                             \
+    if (!s_.ok()) {                                                                             \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
+      std::exit(1);                                                                             \
+    }                                                                                           \
   } while (0)
 
 struct Options {
   std::vector<int> lengths = {4096, 8192, 16384, 32768};  // total prompt tokens
-  int final_block = 50;   // query tokens in block mode
-  int passage = 512;      // tokens per cached block
-  int runs = 20;          // timed launches per case (median reported)
-  int warmup = 3;         // untimed launches first
+  int final_block = 50;                                   // query tokens in block mode
+  int passage = 512;                                      // tokens per cached block
+  int runs = 20;                           // timed launches per case (median reported)
+  int warmup = 3;                          // untimed launches first
   int64_t min_bytes = int64_t{256} << 20;  // KV copies cycled until they exceed this (> L2)
   std::string modes = "block,prefill";
 };
@@ -70,13 +70,14 @@ struct Case {
 };
 
 // `lens` segments with `offsets` (rope re-encoding), q_len queries, causal from causal_start.
-void Build(const Options& o, const std::vector<int>& lens, const std::vector<int>& offsets, int q_len,
-           int causal_start, int num_sms, Case& c) {
+void Build(const Options& o, const std::vector<int>& lens, const std::vector<int>& offsets,
+           int q_len, int causal_start, int num_sms, Case& c) {
   int keys = 0;
   for (int n : lens) keys += n;
   const int64_t kv_elems = int64_t{keys} * kKvHeads * kHeadDim;
   const int64_t copy_bytes = kv_elems * 2 * 2;
-  const int copies = static_cast<int>(std::clamp<int64_t>((o.min_bytes + copy_bytes - 1) / copy_bytes, 1, 16));
+  const int copies =
+      static_cast<int>(std::clamp<int64_t>((o.min_bytes + copy_bytes - 1) / copy_bytes, 1, 16));
   std::vector<float> inv_freq(kHeadDim / 2);
   for (int i = 0; i < kHeadDim / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / kHeadDim);
   float* d_inv = static_cast<float*>(Alloc(inv_freq.size() * 4));
@@ -115,7 +116,8 @@ void Build(const Options& o, const std::vector<int>& lens, const std::vector<int
     auto* d_seq = static_cast<AttnSequence*>(Alloc(sizeof(AttnSequence)));
     c.owned.push_back(d_segs);
     c.owned.push_back(d_seq);
-    BENCH_CUDA(cudaMemcpy(d_segs, segs.data(), segs.size() * sizeof(AttnSegment), cudaMemcpyHostToDevice));
+    BENCH_CUDA(
+        cudaMemcpy(d_segs, segs.data(), segs.size() * sizeof(AttnSegment), cudaMemcpyHostToDevice));
     BENCH_CUDA(cudaMemcpy(d_seq, &seq, sizeof(seq), cudaMemcpyHostToDevice));
     AttentionParams p;
     p.dtype = DType::kBF16;
@@ -176,8 +178,9 @@ int Run(const Options& o) {
   }
   cudaDeviceProp prop{};
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("attention_bench: %s, %d SMs; %d q heads / %d kv heads, head_dim %d, bf16; median of %d\n",
-              prop.name, prop.multiProcessorCount, kHeads, kKvHeads, kHeadDim, o.runs);
+  std::printf(
+      "attention_bench: %s, %d SMs; %d q heads / %d kv heads, head_dim %d, bf16; median of %d\n",
+      prop.name, prop.multiProcessorCount, kHeads, kKvHeads, kHeadDim, o.runs);
   std::printf("| mode | keys | q tokens | splits | ms | TFLOP/s |\n|---|---|---|---|---|---|\n");
   for (const char* mode : {"block", "prefill"}) {
     if (o.modes.find(mode) == std::string::npos) continue;
