@@ -38,44 +38,31 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     core->GenerateAsync(
         *request, start_, DeadlineOf(context), [context] { return context->IsCancelled(); },
-        [this](absl::Span<const int32_t> tokens) {
-          {
-            absl::MutexLock lock(&mu_);
-            tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
-          }
-          Pump();
-        },
+        [this](absl::Span<const int32_t> tokens) { Pump({.tokens = tokens}); },
         [this](absl::StatusOr<GenerateOutcome> r) {
           if (r.ok() && observer_ != nullptr) observer_->OnGenerated(*r);
-          {
-            absl::MutexLock lock(&mu_);
-            finished_ = true;
-            if (r.ok()) {
-              outcome_ = *std::move(r);
-            } else {
-              status_ = r.status();
-            }
-          }
-          Pump();
+          Pump({.result = &r});
         });
   }
 
-  void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      // A broken stream: the client is gone, so its context reads as cancelled and the core
-      // stops within a step; Finish waits for that.
-      if (!ok) broken_ = true;
-    }
-    Pump();
-  }
+  void OnWriteDone(bool ok) override { Pump({.write_done = true, .write_ok = ok}); }
 
   void OnDone() override { delete this; }
 
  private:
-  // Starts the next write (tokens, or the final message) or Finish, unless a write is in flight.
-  void Pump() {
+  // What happened: new tokens, the core's result, or a write's completion.
+  struct Event {
+    absl::Span<const int32_t> tokens;
+    absl::StatusOr<GenerateOutcome>* result = nullptr;  // taken
+    bool write_done = false;
+    bool write_ok = true;
+  };
+
+  // Records `event`, then starts the next write (tokens, or the final message) or Finish unless
+  // a write is in flight. The event is recorded under the same lock as the decision: once this
+  // thread unlocks without a write or Finish to do, another thread may end (and delete) the
+  // reactor, so nothing here touches it afterwards.
+  void Pump(Event event) {
     std::vector<int32_t> prefix;  // tokens sent once this message is out
     size_t first_new = 0;
     bool final_message = false;
@@ -83,6 +70,21 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     absl::Status finish;
     {
       absl::MutexLock lock(&mu_);
+      tokens_.insert(tokens_.end(), event.tokens.begin(), event.tokens.end());
+      if (event.result != nullptr) {
+        finished_ = true;
+        if (event.result->ok()) {
+          outcome_ = **std::move(event.result);
+        } else {
+          status_ = event.result->status();
+        }
+      }
+      if (event.write_done) {
+        writing_ = false;
+        // A broken stream: the client is gone, so its context reads as cancelled and the core
+        // stops within a step; Finish waits for that.
+        if (!event.write_ok) broken_ = true;
+      }
       if (writing_ || ended_) return;
       if (broken_ || (finished_ && !status_.ok()) || final_sent_) {
         if (!finished_) return;
