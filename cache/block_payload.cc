@@ -10,6 +10,11 @@
 #include "cache/internal/block_header_layout.h"
 #include "cache/internal/little_endian.h"
 #include "xxhash.h"
+#if defined(__x86_64__)
+// Runtime-dispatched XXH3 (AVX2 / AVX-512 where the CPU has them): Debian's libxxhash is built
+// for baseline x86-64, whose SSE2 XXH3 was the largest cost of a verified Get (same hash values).
+#include "xxh_x86dispatch.h"
+#endif
 
 namespace kvblock {
 namespace {

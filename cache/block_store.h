@@ -24,16 +24,19 @@
 
 namespace kvblock {
 
+enum class StoreTier : uint8_t { kNone = 0, kGpu = 1, kMemory = 2, kDisk = 3, kRemote = 4 };
+std::string_view StoreTierName(StoreTier tier);
+
 // Immutable payload bytes plus whatever keeps them alive and in place. While a BlockBytes is
 // held the bytes neither move nor change (a memory tier pins its allocation; eviction only drops
 // the tier's reference). Copying a BlockBytes is cheap (shares ownership).
 struct BlockBytes {
   absl::Span<const uint8_t> bytes;
   std::shared_ptr<const void> owner;
+  // The tier that answered the Get (a TieredStore reports kDisk for a block it had to read
+  // from disk, even though it then promoted it). kNone where the producer does not say.
+  StoreTier tier = StoreTier::kNone;
 };
-
-enum class StoreTier : uint8_t { kNone = 0, kGpu = 1, kMemory = 2, kDisk = 3, kRemote = 4 };
-std::string_view StoreTierName(StoreTier tier);
 
 struct LookupResult {
   bool present = false;
@@ -42,6 +45,16 @@ struct LookupResult {
 };
 
 // Counters of one tier (monotonic unless noted).
+// A storage engine's own number (for RocksDB: statistics tickers and DB properties), exported
+// by the metrics as `kvblock_<name>{tier}` so the metrics code needs no engine headers.
+struct EngineStat {
+  // snake_case, base units, `_total` suffix for counters; e.g. "rocksdb_stall_seconds_total".
+  std::string name;
+  std::string help;       // one line
+  bool counter = false;   // monotonic counter; otherwise a gauge
+  double value = 0;
+};
+
 struct TierStats {
   StoreTier tier = StoreTier::kNone;
   uint64_t blocks = 0;          // current
@@ -52,6 +65,8 @@ struct TierStats {
   uint64_t inserts = 0;
   uint64_t evictions = 0;
   uint64_t corrupt_records = 0;
+  // Engine-specific numbers; a tier reports the same names, in the same order, on every call.
+  std::vector<EngineStat> engine;
 };
 
 class BlockStore {

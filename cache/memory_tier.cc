@@ -112,7 +112,7 @@ size_t MemoryTier::ShardIndex(const BlockKey& key) const {
 
 BlockBytes MemoryTier::ToBytes(const std::shared_ptr<const Allocation>& alloc) {
   return BlockBytes{absl::Span<const uint8_t>(alloc->data, alloc->size),
-                    std::shared_ptr<const void>(alloc, alloc->data)};
+                    std::shared_ptr<const void>(alloc, alloc->data), StoreTier::kMemory};
 }
 
 bool MemoryTier::EvictOne(size_t start_shard) {

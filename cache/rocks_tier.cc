@@ -21,6 +21,7 @@
 #include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
+#include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
 
@@ -194,6 +195,13 @@ class StderrLogger final : public rocksdb::Logger {
 
 }  // namespace
 
+// A value read by Get. The slice may pin an entry of the blob cache, which is kept alive with
+// it, so the bytes stay valid after the tier is closed. Members are released bottom-up.
+struct RocksTier::PinnedValue {
+  std::shared_ptr<rocksdb::Cache> blob_cache;
+  rocksdb::PinnableSlice slice;
+};
+
 std::string_view SyncPolicyName(SyncPolicy policy) {
   switch (policy) {
     case SyncPolicy::kPerWrite:
@@ -259,6 +267,10 @@ absl::Status RocksTier::OpenDb() {
   // A SIGKILL can leave a torn last WAL record: recover the consistent prefix.
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   if (options_.env != nullptr) db_options.env = options_.env;
+  // Tickers only (no histograms or timers): a few per-core atomic adds per operation.
+  statistics_ = rocksdb::CreateDBStatistics();
+  statistics_->set_stats_level(rocksdb::StatsLevel::kExceptHistogramOrTimers);
+  db_options.statistics = statistics_;
 
   auto cf = std::make_shared<rocksdb::ColumnFamilyOptions>();
   cf->enable_blob_files = true;
@@ -269,8 +281,22 @@ absl::Status RocksTier::OpenDb() {
   cf->enable_blob_garbage_collection = options_.blob_garbage_collection;
   cf->blob_garbage_collection_age_cutoff = options_.blob_gc_age_cutoff;
   cf->write_buffer_size = options_.write_buffer_bytes;
+  if (options_.blob_cache_bytes > 0) {
+    // Each shard must hold several payloads of tens of MiB: an entry larger than its shard is
+    // dropped as soon as it is released, so RocksDB's default of 64 shards would cache nothing.
+    int shard_bits = 0;
+    while (shard_bits < 4 &&
+           (options_.blob_cache_bytes >> (shard_bits + 1)) >= (uint64_t{64} << 20)) {
+      ++shard_bits;
+    }
+    blob_cache_ = rocksdb::NewLRUCache(options_.blob_cache_bytes, shard_bits);
+    cf->blob_cache = blob_cache_;
+    // A block just written is the likeliest to be read next (a worker encodes, then fetches).
+    cf->prepopulate_blob_cache = rocksdb::PrepopulateBlobCache::kFlushOnly;
+  }
   rocksdb::BlockBasedTableOptions table;
-  table.block_cache = rocksdb::NewLRUCache(options_.block_cache_bytes);
+  block_cache_ = rocksdb::NewLRUCache(options_.block_cache_bytes);
+  table.block_cache = block_cache_;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   cf->table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   cf_options_ = cf;
@@ -476,8 +502,10 @@ absl::StatusOr<BlockBytes> RocksTier::Get(const BlockKey& key) {
   // a corrupt SST block or blob index still fails to decode or yields bytes that fail Parse.
   ro.verify_checksums = false;
   for (auto& [model, cf] : cfs_) {
-    auto value = std::make_shared<rocksdb::PinnableSlice>();
-    rocksdb::Status s = db_->Get(ro, cf->handle, dkey, value.get());
+    auto pinned = std::make_shared<PinnedValue>();
+    pinned->blob_cache = blob_cache_;
+    rocksdb::PinnableSlice* value = &pinned->slice;
+    rocksdb::Status s = db_->Get(ro, cf->handle, dkey, value);
     if (s.IsNotFound()) continue;
     if (s.ok()) {
       absl::Span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(value->data()),
@@ -485,7 +513,7 @@ absl::StatusOr<BlockBytes> RocksTier::Get(const BlockKey& key) {
       absl::StatusOr<BlockView> view = BlockView::Parse(bytes);
       if (view.ok() && view->meta().key == key && view->meta().model == model) {
         hits_.fetch_add(1, std::memory_order_relaxed);
-        return BlockBytes{bytes, std::shared_ptr<const void>(value, value.get())};
+        return BlockBytes{bytes, std::move(pinned), StoreTier::kDisk};
       }
     } else if (!s.IsCorruption()) {
       return FromRocks(s, absl::StrCat("reading block ", key.ToHex()));
@@ -579,7 +607,81 @@ std::vector<TierStats> RocksTier::Stats() const {
   s.misses = misses_.load(std::memory_order_relaxed);
   s.inserts = inserts_.load(std::memory_order_relaxed);
   s.corrupt_records = corrupt_.load(std::memory_order_relaxed);
+  s.engine = EngineStats();
   return {s};
+}
+
+std::vector<EngineStat> RocksTier::EngineStats() const {
+  struct Ticker {
+    rocksdb::Tickers ticker;
+    const char* name;
+    const char* help;
+    double scale;
+  };
+  static constexpr Ticker kTickers[] = {
+      {rocksdb::BLOCK_CACHE_HIT, "rocksdb_block_cache_hits_total",
+       "RocksDB block cache hits (SST index, filter and record blocks).", 1},
+      {rocksdb::BLOCK_CACHE_MISS, "rocksdb_block_cache_misses_total",
+       "RocksDB block cache misses.", 1},
+      {rocksdb::BLOB_DB_CACHE_HIT, "rocksdb_blob_cache_hits_total",
+       "RocksDB blob cache hits (payloads served without reading a blob file).", 1},
+      {rocksdb::BLOB_DB_CACHE_MISS, "rocksdb_blob_cache_misses_total",
+       "RocksDB blob cache misses (payloads read from a blob file).", 1},
+      {rocksdb::BYTES_WRITTEN, "rocksdb_written_bytes_total",
+       "Bytes written to RocksDB by Put and Delete (keys and values).", 1},
+      {rocksdb::BYTES_READ, "rocksdb_read_bytes_total",
+       "Bytes returned by RocksDB point reads (values).", 1},
+      {rocksdb::WAL_FILE_BYTES, "rocksdb_wal_written_bytes_total",
+       "Bytes written to RocksDB's write-ahead log.", 1},
+      {rocksdb::BLOB_DB_BLOB_FILE_BYTES_WRITTEN, "rocksdb_blob_file_written_bytes_total",
+       "Bytes written to blob files (flushes and garbage collection).", 1},
+      {rocksdb::BLOB_DB_BLOB_FILE_BYTES_READ, "rocksdb_blob_file_read_bytes_total",
+       "Bytes read from blob files.", 1},
+      {rocksdb::COMPACT_WRITE_BYTES, "rocksdb_compaction_written_bytes_total",
+       "Bytes written by compactions.", 1},
+      {rocksdb::STALL_MICROS, "rocksdb_stall_seconds_total",
+       "Time writers spent stalled by RocksDB (memtable or compaction backlog), in seconds.",
+       1e-6},
+  };
+  struct Property {
+    const std::string& property;
+    const char* name;
+    const char* help;
+  };
+  const Property kProperties[] = {
+      {rocksdb::DB::Properties::kEstimatePendingCompactionBytes,
+       "rocksdb_compaction_pending_bytes",
+       "Bytes RocksDB estimates compaction still has to rewrite."},
+      {rocksdb::DB::Properties::kTotalSstFilesSize, "rocksdb_sst_files_bytes",
+       "Bytes in SST files (all versions)."},
+      {rocksdb::DB::Properties::kTotalBlobFileSize, "rocksdb_blob_files_bytes",
+       "Bytes in blob files (all versions)."},
+      {rocksdb::DB::Properties::kLiveBlobFileGarbageSize, "rocksdb_blob_files_garbage_bytes",
+       "Bytes of deleted payloads in live blob files, not yet reclaimed."},
+      {rocksdb::DB::Properties::kCurSizeAllMemTables, "rocksdb_memtables_bytes",
+       "Bytes in memtables (active and immutable)."},
+  };
+  std::vector<EngineStat> out;
+  for (const Ticker& t : kTickers) {
+    out.push_back({t.name, t.help, true,
+                   static_cast<double>(statistics_->getTickerCount(t.ticker)) * t.scale});
+  }
+  {
+    internal::ReaderMutexLock lock(&cf_mu_);
+    for (const Property& p : kProperties) {
+      uint64_t sum = 0;
+      for (const auto& [model, cf] : cfs_) {
+        uint64_t v = 0;
+        if (db_->GetIntProperty(cf->handle, p.property, &v)) sum += v;
+      }
+      out.push_back({p.name, p.help, false, static_cast<double>(sum)});
+    }
+  }
+  out.push_back({"rocksdb_block_cache_usage_bytes", "Bytes held by RocksDB's block cache.", false,
+                 static_cast<double>(block_cache_->GetUsage())});
+  out.push_back({"rocksdb_blob_cache_usage_bytes", "Bytes held by RocksDB's blob cache.", false,
+                 blob_cache_ ? static_cast<double>(blob_cache_->GetUsage()) : 0.0});
+  return out;
 }
 
 absl::Status RocksTier::FlushMemtables() {

@@ -38,9 +38,11 @@
 #include "cache/block_store.h"
 
 namespace rocksdb {
+class Cache;
 class ColumnFamilyHandle;
 class DB;
 class Env;
+class Statistics;
 }  // namespace rocksdb
 
 namespace kvblock {
@@ -72,6 +74,10 @@ struct RocksTierOptions {
   // Block cache for SST blocks (records and indexes, not payloads), shared by all column
   // families, in bytes. Default: 32 MiB.
   uint64_t block_cache_bytes = uint64_t{32} << 20;
+  // Blob cache (payloads, read back zero-copy: a Get pins the cached blob instead of reading
+  // it into a fresh buffer), in bytes; blobs enter it when read and when a memtable is flushed.
+  // 0 disables it (every Get reads the blob file). Default: 64 MiB.
+  uint64_t blob_cache_bytes = uint64_t{64} << 20;
   // RocksDB background flush + compaction threads. Default: 2.
   int max_background_jobs = 2;
   // RocksDB environment (tests inject file-system faults). Not owned; must outlive the tier.
@@ -109,7 +115,10 @@ class RocksTier : public BlockStore {
   // in-flight calls.
   absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override;
   // One entry (kDisk). `bytes` counts payloads plus record keys and headers (logical bytes, not
-  // file sizes). Thread-safe.
+  // file sizes). `engine` holds RocksDB's own numbers (rocksdb_*: block and blob cache hits,
+  // bytes written and read, WAL and blob file bytes, compaction bytes pending, SST / blob file
+  // bytes, memtable bytes, write stall seconds), summed over the model column families.
+  // Thread-safe.
   std::vector<TierStats> Stats() const override;
 
   // Writes every memtable to SST/blob files (tests, orderly shutdown). Thread-safe.
@@ -125,10 +134,12 @@ class RocksTier : public BlockStore {
     std::atomic<uint64_t> blocks{0};
     std::atomic<uint64_t> bytes{0};
   };
+  struct PinnedValue;
   static constexpr size_t kStripes = 256;
 
   explicit RocksTier(const RocksTierOptions& options) : options_(options) {}
   absl::Status OpenDb();
+  std::vector<EngineStat> EngineStats() const;
   absl::Status CountBlocks(ModelCf& cf);
   // Waits for a WAL fsync that covers writes completed before the call (kGroupCommit).
   absl::Status GroupSync();
@@ -142,6 +153,9 @@ class RocksTier : public BlockStore {
   rocksdb::DB* db_ = nullptr;
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
   std::shared_ptr<void> cf_options_;  // rocksdb::ColumnFamilyOptions for new model families
+  std::shared_ptr<rocksdb::Cache> block_cache_;
+  std::shared_ptr<rocksdb::Cache> blob_cache_;  // null when options_.blob_cache_bytes == 0
+  std::shared_ptr<rocksdb::Statistics> statistics_;  // RocksDB's tickers (TierStats::engine)
 
   // Readers (Put/Get/Lookup/Delete) share it; DeleteModel and column family creation take it
   // exclusively, so a handle is never dropped under a running call.

@@ -151,7 +151,9 @@ absl::StatusOr<BlockBytes> TieredStore::Get(const BlockKey& key) {
   if (!disk.ok()) return disk.status();
   // Promote: a concurrent Delete waits for our shared stripe hold, so it cannot be undone.
   absl::StatusOr<BlockBytes> promoted = memory_->Insert(key, disk->bytes);
-  return promoted.ok() ? *std::move(promoted) : *std::move(disk);
+  if (!promoted.ok()) return disk;
+  promoted->tier = StoreTier::kDisk;  // this read was answered by the disk
+  return promoted;
 }
 
 void TieredStore::Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) {

@@ -269,6 +269,74 @@ TEST(RocksTierOpenTest, ReadOnlyDir) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "10: setuid failed; 11: wrong status";
 }
 
+double Engine(const TierStats& s, const std::string& name) {
+  for (const EngineStat& e : s.engine) {
+    if (e.name == name) return e.value;
+  }
+  ADD_FAILURE() << "no engine stat " << name;
+  return -1;
+}
+
+// Blob cache on (payloads pinned in the cache after the flush) and off (read from blob files):
+// the same bytes either way, RocksDB's numbers in Stats move accordingly, and a value read
+// stays valid after the tier is closed.
+TEST(RocksTierBlobCacheTest, PinnedReadsAndEngineStats) {
+  const ModelFingerprint m = RandomModel(5);
+  std::vector<TestBlock> blocks;
+  double total = 0;
+  for (uint64_t i = 0; i < 8; ++i) {
+    blocks.push_back(MakeBlock(m, 100 + i, 400));  // ~100 KiB: blob files
+    total += static_cast<double>(blocks.back().payload.size());
+  }
+  for (const bool cached : {true, false}) {
+    SCOPED_TRACE(cached ? "blob cache on" : "blob cache off");
+    ScratchDir dir;
+    RocksTierOptions o = Options(dir.path(), SyncPolicy::kNone);
+    if (!cached) o.blob_cache_bytes = 0;
+    auto tier = RocksTier::Open(o).value();
+    for (auto& b : blocks) ASSERT_TRUE(tier->Put(b.key, b.payload).ok());
+    ASSERT_TRUE(tier->FlushMemtables().ok());
+    std::vector<BlockBytes> held;
+    for (int round = 0; round < 2; ++round) {
+      for (auto& b : blocks) {
+        absl::StatusOr<BlockBytes> got = tier->Get(b.key);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->tier, StoreTier::kDisk);
+        EXPECT_EQ(Copy(*got), b.payload);
+        held.push_back(*std::move(got));
+      }
+    }
+    const TierStats s = tier->Stats()[0];
+    EXPECT_GE(Engine(s, "rocksdb_written_bytes_total"), total);
+    EXPECT_GE(Engine(s, "rocksdb_wal_written_bytes_total"), total);
+    EXPECT_GE(Engine(s, "rocksdb_blob_file_written_bytes_total"), total);
+    EXPECT_GE(Engine(s, "rocksdb_blob_files_bytes"), total);
+    EXPECT_GT(Engine(s, "rocksdb_sst_files_bytes"), 0);
+    EXPECT_EQ(Engine(s, "rocksdb_memtables_bytes") < total, true);  // flushed
+    EXPECT_GE(Engine(s, "rocksdb_stall_seconds_total"), 0);
+    EXPECT_GE(Engine(s, "rocksdb_compaction_pending_bytes"), 0);
+    if (cached) {
+      EXPECT_GE(Engine(s, "rocksdb_blob_cache_hits_total"), 2.0 * blocks.size());
+      EXPECT_EQ(Engine(s, "rocksdb_blob_file_read_bytes_total"), 0);  // prepopulated at flush
+      EXPECT_GE(Engine(s, "rocksdb_blob_cache_usage_bytes"), total);
+    } else {
+      EXPECT_EQ(Engine(s, "rocksdb_blob_cache_hits_total"), 0);
+      EXPECT_GE(Engine(s, "rocksdb_blob_file_read_bytes_total"), 2 * total);
+      EXPECT_EQ(Engine(s, "rocksdb_blob_cache_usage_bytes"), 0);
+    }
+    // The same names every call (the metrics register families from one call).
+    std::vector<std::string> names, again;
+    for (const EngineStat& e : s.engine) names.push_back(e.name);
+    const TierStats later = tier->Stats()[0];
+    for (const EngineStat& e : later.engine) again.push_back(e.name);
+    EXPECT_EQ(names, again);
+    tier.reset();  // closed: the held values (pinned cache entries) stay readable
+    for (size_t i = 0; i < held.size(); ++i) {
+      EXPECT_EQ(Copy(held[i]), blocks[i % blocks.size()].payload);
+    }
+  }
+}
+
 TEST(RocksTierOpenTest, BadOptions) {
   RocksTierOptions o;
   EXPECT_EQ(RocksTier::Open(o).status().code(), absl::StatusCode::kInvalidArgument);

@@ -54,9 +54,12 @@ TEST(TieredStoreTest, WriteThroughReachesBothTiersAndRestartWarmsLazily) {
     LookupResult before = LookupOne(*store, b.key);
     EXPECT_TRUE(before.present);
     EXPECT_EQ(before.tier, StoreTier::kDisk);
-    EXPECT_EQ(Copy(store->Get(b.key).value()), b.payload);
+    auto first = store->Get(b.key).value();
+    EXPECT_EQ(Copy(first), b.payload);
+    EXPECT_EQ(first.tier, StoreTier::kDisk);  // answered by the disk (then promoted)
     EXPECT_EQ(LookupOne(*store, b.key).tier, StoreTier::kMemory);  // promoted
     auto again = store->Get(b.key).value();
+    EXPECT_EQ(again.tier, StoreTier::kMemory);
     EXPECT_TRUE(store->memory().arena().Locate(again.bytes.data()).has_value());
   }
   auto stats = store->Stats();

@@ -5,7 +5,9 @@
 //   FileWrite/N/sync vs RocksPut/N/sync  MB/s of Put vs appending the same bytes to a plain file,
 //                                        sync 0 = fdatasync per write / RocksDB kPerWrite,
 //                                        sync 1 = no fsync / kNone
-//   FileRead/N vs RocksGet/N             MB/s of Get vs pread of the same bytes (page cache warm)
+//   FileRead/N vs RocksGet/N/cache       MB/s of Get vs pread of the same bytes (page cache warm),
+//                                        cache 1 = blob cache on (the default), 0 = off (every
+//                                        Get reads the blob file: the blob cache miss path)
 //   HitRatio/policy/size                 request hit ratio of LRU (0) and S3-FIFO (1) on a RAG
 //                                        trace (Zipf over passages + one-hit scans), cache = 1%,
 //                                        5%, 10% of the corpus bytes (size 0, 1, 2)
@@ -168,6 +170,7 @@ void RocksGet(benchmark::State& state) {
   RocksTierOptions o;
   o.path = dir.path();
   o.sync = SyncPolicy::kNone;
+  if (state.range(1) == 0) o.blob_cache_bytes = 0;
   auto tier = RocksTier::Open(o).value();
   for (auto& b : blocks) tier->Put(b.key, b.payload).IgnoreError();
   tier->FlushMemtables().IgnoreError();  // read from blob files, as after a restart
@@ -180,7 +183,7 @@ void RocksGet(benchmark::State& state) {
   }
   state.SetBytesProcessed(bytes);
 }
-BENCHMARK(RocksGet)->Arg(128 << 10)->Arg(1 << 20);
+BENCHMARK(RocksGet)->ArgsProduct({{128 << 10, 1 << 20}, {1, 0}});
 
 // ---- Eviction policies on a RAG trace ------------------------------------------------------
 
