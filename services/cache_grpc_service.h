@@ -3,34 +3,14 @@
 // observer; every decision lives in the core.
 #pragma once
 
-#include <deque>
-#include <functional>
-#include <thread>
-#include <vector>
+#include <memory>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "kvblock/v1/cache.grpc.pb.h"
+#include "services/blocking_executor.h"
 #include "services/cache_service_core.h"
 
 namespace kvblock {
-
-// Runs blocking store work (Put commits with their fsync, Get's disk reads) off gRPC's callback
-// threads, which must never block. Thread-safe.
-class BlockingExecutor {
- public:
-  explicit BlockingExecutor(int threads);
-  // Runs the queued work, then joins.
-  ~BlockingExecutor();
-  void Run(std::function<void()> fn);
-
- private:
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
 
 class CacheGrpcService final : public v1::CacheService::CallbackService {
  public:

@@ -53,6 +53,17 @@ class ServerMetrics final : public CacheServiceObserver {
         ++memory;
       }
     }
+    CountHits(memory, disk, miss);
+  }
+
+  void OnGet(StoreTier served_by) override {
+    const bool miss = served_by == StoreTier::kNone;
+    const bool disk = served_by == StoreTier::kDisk;
+    CountHits(!miss && !disk, disk, miss);
+  }
+
+ private:
+  void CountHits(uint64_t memory, uint64_t disk, uint64_t miss) {
     const std::string_view mem[] = {"memory"}, dsk[] = {"disk"};
     if (memory != 0) {
       if (auto c = service_.cache_hits->WithLabels(mem); c.ok()) (*c)->Increment(memory);
@@ -68,7 +79,6 @@ class ServerMetrics final : public CacheServiceObserver {
     }
   }
 
- private:
   metrics::ServiceMetrics service_;
 };
 

@@ -240,6 +240,9 @@ absl::StatusOr<std::unique_ptr<GetStream>> CacheServiceCore::StartGet(
   chunk = std::clamp<uint32_t>(chunk, 4096, options_.max_chunk_bytes);
   const BlockKey key = FromProto(request.key());
   absl::StatusOr<BlockBytes> block = store_->Get(key);
+  if (observer_ != nullptr && (block.ok() || absl::IsNotFound(block.status()))) {
+    observer_->OnGet(block.ok() ? block->tier : StoreTier::kNone);
+  }
   if (!block.ok()) {
     if (absl::IsNotFound(block.status())) {
       return absl::NotFoundError(absl::StrCat("block ", key.ToHex(), " is not on this node"));

@@ -72,6 +72,9 @@ class CacheServiceObserver {
   virtual void OnBytes(std::string_view plane, std::string_view direction, uint64_t bytes) = 0;
   // The store's answer to a client's Lookup (hits by tier, misses).
   virtual void OnLookup(absl::Span<const LookupResult> results) = 0;
+  // The store's answer to a client's Get, over gRPC or UCX: the tier that served the block, or
+  // kNone for a miss.
+  virtual void OnGet(StoreTier served_by) = 0;
 };
 
 class CacheServiceCore;

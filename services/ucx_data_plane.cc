@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "cache/block_payload.h"
+#include "services/blocking_executor.h"
 #include "ucp/api/ucp.h"
 
 namespace kvblock {
@@ -232,6 +233,10 @@ absl::Status UcxServerOptions::Validate() const {
     return absl::InvalidArgumentError("max_inflight_bytes must be at least 1 MiB");
   }
   if (token_ttl <= absl::ZeroDuration()) return absl::InvalidArgumentError("token_ttl <= 0");
+  if (read_threads < 1 || read_threads > 256) {
+    return absl::InvalidArgumentError("read_threads must be in [1, 256]");
+  }
+  if (max_reads_per_session < 1) return absl::InvalidArgumentError("max_reads_per_session < 1");
   return absl::OkStatus();
 }
 
@@ -241,10 +246,12 @@ struct UcxServer::Impl {
     BlockKey key;
   };
   struct Endpoint {
+    uint64_t id = 0;  // unique for the server's life (a ucp_ep_h may be reused once closed)
     bool authenticated = false;
     bool closing = false;
     absl::Time created;
     uint64_t inflight_bytes = 0;
+    uint32_t reading = 0;  // fetches whose store read runs on a reader thread
     std::deque<PendingFetch> queued;
   };
   // One reply (all segments of one fetch) in flight; freed when its last send completes.
@@ -271,8 +278,12 @@ struct UcxServer::Impl {
   ucp_listener_h listener = nullptr;
   std::string address;
   std::vector<std::pair<absl::Span<const uint8_t>, ucp_mem_h>> regions;
+  // Store reads (RocksDB may block on disk), so one slow read never stalls the progress thread
+  // and every other transfer. Created last in Start, destroyed first in ~UcxServer.
+  std::unique_ptr<BlockingExecutor> readers;
   // Progress thread only.
   absl::flat_hash_map<ucp_ep_h, Endpoint> eps;
+  uint64_t next_ep_id = 1;
   absl::Time last_sweep = absl::InfinitePast();
 
   mutable absl::Mutex mu;
@@ -291,7 +302,9 @@ struct UcxServer::Impl {
     p.err_handler.arg = self;
     ucp_ep_h ep = nullptr;
     if (ucp_ep_create(self->loop.worker(), &p, &ep) != UCS_OK) return;
-    self->eps[ep].created = absl::Now();
+    Endpoint& e = self->eps[ep];
+    e.created = absl::Now();
+    e.id = self->next_ep_id++;
   }
 
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
@@ -397,12 +410,17 @@ struct UcxServer::Impl {
       return UCS_OK;
     }
     Endpoint& e = it->second;
-    if (e.inflight_bytes >= self->options.max_inflight_bytes || !e.queued.empty()) {
+    if (!self->HasRoom(e) || !e.queued.empty()) {
       e.queued.push_back({h.request_id, BlockKey{h.key_hi, h.key_lo}});
       return UCS_OK;
     }
     self->Serve(ep, e, h.request_id, BlockKey{h.key_hi, h.key_lo});
     return UCS_OK;
+  }
+
+  bool HasRoom(const Endpoint& e) const {
+    return e.inflight_bytes < options.max_inflight_bytes &&
+           e.reading < options.max_reads_per_session;
   }
 
   ucp_mem_h MemhFor(const uint8_t* p, size_t n) const {
@@ -412,8 +430,31 @@ struct UcxServer::Impl {
     return nullptr;
   }
 
+  // Reads the block on a reader thread, then replies from the progress thread.
   void Serve(ucp_ep_h ep, Endpoint& e, uint64_t request_id, const BlockKey& key) {
-    absl::StatusOr<BlockBytes> block = store->Get(key);
+    ++e.reading;
+    readers->Run([this, ep, ep_id = e.id, request_id, key] {
+      absl::StatusOr<BlockBytes> block = store->Get(key);
+      if (observer != nullptr && (block.ok() || absl::IsNotFound(block.status()))) {
+        observer->OnGet(block.ok() ? block->tier : StoreTier::kNone);
+      }
+      loop.Post([this, ep, ep_id, request_id, block = std::move(block)]() mutable {
+        OnRead(ep, ep_id, request_id, std::move(block));
+      });
+    });
+  }
+
+  void OnRead(ucp_ep_h ep, uint64_t ep_id, uint64_t request_id, absl::StatusOr<BlockBytes> block) {
+    auto it = eps.find(ep);
+    if (it == eps.end() || it->second.id != ep_id) return;  // the endpoint went meanwhile
+    Endpoint& e = it->second;
+    --e.reading;
+    if (!e.closing) Send(ep, e, request_id, std::move(block));
+    ServeQueued(ep);
+  }
+
+  // Sends a fetch's reply: an error, or the payload segment by segment, zero-copy.
+  void Send(ucp_ep_h ep, Endpoint& e, uint64_t request_id, absl::StatusOr<BlockBytes> block) {
     if (!block.ok()) {
       DataHeader err{request_id, 0, 0, static_cast<int32_t>(block.status().code()), 0};
       SendSmall(ep, kAmData, &err, sizeof(err));
@@ -484,7 +525,7 @@ struct UcxServer::Impl {
     auto it = eps.find(ep);
     if (it == eps.end()) return;
     Endpoint& e = it->second;
-    while (!e.queued.empty() && e.inflight_bytes < options.max_inflight_bytes && !e.closing) {
+    while (!e.queued.empty() && HasRoom(e) && !e.closing) {
       PendingFetch f = e.queued.front();
       e.queued.pop_front();
       Serve(ep, e, f.request_id, f.key);
@@ -556,6 +597,7 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions opt
                                                           : impl->options.advertise_host;
   if (host == "0.0.0.0") host = "127.0.0.1";
   impl->address = absl::StrCat(host, ":", port);
+  impl->readers = std::make_unique<BlockingExecutor>(impl->options.read_threads);
   impl->loop.StartThread();
   return std::unique_ptr<UcxServer>(new UcxServer(std::move(impl)));
 }
@@ -564,6 +606,7 @@ UcxServer::UcxServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 UcxServer::~UcxServer() {
   Impl* impl = impl_.get();
+  impl->readers.reset();  // finishes the reads in progress; their replies are posted to the loop
   impl->loop.Stop([impl] {
     if (impl->listener != nullptr) ucp_listener_destroy(impl->listener);
     impl->listener = nullptr;

@@ -18,7 +18,9 @@
 // restarted node can bind its port while old connections linger.
 //
 // Threads: each side runs one progress thread that owns its ucp worker; public methods post work
-// to it and wait, so they are thread-safe.
+// to it and wait, so they are thread-safe. The server reads blocks from the store on a small
+// pool of reader threads (read_threads) and hands each block back to the progress thread, which
+// sends it, so a slow disk read delays only its own fetch.
 #pragma once
 
 #include <cstdint>
@@ -53,6 +55,11 @@ struct UcxServerOptions {
   // Layers are sent whole; consecutive layers smaller than this are grouped into one message
   // (bytes; 0 = one message per layer). Default: 2 MiB (docs/benchmarks.md: 1 MiB vs 4 MiB).
   uint64_t min_segment_bytes = 2ull << 20;
+  // Threads that read blocks from the store for fetches (off the progress thread, which only
+  // moves bytes). Default: 4.
+  int read_threads = 4;
+  // Fetches of one session whose store read may run at once; later ones queue. Default: 16.
+  uint32_t max_reads_per_session = 16;
   // UCX peer-failure handling on endpoints. UCX 1.13 selects no shared-memory transport
   // (sysv/posix + CMA) for such endpoints, which caps one-host transfers at TCP speed; with it
   // off a dead peer is noticed by the fetch deadline and the gRPC control plane instead.

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -189,10 +190,27 @@ absl::StatusOr<CollectorId> RegisterTierStatsCollector(
       {{kTierCorruptRecords, "Records found corrupt (dropped and reported as misses).", tier},
        MetricType::kCounter},
   };
+  // Engine numbers (TierStats::engine, e.g. RocksDB's) become families of their own, found by
+  // asking once now: a store reports the same names on every call.
+  absl::flat_hash_map<std::string, size_t> engine_family;
+  for (const TierStats& t : stats()) {
+    for (const EngineStat& e : t.engine) {
+      const std::string name = absl::StrCat("kvblock_", e.name);
+      if (engine_family.contains(name)) continue;
+      engine_family[name] = families.size();
+      families.push_back({{name, e.help, tier},
+                          e.counter ? MetricType::kCounter : MetricType::kGauge});
+    }
+  }
   return registry->AddCollector(
-      std::move(families), [stats = std::move(stats)](CollectorSink& sink) {
+      std::move(families),
+      [stats = std::move(stats), engine_family = std::move(engine_family)](CollectorSink& sink) {
         for (const TierStats& t : stats()) {
           const std::vector<std::string> label = {std::string(StoreTierName(t.tier))};
+          for (const EngineStat& e : t.engine) {
+            auto it = engine_family.find(absl::StrCat("kvblock_", e.name));
+            if (it != engine_family.end()) sink.Add(it->second, label, e.value);
+          }
           sink.Add(kBlocks, label, static_cast<double>(t.blocks));
           sink.Add(kBytesF, label, static_cast<double>(t.bytes));
           if (t.capacity_bytes > 0)

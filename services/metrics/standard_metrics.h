@@ -89,7 +89,10 @@ struct ServiceMetrics {
 };
 
 // Exports `stats()` (called once per scrape; must be thread-safe and stay valid until the
-// returned collector is removed) as the kvblock_tier_* families, labelled tier.
+// returned collector is removed) as the kvblock_tier_* families, labelled tier, plus one family
+// kvblock_<name>{tier} per TierStats::engine entry (e.g. kvblock_rocksdb_stall_seconds_total),
+// whose names are read from one call made here. INVALID_ARGUMENT for an empty callback or an
+// engine name the registry refuses.
 absl::StatusOr<CollectorId> RegisterTierStatsCollector(
     MetricsRegistry* registry, std::function<std::vector<TierStats>()> stats);
 

@@ -273,6 +273,10 @@ TEST_F(ServerTest, MetricsCountRequestsBytesAndHits) {
   ASSERT_TRUE(c->FetchInto(b.key, absl::MakeSpan(out)).ok());
   std::vector<LookupResult> lr(2);
   c->Lookup({b.key, Hash128{rng_(), 9}}, absl::MakeSpan(lr));
+  // Gets count as hits and misses too, over gRPC as over UCX.
+  auto g = Client(false);
+  ASSERT_TRUE(g->Get(b.key).ok());
+  EXPECT_TRUE(absl::IsNotFound(g->Get(Hash128{rng_(), 10}).status()));
   const std::string addr = server_->metrics_address();
   httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
   auto res = http.Get("/metrics");
@@ -284,8 +288,13 @@ TEST_F(ServerTest, MetricsCountRequestsBytesAndHits) {
         std::string("kvblock_requests_total{method=\"Lookup\",code=\"OK\"} 1"),
         std::string("kvblock_bytes_total{plane=\"ucx\",direction=\"out\"} ") +
             std::to_string(b.payload.size()),
-        std::string("kvblock_cache_hits_total{tier=\"memory\"} 1"),
-        std::string("kvblock_cache_misses_total 1"),
+        // Lookup 1 hit + 1 miss, UCX Get 1 hit, gRPC Get 1 hit + 1 miss.
+        std::string("kvblock_cache_hits_total{tier=\"memory\"} 3"),
+        std::string("kvblock_cache_misses_total 2"),
+        // RocksDB's own numbers, through the store's Stats.
+        std::string("kvblock_rocksdb_wal_written_bytes_total{tier=\"disk\"} "),
+        std::string("kvblock_rocksdb_stall_seconds_total{tier=\"disk\"} 0"),
+        std::string("kvblock_rocksdb_blob_cache_usage_bytes{tier=\"disk\"} "),
         std::string("kvblock_cache_server_data_plane_sessions 1"),
         std::string("kvblock_tier_blocks{tier=\"disk\"} 1")}) {
     EXPECT_NE(text.find(want), std::string::npos) << "missing: " << want;

@@ -64,7 +64,9 @@ TEST(PromtoolTest, AcceptsKvblockCacheServerMetrics) {
   for (const char* series :
        {"kvblock_build_info{component=\"cache-server\"", "kvblock_requests_total{method=\"",
         "kvblock_request_duration_seconds_bucket{method=\"", "kvblock_cache_misses_total ",
-        "kvblock_tier_bytes{tier=\"memory\"}", "kvblock_process_resident_memory_bytes "}) {
+        "kvblock_tier_bytes{tier=\"memory\"}", "kvblock_process_resident_memory_bytes ",
+        "kvblock_rocksdb_written_bytes_total{tier=\"disk\"}",
+        "kvblock_rocksdb_compaction_pending_bytes{tier=\"disk\"}"}) {
     EXPECT_THAT(res->body, HasSubstr(series));
   }
   RunResult check = CheckMetrics(res->body);

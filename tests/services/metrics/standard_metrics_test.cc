@@ -122,9 +122,22 @@ TEST(StandardMetricsTest, TierStatsCollector) {
   disk.tier = StoreTier::kDisk;
   disk.capacity_bytes = 0;  // unbounded: no capacity series
   disk.corrupt_records = 1 + rng() % 5;
+  disk.engine = {{"rocksdb_stall_seconds_total", "Stalled.", true, double(rng() % 1000) / 8},
+                 {"rocksdb_sst_files_bytes", "SST bytes.", false, double(1 + rng() % 100000)}};
   auto id = RegisterTierStatsCollector(&r, [&] { return std::vector<TierStats>{mem, disk}; });
   ASSERT_TRUE(id.ok()) << id.status();
   std::string text = RenderPrometheusText(r);
+  // Engine numbers: one family each, typed as the tier says, labelled by tier.
+  EXPECT_THAT(text, HasSubstr("# TYPE kvblock_rocksdb_stall_seconds_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE kvblock_rocksdb_sst_files_bytes gauge\n"));
+  EXPECT_THAT(text, HasSubstr("kvblock_rocksdb_stall_seconds_total{tier=\"disk\"} " +
+                              FormatSampleValue(disk.engine[0].value) + "\n"));
+  EXPECT_THAT(text, HasSubstr("kvblock_rocksdb_sst_files_bytes{tier=\"disk\"} " +
+                              FormatSampleValue(disk.engine[1].value) + "\n"));
+  disk.engine[1].value += 4096;  // read at every scrape
+  EXPECT_THAT(RenderPrometheusText(r),
+              HasSubstr("kvblock_rocksdb_sst_files_bytes{tier=\"disk\"} " +
+                        FormatSampleValue(disk.engine[1].value) + "\n"));
   EXPECT_THAT(text, HasSubstr("kvblock_tier_bytes{tier=\"memory\"} " +
                               FormatSampleValue(static_cast<double>(mem.bytes)) + "\n"));
   EXPECT_THAT(text, HasSubstr("kvblock_tier_hits_total{tier=\"disk\"} " +
