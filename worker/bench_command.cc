@@ -228,7 +228,9 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   mo.dtype = cuda::DType::kBF16;
   mo.max_batch_tokens = std::max({max_len, o.encode_batch * o.passage, o.decode_context});
   mo.kv_pool_tokens = std::max<int64_t>({int64_t{max_len} + o.final_block,
-                                         int64_t{max_decode_batch} * (o.decode_context + 64) + 64,
+                                         // decode: context + both timed phases' steps
+                                         int64_t{max_decode_batch} *
+                                             (o.decode_context + 2 * (std::max(o.warmup, 2) + 4 * o.runs) + 8),
                                          int64_t{o.encode_batch} * o.passage});
   mo.max_seqs = std::max({64, max_decode_batch, o.encode_batch});
   mo.max_logit_rows = mo.max_seqs;  // one row per decoding sequence
@@ -622,7 +624,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     std::vector<cuda::SlotRange> slots;
     std::vector<int32_t> lens(B, o.decode_context), next(B);
     for (int b = 0; b < B; ++b) {
-      auto s = model.AllocateSlots(o.decode_context + 2 * (o.warmup + o.runs * 4) + 8);
+      auto s = model.AllocateSlots(o.decode_context + 2 * (std::max(o.warmup, 2) + o.runs * 4) + 8);
       if (!s.ok()) return s.status();
       slots.push_back(*s);
       const std::vector<int32_t> ctx = random_tokens(o.decode_context);

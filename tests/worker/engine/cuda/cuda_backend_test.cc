@@ -92,6 +92,7 @@ TestEngine CudaEngine(const Fixture& f, KvDtype dtype, const CudaBackendOptions&
   o.gpu_tier_bytes = 64 << 20;
   auto b = CreateCudaBackend(*f.model.weights, f.model.config, o);
   EXPECT_TRUE(b.ok()) << b.status();
+  if (!b.ok()) return {};
   CudaBackend* raw = b->get();
   TestEngine t = MakeEngine(f, std::unique_ptr<Backend>(std::move(*b)), kv_dtype);
   t.cuda = raw;
@@ -185,6 +186,7 @@ TEST(CudaBackend, ContextRunsCopiedBlocksAndFp8PayloadsMatchCpu) {
     SCOPED_TRACE(std::string(DtypeName(payload)));
     TestEngine cpu = CpuEngine(fx, payload);
     TestEngine gpu = CudaEngine(fx, KvDtype::kF32, {}, payload);
+    ASSERT_TRUE(cpu.engine && gpu.engine);
     std::vector<std::vector<uint8_t>> payloads;
     for (const auto& b : fx.blocks) {
       auto p = cpu.engine->EncodeBlock(b);
@@ -223,7 +225,9 @@ TEST(CudaBackend, ChunkedForwardAndConcurrentRequestsGiveTheSameResult) {
   CudaBackendOptions small;
   small.max_batch_tokens = 7;
   small.max_logit_rows = 3;
+  small.max_decode_batch = 4;
   TestEngine chunked = CudaEngine(fx, KvDtype::kF32, small);
+  ASSERT_TRUE(whole.engine && chunked.engine);
   for (AttentionMode mode : {AttentionMode::kBlock, AttentionMode::kFull}) {
     const GenerateRequest req = Request(fx, mode);
     const GenerateResult a = GenerateOk(whole, req);
@@ -253,6 +257,7 @@ TEST(CudaBackend, BatchedDecodeStepMatchesCpu) {
   for (const CudaBackendOptions& o : {CudaBackendOptions{}, grouped}) {
     SCOPED_TRACE(o.max_decode_batch);
     TestEngine gpu = CudaEngine(fx, KvDtype::kF32, o);
+    ASSERT_TRUE(gpu.engine);
     Backend& cb = const_cast<Backend&>(cpu.engine->backend());
     Backend& gb = const_cast<Backend&>(gpu.engine->backend());
     auto payload = cpu.engine->EncodeBlock(fx.blocks.front());
