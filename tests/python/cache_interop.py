@@ -10,20 +10,9 @@ import argparse
 import glob
 import json
 import os
-import sys
 import tempfile
 
-
-def generate_stubs(proto_dir, out_dir):
-    from grpc_tools import protoc
-    import grpc_tools
-    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    files = [os.path.join(proto_dir, "kvblock", "v1", f) for f in ("common.proto", "cache.proto")]
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out_dir}",
-                      f"--grpc_python_out={out_dir}"] + files)
-    if rc != 0:
-        raise SystemExit(f"protoc failed with {rc}")
-    sys.path.insert(0, out_dir)
+from kvblock_stubs import generate_stubs
 
 
 def main():
@@ -37,7 +26,7 @@ def main():
 
     import grpc
     gen = tempfile.mkdtemp(prefix="kvblock-stubs-")
-    generate_stubs(args.proto_dir, gen)
+    generate_stubs(args.proto_dir, gen, ["cache"])
     from kvblock.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 
     def to_hash(hexkey):

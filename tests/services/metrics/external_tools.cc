@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -285,18 +287,73 @@ absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_
   return absl::OkStatus();
 }
 
-int ExternalToolsMain(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  for (const std::string& tool : kRequiredTools) {
-    if (!FindTool(tool)) {
-      std::printf("SKIP: '%s' is not installed (scripts/install-deps.sh installs it)\n",
-                  tool.c_str());
-      return 77;
+namespace {
+
+std::string UrlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += absl::StrCat("%", absl::Hex(c, absl::kZeroPad2));
     }
   }
-  return RUN_ALL_TESTS();
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<PrometheusProcess> StartPrometheus(const std::vector<ScrapeJob>& jobs,
+                                                  const std::string& dir) {
+  std::optional<std::string> binary = FindTool("prometheus");
+  if (!binary) return absl::NotFoundError("prometheus is not on PATH");
+  const std::string config = dir + "/prometheus.yml";
+  {
+    std::ofstream out(config);
+    out << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n";
+    for (const ScrapeJob& job : jobs) {
+      out << "  - job_name: " << job.name << "\n    scrape_timeout: 1s\n"
+          << "    static_configs:\n      - targets: ['" << job.target << "']\n";
+    }
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", config));
+  }
+  // A port picked free can be taken before Prometheus binds it: retry a few times.
+  std::string logs;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const int port = PickFreePort();
+    const std::string log = absl::StrCat(dir, "/prometheus-", attempt, ".log");
+    absl::StatusOr<Subprocess> p = Subprocess::Start(
+        {*binary, "--config.file=" + config,
+         absl::StrCat("--storage.tsdb.path=", dir, "/data-", attempt),
+         absl::StrCat("--web.listen-address=127.0.0.1:", port), "--log.level=warn",
+         "--storage.tsdb.retention.time=1h"},
+        log);
+    if (!p.ok()) return p.status();
+    const bool ready = WaitFor(
+        [&] {
+          absl::StatusOr<HttpResponse> r = HttpGet(port, "/-/ready", absl::Seconds(1));
+          return (r.ok() && r->status == 200) || !p->Running();
+        },
+        absl::Seconds(60));
+    if (ready && p->Running()) return PrometheusProcess{std::move(*p), port};
+    absl::StrAppend(&logs, p->Log());
+    p->Terminate();
+  }
+  return absl::UnavailableError(absl::StrCat("Prometheus did not become ready:\n", logs));
+}
+
+nlohmann::json PrometheusQuery(int port, const std::string& promql) {
+  absl::StatusOr<HttpResponse> r = HttpGet(port, "/api/v1/query?query=" + UrlEncode(promql));
+  if (!r.ok() || r->status != 200) return nlohmann::json::array();
+  nlohmann::json doc = nlohmann::json::parse(r->body, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || doc["status"] != "success") return nlohmann::json::array();
+  return doc["data"]["result"];
+}
+
+double PrometheusScalar(int port, const std::string& promql) {
+  nlohmann::json result = PrometheusQuery(port, promql);
+  if (result.size() != 1) return NAN;
+  return std::stod(result[0]["value"][1].get<std::string>());
 }
 
 }  // namespace kvblock::metrics::testing
-
-int main(int argc, char** argv) { return kvblock::metrics::testing::ExternalToolsMain(argc, argv); }

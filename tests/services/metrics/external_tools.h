@@ -1,7 +1,8 @@
 // Helpers for the tests that check the metrics endpoints with real external tools (promtool,
-// Prometheus, headless Chromium): child processes that cannot outlive the test, bounded waits,
-// free loopback ports, HTTP GETs, and a main() that exits 77 (ctest SKIP_RETURN_CODE) only when
-// a required tool is not installed.
+// Prometheus, headless Chromium) and by the end-to-end tests: child processes that cannot outlive
+// the test, bounded waits, free loopback ports, HTTP GETs, a Prometheus server and its query API.
+// external_tools_main.cc has a main() that exits 77 (ctest SKIP_RETURN_CODE) only when a required
+// tool is not installed.
 #pragma once
 
 #include <sys/types.h>
@@ -14,17 +15,19 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "nlohmann/json.hpp"
 
 namespace kvblock::metrics::testing {
 
-// Each external-tool test defines this: the programs it needs on PATH.
+// Each test linking external_tools_main.cc defines this: the programs it needs on PATH.
 extern const std::vector<std::string> kRequiredTools;
 
 // Full path of `name` on PATH, or nullopt.
 std::optional<std::string> FindTool(const std::string& name);
 
 // A child process in its own process group, killed (SIGTERM, then SIGKILL after 5 s) when the
-// object is destroyed, and by the kernel if the test process dies (PR_SET_PDEATHSIG).
+// object is destroyed, and by the kernel if the test process dies (PR_SET_PDEATHSIG: also when
+// the thread that started it exits, so start long-lived children from the test's main thread).
 // stdout and stderr go to `log_path`, stdin comes from `stdin_path` (empty: /dev/null).
 // argv[0] is a full path (see FindTool).
 class Subprocess {
@@ -94,5 +97,23 @@ struct CacheServerProcess {
 absl::StatusOr<CacheServerProcess> StartCacheServer();
 // Runs `kvblock cache-ctl --members <grpc> lookup <n random keys>` `times` times.
 absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_per_call);
+
+// A real Prometheus (Debian's `prometheus`, found on PATH) on a free loopback port, scraping each
+// job's target (host:port serving /metrics) every second; config, TSDB and logs under `dir`.
+// NOT_FOUND when prometheus is not installed; UNAVAILABLE when it does not become ready.
+struct ScrapeJob {
+  std::string name;    // job label
+  std::string target;  // host:port
+};
+struct PrometheusProcess {
+  Subprocess process;
+  int port = 0;
+};
+absl::StatusOr<PrometheusProcess> StartPrometheus(const std::vector<ScrapeJob>& jobs,
+                                                  const std::string& dir);
+// Instant query against Prometheus on `port`: the `result` array (empty when the query failed).
+nlohmann::json PrometheusQuery(int port, const std::string& promql);
+// The value of a single-sample instant query; NaN when the result is not exactly one sample.
+double PrometheusScalar(int port, const std::string& promql);
 
 }  // namespace kvblock::metrics::testing

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -19,18 +18,6 @@ const std::vector<std::string> kRequiredTools = {"prometheus"};
 
 namespace {
 
-std::string UrlEncode(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += absl::StrCat("%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  return out;
-}
-
 class PrometheusTest : public ::testing::Test {
  protected:
   // Starts the demo server and a Prometheus scraping it every second.
@@ -43,45 +30,14 @@ class PrometheusTest : public ::testing::Test {
     ASSERT_TRUE(node.ok()) << node.status();
     node_.emplace(std::move(*node));
 
-    const std::string dir = MakeTempDir("prometheus");
-    dir_ = dir;
-    const std::string config = dir + "/prometheus.yml";
-    std::ofstream(config) << "global:\n"
-                          << "  scrape_interval: 1s\n"
-                          << "  evaluation_interval: 1s\n"
-                          << "scrape_configs:\n"
-                          << "  - job_name: kvblock\n"
-                          << "    scrape_timeout: 1s\n"
-                          << "    static_configs:\n"
-                          << "      - targets: ['127.0.0.1:" << demo_->port << "']\n"
-                          << "  - job_name: kvblock-cache\n"
-                          << "    scrape_timeout: 1s\n"
-                          << "    static_configs:\n"
-                          << "      - targets: ['127.0.0.1:" << node_->metrics_port << "']\n";
-    // A port picked free can be taken before Prometheus binds it: retry a few times.
-    for (int attempt = 0; attempt < 3 && !prometheus_; ++attempt) {
-      prom_port_ = PickFreePort();
-      absl::StatusOr<Subprocess> p =
-          Subprocess::Start({*FindTool("prometheus"), "--config.file=" + config,
-                             "--storage.tsdb.path=" + dir + "/data-" + std::to_string(attempt),
-                             absl::StrCat("--web.listen-address=127.0.0.1:", prom_port_),
-                             "--log.level=warn", "--storage.tsdb.retention.time=1h"},
-                            dir + "/prometheus-" + std::to_string(attempt) + ".log");
-      ASSERT_TRUE(p.ok()) << p.status();
-      const bool ready = WaitFor(
-          [&] {
-            absl::StatusOr<HttpResponse> r = HttpGet(prom_port_, "/-/ready", absl::Seconds(1));
-            return (r.ok() && r->status == 200) || !p->Running();
-          },
-          absl::Seconds(60));
-      if (ready && p->Running()) {
-        prometheus_.emplace(std::move(*p));
-      } else {
-        log_ = p->Log();
-        p->Terminate();
-      }
-    }
-    ASSERT_TRUE(prometheus_.has_value()) << "Prometheus did not become ready:\n" << log_;
+    dir_ = MakeTempDir("prometheus");
+    absl::StatusOr<PrometheusProcess> p = StartPrometheus(
+        {{"kvblock", absl::StrCat("127.0.0.1:", demo_->port)},
+         {"kvblock-cache", absl::StrCat("127.0.0.1:", node_->metrics_port)}},
+        dir_);
+    ASSERT_TRUE(p.ok()) << p.status();
+    prom_port_ = p->port;
+    prometheus_.emplace(std::move(p->process));
   }
 
   void TearDown() override {
@@ -89,28 +45,14 @@ class PrometheusTest : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);  // the TSDB; logs were shown on failure
   }
 
-  // Instant query; the `result` array (empty when the query failed).
-  nlohmann::json Query(const std::string& promql) {
-    absl::StatusOr<HttpResponse> r =
-        HttpGet(prom_port_, "/api/v1/query?query=" + UrlEncode(promql));
-    if (!r.ok() || r->status != 200) return nlohmann::json::array();
-    nlohmann::json doc = nlohmann::json::parse(r->body, nullptr, /*allow_exceptions=*/false);
-    if (doc.is_discarded() || doc["status"] != "success") return nlohmann::json::array();
-    return doc["data"]["result"];
-  }
-  // The value of a single-sample vector result; NaN when there is none.
-  double Scalar(const std::string& promql) {
-    nlohmann::json result = Query(promql);
-    if (result.size() != 1) return NAN;
-    return std::stod(result[0]["value"][1].get<std::string>());
-  }
+  nlohmann::json Query(const std::string& promql) { return PrometheusQuery(prom_port_, promql); }
+  double Scalar(const std::string& promql) { return PrometheusScalar(prom_port_, promql); }
 
   static constexpr int kRate = 2000;
   std::optional<DemoServer> demo_;
   std::optional<CacheServerProcess> node_;
   std::optional<Subprocess> prometheus_;
   int prom_port_ = 0;
-  std::string log_;
   std::string dir_;
 };
 

@@ -10,17 +10,9 @@ import os
 import sys
 import tempfile
 
-
-def generate_stubs(proto_dir, out_dir):
-    from grpc_tools import protoc
-    import grpc_tools
-    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    files = [os.path.join(proto_dir, "kvblock", "v1", f) for f in ("common.proto", "inference.proto")]
-    rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out_dir}",
-                      f"--grpc_python_out={out_dir}"] + files)
-    if rc != 0:
-        raise SystemExit(f"protoc failed with {rc}")
-    sys.path.insert(0, out_dir)
+# tests/python: the shared stub generator.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from kvblock_stubs import generate_stubs  # noqa: E402
 
 
 def main():
@@ -32,7 +24,7 @@ def main():
     args = ap.parse_args()
     spec = json.load(open(args.request))
     with tempfile.TemporaryDirectory() as out_dir:
-        generate_stubs(args.proto_dir, out_dir)
+        generate_stubs(args.proto_dir, out_dir, ["inference"])
         import grpc
         from kvblock.v1 import inference_pb2, inference_pb2_grpc
 
