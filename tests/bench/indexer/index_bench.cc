@@ -1,0 +1,226 @@
+// Indexer throughput (tokens/s, blocks/s, MB/s of KV written) of the real Indexer behind
+// `kvblock index`, into an embedded store (memory over RocksDB) and into a 2-node cache cluster
+// (two in-process CacheServers on loopback, R=2, gRPC), against the engine's pure encode rate
+// (Engine::EncodeBlock over the same blocks, nothing stored) measured in the same run: these
+// machines are noisy, so the ratios are the result.
+//
+//   index_bench [--passages 200] [--words 60] [--hidden 128] [--layers 4] [--json FILE] [--smoke]
+//
+// The corpus is random English-like words (a fresh seed per run), one passage per JSONL line,
+// split by the indexer's own block splitter (max 512 tokens). Exit 1 when an index run does not
+// encode every block or the cluster does not end up holding them.
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "services/cache_server.h"
+#include "worker/demo/random_model.h"
+#include "worker/indexer/block_splitter.h"
+#include "worker/indexer/indexer.h"
+#include "worker/service/runtime.h"
+
+namespace kvblock {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  int passages = 200;       // corpus lines
+  int words = 60;           // words per passage (~6 bytes = ~6 byte-level tokens each)
+  RandomLlamaOptions model; // hidden/layers set in main
+  std::string json_path;
+  bool smoke = false;
+};
+
+struct Rate {
+  std::string name;
+  int64_t tokens = 0, blocks = 0, bytes = 0;
+  double seconds = 0;
+  nlohmann::json Json(double encode_tokens_per_s) const {
+    return {{"name", name},
+            {"tokens", tokens},
+            {"blocks", blocks},
+            {"bytes", bytes},
+            {"seconds", seconds},
+            {"tokens_per_s", tokens / seconds},
+            {"blocks_per_s", blocks / seconds},
+            {"mb_per_s", bytes / seconds / 1e6},
+            {"fraction_of_encode", tokens / seconds / encode_tokens_per_s}};
+  }
+};
+
+std::string WriteCorpus(const fs::path& dir, const BenchOptions& o,
+                        std::vector<std::string>* texts) {
+  static const char* kWords[] = {"river", "harbor", "mill",   "bridge", "market", "castle",
+                                 "valley", "station", "school", "winter", "summer", "north",
+                                 "south", "old",     "new",    "built",  "founded", "town",
+                                 "people", "trade",  "salt",   "wool",   "church", "road"};
+  std::mt19937_64 rng(std::random_device{}());
+  const fs::path path = dir / "corpus.jsonl";
+  std::ofstream out(path);
+  for (int i = 0; i < o.passages; ++i) {
+    std::string text = absl::StrCat("Passage ", i, ":");
+    for (int w = 0; w < o.words; ++w) absl::StrAppend(&text, " ", kWords[rng() % 24]);
+    out << nlohmann::json{{"id", absl::StrCat("p", i)}, {"text", text}}.dump() << "\n";
+    texts->push_back(std::move(text));
+  }
+  return path.string();
+}
+
+// Runs the indexer over `corpus` into the runtime's store.
+absl::StatusOr<Rate> IndexInto(Runtime& rt, const std::string& name, const std::string& corpus,
+                               const fs::path& manifest) {
+  IndexerOptions io;
+  io.manifest_path = manifest.string();
+  Indexer indexer(rt.engine.get(), rt.tokenizer.get(), rt.store, io);
+  absl::StatusOr<IndexReport> r = indexer.Run(corpus);
+  if (!r.ok()) return r.status();
+  if (!r->complete || r->blocks_encoded != r->blocks) {
+    return absl::InternalError(absl::StrCat(name, ": encoded ", r->blocks_encoded, " of ",
+                                            r->blocks, " blocks"));
+  }
+  return Rate{name, r->tokens, r->blocks_encoded, r->bytes_written, r->seconds};
+}
+
+int Fail(const absl::Status& s) {
+  std::cerr << "index_bench: " << s << "\n";
+  return 1;
+}
+
+int Run(BenchOptions o) {
+  if (o.smoke) {
+    o.passages = 12;
+    o.words = 20;
+    o.model.hidden_size = 64;
+    o.model.intermediate_size = 128;
+    o.model.num_layers = 2;
+  }
+  if (o.passages <= 0 || o.words <= 0) return Fail(absl::InvalidArgumentError("bad sizes"));
+  o.model.max_position_embeddings = 2048;
+  const fs::path dir = fs::temp_directory_path() / absl::StrCat("kvblock-index-bench-", getpid());
+  fs::create_directories(dir);
+  if (absl::Status s = WriteRandomLlama((dir / "model").string(), o.model); !s.ok()) return Fail(s);
+  std::vector<std::string> texts;
+  const std::string corpus = WriteCorpus(dir, o, &texts);
+
+  // 1. Pure encode rate: the same blocks, encoded, nothing stored.
+  RuntimeOptions embedded;
+  embedded.model_dir = (dir / "model").string();
+  embedded.cache_dir = (dir / "embedded").string();
+  embedded.memory_bytes = uint64_t{512} << 20;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = OpenRuntime(embedded);
+  if (!rt.ok()) return Fail(rt.status());
+  Rate encode{"encode only (Engine::EncodeBlock)"};
+  {
+    std::vector<std::vector<int32_t>> blocks;
+    for (const std::string& t : texts) {
+      absl::StatusOr<std::vector<std::vector<int32_t>>> b =
+          SplitIntoBlocks(*(*rt)->tokenizer, t, IndexerOptions{}.max_block_tokens);
+      if (!b.ok()) return Fail(b.status());
+      blocks.insert(blocks.end(), b->begin(), b->end());
+    }
+    const auto t0 = Clock::now();
+    for (const auto& b : blocks) {
+      absl::StatusOr<std::vector<uint8_t>> payload = (*rt)->engine->EncodeBlock(b);
+      if (!payload.ok()) return Fail(payload.status());
+      encode.tokens += static_cast<int64_t>(b.size());
+      encode.bytes += static_cast<int64_t>(payload->size());
+      ++encode.blocks;
+    }
+    encode.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  const double encode_tps = encode.tokens / encode.seconds;
+
+  // 2. `kvblock index` into the embedded store.
+  absl::StatusOr<Rate> into_embedded = IndexInto(**rt, "index -> embedded store", corpus,
+                                                 dir / "manifest-embedded.json");
+  if (!into_embedded.ok()) return Fail(into_embedded.status());
+  rt->reset();
+
+  // 3. `kvblock index` into two cache nodes, R=2.
+  std::vector<std::unique_ptr<CacheServer>> nodes;
+  RuntimeOptions cluster = embedded;
+  cluster.cache_dir.clear();
+  cluster.local_tier = false;
+  cluster.cluster.replication = 2;
+  for (int i = 0; i < 2; ++i) {
+    CacheServerOptions so;
+    so.listen = "127.0.0.1:0";
+    so.data_dir = (dir / absl::StrCat("node", i)).string();
+    so.memory_bytes = uint64_t{1} << 30;  // holds the whole corpus: no eviction
+    so.sync = "group-commit";
+    absl::StatusOr<std::unique_ptr<CacheServer>> node = CacheServer::Start(so);
+    if (!node.ok()) return Fail(node.status());
+    cluster.cluster.members.push_back((*node)->grpc_address());
+    nodes.push_back(*std::move(node));
+  }
+  rt = OpenRuntime(cluster);
+  if (!rt.ok()) return Fail(rt.status());
+  absl::StatusOr<Rate> into_cluster = IndexInto(**rt, "index -> 2 cache nodes, R=2", corpus,
+                                                dir / "manifest-cluster.json");
+  if (!into_cluster.ok()) return Fail(into_cluster.status());
+  // Every block is on both nodes: each node's tiers hold all of them.
+  uint64_t stored = 0;
+  for (const TierStats& t : (*rt)->store->Stats()) stored += t.tier == StoreTier::kMemory ? t.blocks : 0;
+  rt->reset();
+  nodes.clear();
+
+  std::cout << absl::StrFormat("model: hidden %d, %d layers, %d params; corpus %d passages\n",
+                               o.model.hidden_size, o.model.num_layers,
+                               RandomLlamaParameterCount(o.model), o.passages);
+  nlohmann::json report = {{"model",
+                            {{"hidden", o.model.hidden_size},
+                             {"intermediate", o.model.intermediate_size},
+                             {"layers", o.model.num_layers},
+                             {"params", RandomLlamaParameterCount(o.model)}}},
+                           {"hardware_threads", std::thread::hardware_concurrency()},
+                           {"passages", o.passages},
+                           {"runs", nlohmann::json::array()}};
+  for (const Rate* r : {&encode, &*into_embedded, &*into_cluster}) {
+    std::cout << absl::StrFormat(
+        "%-36s %7d tokens %5d blocks %7.1f MB in %6.2f s: %8.0f tokens/s %7.1f blocks/s "
+        "%6.1f MB/s (%.2f of encode)\n",
+        r->name, r->tokens, r->blocks, r->bytes / 1e6, r->seconds, r->tokens / r->seconds,
+        r->blocks / r->seconds, r->bytes / r->seconds / 1e6, r->tokens / r->seconds / encode_tps);
+    report["runs"].push_back(r->Json(encode_tps));
+  }
+  std::cout << "cluster memory tiers hold " << stored << " blocks (2 x " << encode.blocks
+            << " expected)\n";
+  if (!o.json_path.empty()) std::ofstream(o.json_path) << report.dump(2) << "\n";
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  return stored == 2 * static_cast<uint64_t>(encode.blocks) ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace kvblock
+
+int main(int argc, char** argv) {
+  kvblock::BenchOptions o;
+  o.model.hidden_size = 128;
+  o.model.intermediate_size = 344;
+  o.model.num_layers = 4;
+  CLI::App app{"Indexer throughput: embedded store and 2-node cluster vs pure encode"};
+  app.add_option("--passages", o.passages, "Corpus lines")->capture_default_str();
+  app.add_option("--words", o.words, "Words per passage")->capture_default_str();
+  app.add_option("--hidden", o.model.hidden_size, "Model width")->capture_default_str();
+  app.add_option("--intermediate", o.model.intermediate_size, "MLP width")->capture_default_str();
+  app.add_option("--layers", o.model.num_layers, "Decoder layers")->capture_default_str();
+  app.add_option("--json", o.json_path, "Also write the results here");
+  app.add_flag("--smoke", o.smoke, "Tiny model and corpus (ctest)");
+  CLI11_PARSE(app, argc, argv);
+  return kvblock::Run(o);
+}
