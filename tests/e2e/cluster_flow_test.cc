@@ -27,8 +27,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -396,39 +395,53 @@ TEST_F(ClusterFlowTest, WholeFlow) {
   }
 
   // SIGKILL one node while three clients run the remaining prompts: every call succeeds with the
-  // reference tokens (the passages are read from the surviving replica).
-  std::atomic<int> completed{0}, failed{0};
-  std::atomic<int64_t> kill_hits{0}, kill_misses{0};
+  // reference tokens, the passages read from the surviving replica (fresh passages: none is on
+  // the worker yet). The client finishing the second call kills the node at once, while the
+  // others are mid-call; each client's calls after its second wait for the kill, so some
+  // certainly start after it.
+  std::atomic<int> started{0}, completed{0}, failed{0}, after_kill{0}, in_flight_at_kill{-1};
+  std::atomic<int64_t> kill_hits{0}, kill_misses{0}, kill_local_hits{0};
+  absl::Notification killed;
+  std::atomic<int> kill_status{-1};
   std::vector<std::thread> clients;
   constexpr int kClients = 3;
   for (int t = 0; t < kClients; ++t) {
     clients.emplace_back([&, t] {
       std::unique_ptr<v1::InferenceService::Stub> s = worker.Stub();
-      for (size_t i = t; i < under_kill.size(); i += kClients) {
+      for (size_t i = t, n = 0; i < under_kill.size(); i += kClients, ++n) {
+        if (n == 2 && !killed.WaitForNotificationWithTimeout(absl::Seconds(60))) return;
+        if (killed.HasBeenNotified()) ++after_kill;
+        ++started;
         Streamed r = Generate(*s, under_kill[i].Proto());
         if (!r.status.ok() || r.tokens != kill_ref[i]) {
           ++failed;
-          ADD_FAILURE() << "prompt " << i << " during the kill: " << r.status.error_message();
+          ADD_FAILURE() << "prompt " << i << " around the kill: " << r.status.error_message();
         } else {
           kill_hits += r.final_message.cache().hits();
           kill_misses += r.final_message.cache().misses();
+          kill_local_hits += r.final_message.cache().gpu_hits();
         }
-        ++completed;
+        if (++completed == 2) {
+          in_flight_at_kill = started.load() - completed.load();
+          kill_status = kill(nodes[0].process->pid(), SIGKILL);
+          killed.Notify();
+        }
       }
     });
   }
-  ASSERT_TRUE(WaitFor([&] { return completed.load() >= 2; }, absl::Seconds(60)));
-  const int done_at_kill = completed.load();
-  ASSERT_EQ(kill(nodes[0].process->pid(), SIGKILL), 0);
-  EXPECT_EQ(*nodes[0].process->Wait(absl::Seconds(10)), 128 + SIGKILL);
   for (std::thread& t : clients) t.join();
-  std::printf("kill: %d of %zu prompts done when node 0 was killed, %d failed\n", done_at_kill,
-              under_kill.size(), failed.load());
-  EXPECT_LT(done_at_kill, static_cast<int>(under_kill.size()));  // calls ran after the kill
+  ASSERT_TRUE(killed.HasBeenNotified());
+  ASSERT_EQ(kill_status.load(), 0);
+  EXPECT_EQ(*nodes[0].process->Wait(absl::Seconds(10)), 128 + SIGKILL);
+  std::printf("kill: %d calls in flight when node 0 was killed, %d started after it, %d failed\n",
+              in_flight_at_kill.load(), after_kill.load(), failed.load());
+  EXPECT_GE(in_flight_at_kill.load(), 1);
+  EXPECT_GE(after_kill.load(), static_cast<int>(under_kill.size()) - 2 * kClients);
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(completed.load(), static_cast<int>(under_kill.size()));
-  // The passages were all hits (indexed), each new instruction a miss.
+  // The passages were all hits from the cluster, each new instruction a miss.
   EXPECT_EQ(kill_hits.load(), 3 * static_cast<int64_t>(under_kill.size()));
+  EXPECT_EQ(kill_local_hits.load(), 0);
   EXPECT_EQ(kill_misses.load(), static_cast<int64_t>(under_kill.size()));
   generated_ok += static_cast<int64_t>(under_kill.size());
   hits += kill_hits.load();
