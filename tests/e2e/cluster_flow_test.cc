@@ -173,10 +173,10 @@ struct ServerProcess {
 // Random English-like words (no paper delimiters, so a passage is one block).
 std::string RandomSentence(std::mt19937_64& rng, int words) {
   static const char* kWords[] = {
-      "river",  "harbor", "mill",   "bridge", "market", "castle", "valley", "station", "school",
-      "winter", "summer", "north",  "south",  "old",    "new",    "built",  "founded", "town",
-      "people", "trade",  "salt",   "wool",   "church", "road",   "hill",   "forest",  "lake",
-      "the",    "of",     "in",     "and",    "was",    "by",     "near",   "famous",  "small"};
+      "river",  "harbor", "mill",  "bridge", "market", "castle", "valley", "station", "school",
+      "winter", "summer", "north", "south",  "old",    "new",    "built",  "founded", "town",
+      "people", "trade",  "salt",  "wool",   "church", "road",   "hill",   "forest",  "lake",
+      "the",    "of",     "in",    "and",    "was",    "by",     "near",   "famous",  "small"};
   std::string s;
   for (int i = 0; i < words; ++i) {
     absl::StrAppend(&s, i == 0 ? "" : " ", kWords[rng() % (sizeof(kWords) / sizeof(kWords[0]))]);
@@ -222,10 +222,10 @@ class ClusterFlowTest : public ::testing::Test {
   std::vector<int32_t> Reference(const std::string& model, const Prompt& p) {
     const std::string base = absl::StrCat(dir_, "/ref", next_file_++);
     std::ofstream(base + ".json") << p.Json().dump();
-    RunResult r = Kvblock({"generate", "--model", model, "--request", base + ".json", "--output",
-                           base + ".out", "--cache-dir", dir_ + "/reference-store",
-                           "--cache-memory-mb", "64"},
-                          absl::Seconds(60));
+    RunResult r = Kvblock(
+        {"generate", "--model", model, "--request", base + ".json", "--output", base + ".out",
+         "--cache-dir", dir_ + "/reference-store", "--cache-memory-mb", "64"},
+        absl::Seconds(60));
     EXPECT_EQ(r.exit_code, 0) << r.output;
     const json out = json::parse(ReadFileOrEmpty(base + ".out"), nullptr, false);
     if (out.is_discarded() || !out.contains("tokens")) {
@@ -242,9 +242,8 @@ class ClusterFlowTest : public ::testing::Test {
 
 TEST_F(ClusterFlowTest, WholeFlow) {
   // grpcio for the Python client: installed (cached) by scripts/python-env.sh.
-  absl::StatusOr<RunResult> env =
-      RunTool({"/bin/bash", absl::StrCat(KVBLOCK_SOURCE_DIR, "/scripts/python-env.sh")},
-              absl::Minutes(20));
+  absl::StatusOr<RunResult> env = RunTool(
+      {"/bin/bash", absl::StrCat(KVBLOCK_SOURCE_DIR, "/scripts/python-env.sh")}, absl::Minutes(20));
   ASSERT_TRUE(env.ok()) << env.status();
   const bool have_python = env->exit_code == 0;
   ASSERT_TRUE(have_python || env->exit_code == 77) << env->output;
@@ -264,14 +263,13 @@ TEST_F(ClusterFlowTest, WholeFlow) {
   // Two cache nodes; R=2 puts every block on both.
   ServerProcess nodes[2];
   for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(nodes[i]
-                    .Start(dir_, absl::StrCat("node", i),
-                           {"cache-server", "--listen", "127.0.0.1:0", "--ucx-listen",
-                            absl::StrCat("127.0.0.1:", PickFreePort()), "--data-dir",
-                            absl::StrCat(dir_, "/node", i), "--memory-bytes", "64MiB",
-                            "--auth-token-file", dir_ + "/token", "--sync", "group-commit"})
-                    .ok())
-        << ReadFileOrEmpty(absl::StrCat(dir_, "/node", i, ".log"));
+    const absl::Status s =
+        nodes[i].Start(dir_, absl::StrCat("node", i),
+                       {"cache-server", "--listen", "127.0.0.1:0", "--ucx-listen",
+                        absl::StrCat("127.0.0.1:", PickFreePort()), "--data-dir",
+                        absl::StrCat(dir_, "/node", i), "--memory-bytes", "64MiB",
+                        "--auth-token-file", dir_ + "/token", "--sync", "group-commit"});
+    ASSERT_TRUE(s.ok()) << s;
   }
   const std::string members = absl::StrCat(nodes[0].grpc(), ",", nodes[1].grpc());
 
@@ -285,10 +283,10 @@ TEST_F(ClusterFlowTest, WholeFlow) {
       corpus << json{{"id", absl::StrCat("p", i)}, {"text", passages.back()}}.dump() << "\n";
     }
   }
-  RunResult index = Kvblock({"index", "--model", model, "--corpus", dir_ + "/corpus.jsonl",
-                             "--cache", members, "--replication", "2", "--auth-token-file",
-                             dir_ + "/token", "--batch-tokens", "1024"},
-                            absl::Seconds(120));
+  RunResult index = Kvblock(
+      {"index", "--model", model, "--corpus", dir_ + "/corpus.jsonl", "--cache", members,
+       "--replication", "2", "--auth-token-file", dir_ + "/token", "--batch-tokens", "1024"},
+      absl::Seconds(120));
   ASSERT_EQ(index.exit_code, 0) << index.output;
   std::smatch m;
   ASSERT_TRUE(std::regex_search(index.output, m, std::regex(R"(blocks (\d+) \(encoded (\d+))")))
@@ -297,13 +295,13 @@ TEST_F(ClusterFlowTest, WholeFlow) {
   EXPECT_EQ(std::stoi(m[2]), kPassages);
 
   ServerProcess worker;
-  ASSERT_TRUE(worker
-                  .Start(dir_, "worker",
-                         {"worker", "--model", model, "--members", members, "--replication", "2",
-                          "--cache-auth-token-file", dir_ + "/token", "--listen", "127.0.0.1:0",
-                          "--metrics-listen", "127.0.0.1:0", "--auth-token-file",
-                          dir_ + "/token", "--max-concurrent", "2", "--queue-size", "16"})
-                  .ok());
+  const absl::Status up =
+      worker.Start(dir_, "worker",
+                   {"worker", "--model", model, "--members", members, "--replication", "2",
+                    "--cache-auth-token-file", dir_ + "/token", "--listen", "127.0.0.1:0",
+                    "--metrics-listen", "127.0.0.1:0", "--auth-token-file", dir_ + "/token",
+                    "--max-concurrent", "2", "--queue-size", "16"});
+  ASSERT_TRUE(up.ok()) << up;
   std::unique_ptr<v1::InferenceService::Stub> stub = worker.Stub();
 
   // Prometheus scrapes the worker from now on. (Started from this thread: its child dies with
@@ -318,8 +316,8 @@ TEST_F(ClusterFlowTest, WholeFlow) {
   const std::string instruction = "You answer questions about towns. Use the passages below.\n";
   std::vector<Prompt> pass;
   for (int i = 0; i < 5; ++i) {
-    pass.push_back({{instruction, passages[3 * i], passages[3 * i + 1], passages[3 * i + 2]},
-                    Question(rng_)});
+    pass.push_back(
+        {{instruction, passages[3 * i], passages[3 * i + 1], passages[3 * i + 2]}, Question(rng_)});
   }
   pass.push_back({{instruction, passages[1], passages[4]}, Question(rng_), 12, /*full=*/true});
   // Prompts run while a node is killed: passages 15..47, each with its own new instruction.
@@ -373,8 +371,8 @@ TEST_F(ClusterFlowTest, WholeFlow) {
     for (const Prompt& p : pass) specs.push_back(p.Json());
     std::ofstream(dir_ + "/py_requests.json") << specs.dump();
     absl::StatusOr<RunResult> py = RunTool(
-        {python, absl::StrCat(KVBLOCK_SOURCE_DIR, "/tests/python/inference_client.py"),
-         "--address", worker.grpc(), "--token", kToken, "--proto-dir",
+        {python, absl::StrCat(KVBLOCK_SOURCE_DIR, "/tests/python/inference_client.py"), "--address",
+         worker.grpc(), "--token", kToken, "--proto-dir",
          absl::StrCat(KVBLOCK_SOURCE_DIR, "/proto"), "--requests", dir_ + "/py_requests.json"},
         absl::Seconds(120));
     ASSERT_TRUE(py.ok()) << py.status();
@@ -468,8 +466,9 @@ TEST_F(ClusterFlowTest, WholeFlow) {
       << prometheus->process.Log();
   const json buckets = PrometheusQuery(prom, "kvblock_worker_ttft_seconds_bucket" + job);
   EXPECT_GT(buckets.size(), 5u) << buckets.dump();
-  EXPECT_EQ(PrometheusScalar(prom, "kvblock_worker_ttft_seconds_bucket{job=\"worker\",le=\"+Inf\"}"),
-            generated_ok);
+  EXPECT_EQ(
+      PrometheusScalar(prom, "kvblock_worker_ttft_seconds_bucket{job=\"worker\",le=\"+Inf\"}"),
+      generated_ok);
   const double p50 = PrometheusScalar(
       prom, "histogram_quantile(0.5, sum by (le) (kvblock_worker_ttft_seconds_bucket" + job + "))");
   EXPECT_GT(p50, 0);
@@ -479,8 +478,8 @@ TEST_F(ClusterFlowTest, WholeFlow) {
                 ") + sum(kvblock_cache_misses_total" + job + "))");
   EXPECT_NEAR(ratio, static_cast<double>(hits) / (hits + misses), 1e-9);
   std::printf("prometheus: %lld Generate calls, TTFT p50 %.1f ms, hit ratio %.3f (%lld/%lld)\n",
-              static_cast<long long>(generated_ok), p50 * 1e3, ratio,
-              static_cast<long long>(hits), static_cast<long long>(hits + misses));
+              static_cast<long long>(generated_ok), p50 * 1e3, ratio, static_cast<long long>(hits),
+              static_cast<long long>(hits + misses));
   if (!have_python) {
     GTEST_SKIP() << "Python grpcio part skipped: PyPI is unreachable, so scripts/python-env.sh "
                     "cannot install grpcio: "
@@ -494,14 +493,12 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
   mo.max_position_embeddings = 4096;
   const std::string model = WriteModel("model", mo);
   ServerProcess worker;
-  ASSERT_TRUE(worker
-                  .Start(dir_, "worker",
-                         {"worker", "--model", model, "--cache-dir", dir_ + "/store",
-                          "--memory-mb", "64", "--listen", "127.0.0.1:0", "--metrics-listen",
-                          "127.0.0.1:0", "--auth-token-file", dir_ + "/token",
-                          "--max-prompt-tokens", "2000", "--max-concurrent", "1",
-                          "--queue-size", "1"})
-                  .ok());
+  const absl::Status up = worker.Start(
+      dir_, "worker",
+      {"worker", "--model", model, "--cache-dir", dir_ + "/store", "--memory-mb", "64", "--listen",
+       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--auth-token-file", dir_ + "/token",
+       "--max-prompt-tokens", "2000", "--max-concurrent", "1", "--queue-size", "1"});
+  ASSERT_TRUE(up.ok()) << up;
   std::unique_ptr<v1::InferenceService::Stub> stub = worker.Stub();
   std::uniform_int_distribution<int32_t> byte(0, 255);
   auto ids = [&](int n) {
@@ -522,8 +519,8 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
     return r;
   };
   auto code_count = [&](const std::string& code) {
-    const double v =
-        worker.Metric(absl::StrCat("kvblock_requests_total{method=\"Generate\",code=\"", code, "\"}"));
+    const double v = worker.Metric(
+        absl::StrCat("kvblock_requests_total{method=\"Generate\",code=\"", code, "\"}"));
     return v < 0 ? 0.0 : v;
   };
   auto pending = [&] { return worker.Metric("kvblock_worker_pending_requests"); };
@@ -565,9 +562,9 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
   // as cancelled, and InferenceCore checks cancellation before the deadline.)
   r = Generate(*stub, slow, absl::Milliseconds(slow_ms / 5));
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  ASSERT_TRUE(WaitFor(
-      [&] { return code_count("DEADLINE_EXCEEDED") + code_count("CANCELLED") == 1; },
-      absl::Seconds(30)))
+  ASSERT_TRUE(
+      WaitFor([&] { return code_count("DEADLINE_EXCEEDED") + code_count("CANCELLED") == 1; },
+              absl::Seconds(30)))
       << worker.Metrics();
   const double cancelled_before = code_count("CANCELLED");
 

@@ -141,20 +141,24 @@ int Run(SweepOptions o) {
     points.push_back(p);
   }
 
-  nlohmann::json report = {
-      {"model",
-       {{"hidden", o.model.hidden_size}, {"intermediate", o.model.intermediate_size},
-        {"layers", o.model.num_layers}, {"heads", o.model.num_heads},
-        {"kv_heads", o.model.num_kv_heads}, {"vocab", kRandomLlamaVocab},
-        {"params", RandomLlamaParameterCount(o.model)}}},
-      {"hardware_threads", std::thread::hardware_concurrency()},
-      {"block_tokens", o.block_tokens},
-      {"final_tokens", o.final_tokens},
-      {"reps", o.reps},
-      {"points", nlohmann::json::array()}};
+  nlohmann::json report = {{"model",
+                            {{"hidden", o.model.hidden_size},
+                             {"intermediate", o.model.intermediate_size},
+                             {"layers", o.model.num_layers},
+                             {"heads", o.model.num_heads},
+                             {"kv_heads", o.model.num_kv_heads},
+                             {"vocab", kRandomLlamaVocab},
+                             {"params", RandomLlamaParameterCount(o.model)}}},
+                           {"hardware_threads", std::thread::hardware_concurrency()},
+                           {"block_tokens", o.block_tokens},
+                           {"final_tokens", o.final_tokens},
+                           {"reps", o.reps},
+                           {"points", nlohmann::json::array()}};
   for (const Point& p : points) {
-    report["points"].push_back({{"prompt_tokens", p.length}, {"blocks", p.blocks},
-                                {"ttft_full_ms", p.full_ms}, {"ttft_block_cached_ms", p.cached_ms},
+    report["points"].push_back({{"prompt_tokens", p.length},
+                                {"blocks", p.blocks},
+                                {"ttft_full_ms", p.full_ms},
+                                {"ttft_block_cached_ms", p.cached_ms},
                                 {"ttft_block_cold_ms", p.cold_ms},
                                 {"full_over_cached", p.full_ms / p.cached_ms}});
   }

@@ -42,10 +42,10 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 struct BenchOptions {
-  int passages = 100;       // corpus lines
-  int rounds = 3;           // interleaved rounds of the three measurements
-  int words = 60;           // words per passage (~6 bytes = ~6 byte-level tokens each)
-  RandomLlamaOptions model; // hidden/layers set in main
+  int passages = 100;        // corpus lines
+  int rounds = 3;            // interleaved rounds of the three measurements
+  int words = 60;            // words per passage (~6 bytes = ~6 byte-level tokens each)
+  RandomLlamaOptions model;  // hidden/layers set in main
   std::string json_path;
   bool smoke = false;
 };
@@ -69,10 +69,10 @@ struct Rate {
 
 std::string WriteCorpus(const fs::path& dir, const BenchOptions& o,
                         std::vector<std::string>* texts) {
-  static const char* kWords[] = {"river", "harbor", "mill",   "bridge", "market", "castle",
-                                 "valley", "station", "school", "winter", "summer", "north",
-                                 "south", "old",     "new",    "built",  "founded", "town",
-                                 "people", "trade",  "salt",   "wool",   "church", "road"};
+  static const char* kWords[] = {"river",  "harbor",  "mill",   "bridge", "market",  "castle",
+                                 "valley", "station", "school", "winter", "summer",  "north",
+                                 "south",  "old",     "new",    "built",  "founded", "town",
+                                 "people", "trade",   "salt",   "wool",   "church",  "road"};
   std::mt19937_64 rng(std::random_device{}());
   const fs::path path = dir / "corpus.jsonl";
   std::ofstream out(path);
@@ -94,8 +94,8 @@ absl::StatusOr<Rate> IndexInto(Runtime& rt, const std::string& name, const std::
   absl::StatusOr<IndexReport> r = indexer.Run(corpus);
   if (!r.ok()) return r.status();
   if (!r->complete || r->blocks_encoded != r->blocks) {
-    return absl::InternalError(absl::StrCat(name, ": encoded ", r->blocks_encoded, " of ",
-                                            r->blocks, " blocks"));
+    return absl::InternalError(
+        absl::StrCat(name, ": encoded ", r->blocks_encoded, " of ", r->blocks, " blocks"));
   }
   return Rate{name, r->tokens, r->blocks_encoded, r->bytes_written, r->seconds};
 }
@@ -235,8 +235,8 @@ int Run(BenchOptions o) {
     std::cout << line(r, best_encode_tps);
     report["best"].push_back(r.Json(best_encode_tps));
   }
-  std::cout << "cluster memory tiers hold " << stored << " blocks (2 x " << rounds.size()
-            << " x " << blocks.size() << " expected)\n";
+  std::cout << "cluster memory tiers hold " << stored << " blocks (2 x " << rounds.size() << " x "
+            << blocks.size() << " expected)\n";
   if (!o.json_path.empty()) std::ofstream(o.json_path) << report.dump(2) << "\n";
   std::error_code ec;
   fs::remove_all(dir, ec);

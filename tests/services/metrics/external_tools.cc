@@ -322,12 +322,12 @@ absl::StatusOr<PrometheusProcess> StartPrometheus(const std::vector<ScrapeJob>& 
   for (int attempt = 0; attempt < 3; ++attempt) {
     const int port = PickFreePort();
     const std::string log = absl::StrCat(dir, "/prometheus-", attempt, ".log");
-    absl::StatusOr<Subprocess> p = Subprocess::Start(
-        {*binary, "--config.file=" + config,
-         absl::StrCat("--storage.tsdb.path=", dir, "/data-", attempt),
-         absl::StrCat("--web.listen-address=127.0.0.1:", port), "--log.level=warn",
-         "--storage.tsdb.retention.time=1h"},
-        log);
+    absl::StatusOr<Subprocess> p =
+        Subprocess::Start({*binary, "--config.file=" + config,
+                           absl::StrCat("--storage.tsdb.path=", dir, "/data-", attempt),
+                           absl::StrCat("--web.listen-address=127.0.0.1:", port),
+                           "--log.level=warn", "--storage.tsdb.retention.time=1h"},
+                          log);
     if (!p.ok()) return p.status();
     const bool ready = WaitFor(
         [&] {

@@ -31,10 +31,10 @@ class PrometheusTest : public ::testing::Test {
     node_.emplace(std::move(*node));
 
     dir_ = MakeTempDir("prometheus");
-    absl::StatusOr<PrometheusProcess> p = StartPrometheus(
-        {{"kvblock", absl::StrCat("127.0.0.1:", demo_->port)},
-         {"kvblock-cache", absl::StrCat("127.0.0.1:", node_->metrics_port)}},
-        dir_);
+    absl::StatusOr<PrometheusProcess> p =
+        StartPrometheus({{"kvblock", absl::StrCat("127.0.0.1:", demo_->port)},
+                         {"kvblock-cache", absl::StrCat("127.0.0.1:", node_->metrics_port)}},
+                        dir_);
     ASSERT_TRUE(p.ok()) << p.status();
     prom_port_ = p->port;
     prometheus_.emplace(std::move(p->process));
