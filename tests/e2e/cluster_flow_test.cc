@@ -7,12 +7,14 @@
 //    answers the TTFT histogram and the hit ratio.
 //  - ClusterFlowTest.ErrorCodesThroughWorkerProcess: a `kvblock worker` with tight limits:
 //    empty final block, unknown token ids and a too long prompt are INVALID_ARGUMENT, a passed
-//    deadline DEADLINE_EXCEEDED, a full worker RESOURCE_EXHAUSTED, cancelled calls CANCELLED,
-//    each also counted by the worker itself (its /metrics).
+//    deadline DEADLINE_EXCEEDED, a full worker RESOURCE_EXHAUSTED, cancelled calls CANCELLED
+//    (a queued one never runs, a decoding one stops long before it would have ended), each also
+//    counted by the worker itself (its /metrics).
 // Every wait is bounded. The Python part is skipped (and the test reported SKIPPED) only when
 // scripts/python-env.sh finds PyPI unreachable, so grpcio cannot be installed.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -541,8 +543,8 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
       << r.status.error_message();
   EXPECT_EQ(code_count("INVALID_ARGUMENT"), 3);
 
-  // The slow request: a full-mode prompt grown until one uncancelled run takes >= 1 s here (or
-  // the longest allowed prompt), so the timing cases below have room on fast and slow machines.
+  // The slow request (prefill-bound): a full-mode prompt grown until one run takes >= 1 s here
+  // (or the longest allowed prompt), so the cases below have room on fast and slow machines.
   v1::GenerateRequest slow;
   Streamed baseline;
   for (int tokens : {500, 1000, 1990}) {
@@ -554,8 +556,7 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
   const double slow_ms = absl::ToDoubleMilliseconds(baseline.elapsed);
   std::printf("slow request: %d tokens, %.0f ms\n", slow.final_block().tokens().ids_size(),
               slow_ms);
-  ASSERT_GT(slow_ms, 400) << "the slow request is too fast for the timing cases below";
-  const double ok_before = code_count("OK");
+  ASSERT_GT(slow_ms, 400) << "the slow request is too fast for the overload case below";
 
   // Deadline shorter than the work: DEADLINE_EXCEEDED for the client; the worker ends the call
   // with an error too. (It counts it as CANCELLED today: gRPC marks a call whose deadline passed
@@ -599,27 +600,42 @@ TEST_F(ClusterFlowTest, ErrorCodesThroughWorkerProcess) {
       WaitFor([&] { return code_count("CANCELLED") == cancelled_before + 1; }, absl::Seconds(10)))
       << worker.Metrics();
 
-  // Cancellation of a running call: CANCELLED for the client and in the worker's counters, and
-  // the worker is free again.
-  const absl::Time cancel_at = absl::Now() + absl::Milliseconds(slow_ms / 5);
-  grpc::ClientContext d_ctx;
-  d_ctx.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> d_reader = stub->Generate(&d_ctx, slow);
-  ASSERT_TRUE(WaitFor([&] { return pending() == 1; }, absl::Seconds(10)));
-  absl::SleepFor(cancel_at - absl::Now());
-  d_ctx.TryCancel();
-  const absl::Time cancelled = absl::Now();
-  while (d_reader->Read(&ignored)) {
+  // Cancellation of a running call while it decodes: the client cancels on the first streamed
+  // message; the worker checks before every decode step, so it is idle again long before the
+  // uncancelled call would have ended. A prompt whose greedy continuation runs to max_new_tokens
+  // (no early EOS) is picked first, and timed uncancelled.
+  constexpr int kLongDecode = 600;
+  v1::GenerateRequest decode_heavy;
+  Streamed uncancelled;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    decode_heavy = request(0, 32, kLongDecode, false);
+    uncancelled = Generate(*stub, decode_heavy);
+    ASSERT_TRUE(uncancelled.status.ok()) << uncancelled.status.error_message();
+    if (uncancelled.tokens.size() == kLongDecode) break;
   }
-  EXPECT_EQ(d_reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_EQ(uncancelled.tokens.size(), static_cast<size_t>(kLongDecode))
+      << "four random prompts all ended in EOS early";
+  absl::Time cancelled_at;
+  Streamed d = Generate(*stub, decode_heavy, absl::Seconds(60), [&](grpc::ClientContext& ctx) {
+    ctx.TryCancel();
+    cancelled_at = absl::Now();
+  });
+  EXPECT_EQ(d.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(d.tokens.size(), static_cast<size_t>(kLongDecode));
   ASSERT_TRUE(WaitFor([&] { return pending() == 0; }, absl::Seconds(30)));
-  std::printf("running call cancelled: worker idle %.0f ms after the cancel (request %.0f ms)\n",
-              absl::ToDoubleMilliseconds(absl::Now() - cancelled), slow_ms);
+  const double idle_ms = absl::ToDoubleMilliseconds(absl::Now() - cancelled_at);
+  const double uncancelled_ms = absl::ToDoubleMilliseconds(uncancelled.elapsed);
+  std::printf(
+      "running call cancelled after %zu of %d tokens: worker idle %.0f ms later "
+      "(uncancelled call %.0f ms)\n",
+      d.tokens.size(), kLongDecode, idle_ms, uncancelled_ms);
+  EXPECT_LT(idle_ms, std::max(uncancelled_ms / 2, 300.0));
   EXPECT_TRUE(
       WaitFor([&] { return code_count("CANCELLED") == cancelled_before + 2; }, absl::Seconds(10)))
       << worker.Metrics();
+  const double ok_mark = code_count("OK");
   EXPECT_TRUE(Generate(*stub, request(10, 10, 4, false)).status.ok());
-  EXPECT_EQ(code_count("OK"), ok_before + 2);  // A and the last call
+  EXPECT_EQ(code_count("OK"), ok_mark + 1);
 }
 
 }  // namespace
