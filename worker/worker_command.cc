@@ -56,7 +56,6 @@ int RunWorker(WorkerFlags& f) {
     ro.cluster = *co;
   }
   f.server.core.kv_dtype = ro.kv_dtype;
-  f.server.core.backend = f.backend.name;
   f.server.drain_timeout = absl::Seconds(f.drain_timeout_s);
 
   sigset_t set;

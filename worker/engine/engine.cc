@@ -55,7 +55,7 @@ absl::Status EngineOptions::Validate() const {
   return absl::OkStatus();
 }
 
-Engine::Engine(std::unique_ptr<Backend> backend, BlockStore* store,
+Engine::Engine(std::shared_ptr<Backend> backend, BlockStore* store,
                const ModelFingerprint& fingerprint, const EngineOptions& options)
     : backend_(std::move(backend)), store_(store), fingerprint_(fingerprint), options_(options) {}
 
@@ -68,6 +68,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> 
     return absl::InvalidArgumentError("engine: backend and store are required");
   }
   return std::unique_ptr<Engine>(new Engine(std::move(backend), store, fingerprint, options));
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::WithStore(BlockStore* store,
+                                                          const EngineOptions& options) const {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  if (store == nullptr) return absl::InvalidArgumentError("engine: a store is required");
+  return std::unique_ptr<Engine>(new Engine(backend_, store, fingerprint_, options));
 }
 
 BlockKey Engine::KeyOf(absl::Span<const int32_t> tokens) const {

@@ -141,17 +141,23 @@ class Engine {
   absl::StatusOr<std::vector<uint8_t>> EncodeBlock(absl::Span<const int32_t> tokens);
   BlockKey KeyOf(absl::Span<const int32_t> tokens) const;
 
+  // A second engine over the same backend (one copy of the weights on the device) with its own
+  // store and options, e.g. the worker's, whose store applies per-request cache policies.
+  // `store` is not owned and must outlive it. INVALID_ARGUMENT for bad options or a null store.
+  absl::StatusOr<std::unique_ptr<Engine>> WithStore(BlockStore* store,
+                                                    const EngineOptions& options) const;
+
   const Backend& backend() const { return *backend_; }
   const ModelFingerprint& fingerprint() const { return fingerprint_; }
 
  private:
-  Engine(std::unique_ptr<Backend> backend, BlockStore* store, const ModelFingerprint& fingerprint,
+  Engine(std::shared_ptr<Backend> backend, BlockStore* store, const ModelFingerprint& fingerprint,
          const EngineOptions& options);
   absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
   // Appends the next token of `d` sampled from `logits` ([vocab]) and decides whether d is done.
   absl::Status Sample(Decoding& d, absl::Span<const float> logits) const;
 
-  std::unique_ptr<Backend> backend_;
+  std::shared_ptr<Backend> backend_;  // shared with engines made by WithStore
   BlockStore* store_;
   ModelFingerprint fingerprint_;
   EngineOptions options_;

@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "services/proto_convert.h"
-#include "worker/engine/cpu_backend.h"
 #include "worker/indexer/block_splitter.h"
 
 namespace kvblock {
@@ -154,20 +153,18 @@ struct InferenceCore::Job {
 
 absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* runtime,
                                                                      InferenceCoreOptions options) {
-  if (runtime == nullptr || runtime->store == nullptr || runtime->model.weights == nullptr) {
+  if (runtime == nullptr || runtime->store == nullptr || runtime->engine == nullptr) {
     return absl::InvalidArgumentError("InferenceCore needs an opened runtime");
   }
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   std::unique_ptr<InferenceCore> core(new InferenceCore(runtime, std::move(options)));
-  absl::StatusOr<std::unique_ptr<Backend>> backend =
-      CreateCpuBackend(runtime->model.weights, runtime->model.config);
-  if (!backend.ok()) return backend.status();
   core->policy_store_ = std::make_unique<PolicyStore>(runtime->store);
   EngineOptions eo;
   eo.max_new_tokens_limit = core->options_.max_new_tokens_limit;
   eo.kv_dtype = core->options_.kv_dtype;
-  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Create(
-      std::move(*backend), core->policy_store_.get(), runtime->model.fingerprint, eo);
+  // The runtime's backend (the one --backend chose), not a second copy of the weights.
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      runtime->engine->WithStore(core->policy_store_.get(), eo);
   if (!engine.ok()) return engine.status();
   core->engine_ = std::move(*engine);
   core->vocab_size_ = runtime->model.config.vocab_size;
@@ -534,7 +531,7 @@ v1::HealthResponse InferenceCore::Health() const {
   h.set_ready(true);
   h.set_model_id(runtime_->model.dir);
   ToProto(runtime_->model.fingerprint, h.mutable_model_fingerprint());
-  h.set_backend(options_.backend);
+  h.set_backend(std::string(engine_->backend().name()));
   h.set_max_prompt_tokens(static_cast<uint32_t>(options_.max_prompt_tokens));
   h.set_version("kvblock 0.1.0");
   return h;

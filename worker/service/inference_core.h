@@ -58,8 +58,6 @@ struct InferenceCoreOptions {
   // Most generated tokens per streamed GenerateResponse: tokens are written as they are sampled;
   // those sampled while the previous message is still being sent go together. Default: 8.
   int32_t stream_chunk_tokens = 8;
-  // Backend name reported by Health. Default: "cpu".
-  std::string backend = "cpu";
   // KV dtype of the payloads; must match the runtime's (RuntimeOptions::kv_dtype) so keys agree.
   // Default: f32.
   KvDtype kv_dtype = KvDtype::kF32;
@@ -85,8 +83,8 @@ enum class CachePolicyMode { kReadWrite, kReadOnly, kBypass };
 
 class InferenceCore {
  public:
-  // Borrows `runtime` (must outlive the core) and builds its own Engine over the runtime's model
-  // weights (shared, not copied) and a PolicyStore in front of runtime->store. Starts
+  // Borrows `runtime` (must outlive the core) and builds its own Engine over the runtime engine's
+  // backend (shared: one copy of the weights) and a PolicyStore in front of runtime->store. Starts
   // prefill_threads prefill threads and the decode thread. INVALID_ARGUMENT for bad options or a
   // null runtime.
   static absl::StatusOr<std::unique_ptr<InferenceCore>> Create(Runtime* runtime,
