@@ -62,7 +62,8 @@ class Backend {
     if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
     const int64_t vocab = config().vocab_size;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      if (absl::Status s = Forward(*seqs[i], tokens.subspan(i, 1), 1, logits.subspan(i * vocab, vocab));
+      if (absl::Status s =
+              Forward(*seqs[i], tokens.subspan(i, 1), 1, logits.subspan(i * vocab, vocab));
           !s.ok()) {
         return s;
       }
@@ -95,7 +96,8 @@ class Backend {
     }
     std::vector<const KvSequence*> sorted(seqs.begin(), seqs.end());
     std::sort(sorted.begin(), sorted.end());
-    if (sorted.front() == nullptr || std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    if (sorted.front() == nullptr ||
+        std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
       return absl::InvalidArgumentError("decode step: a sequence is null or repeated");
     }
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -104,8 +106,8 @@ class Backend {
                                                        seqs[i]->capacity(), " tokens)"));
       }
       if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", tokens[i], " is outside the vocabulary of ", c.vocab_size));
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", tokens[i], " is outside the vocabulary of ", c.vocab_size));
       }
     }
     return absl::OkStatus();

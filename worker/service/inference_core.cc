@@ -131,9 +131,8 @@ struct InferenceCore::Job {
     GenerateResult result = decoding->TakeResult();
     GenerateOutcome out;
     out.tokens = std::move(result.tokens);
-    out.finish_reason = result.stop_reason == "eos" || result.stop_reason == "stop"
-                            ? result.stop_reason
-                            : "length";
+    out.finish_reason =
+        result.stop_reason == "eos" || result.stop_reason == "stop" ? result.stop_reason : "length";
     const GenerateTimings& t = result.timings;
     out.timings.set_tokenize_ms(tokenize_ms);
     out.timings.set_lookup_ms(t.lookup_ms);
@@ -351,9 +350,10 @@ void InferenceCore::GenerateAsync(const v1::GenerateRequest& request, absl::Time
       status = absl::UnavailableError("worker shutting down");
     } else if (in_progress_ + static_cast<int64_t>(queue_.size()) >=
                options_.max_concurrent + options_.queue_size) {
-      status = absl::ResourceExhaustedError(absl::StrCat(
-          "worker overloaded: ", in_progress_, " in progress, ", queue_.size(), " queued (max_concurrent ",
-          options_.max_concurrent, ", queue_size ", options_.queue_size, ")"));
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("worker overloaded: ", in_progress_, " in progress, ", queue_.size(),
+                       " queued (max_concurrent ", options_.max_concurrent, ", queue_size ",
+                       options_.queue_size, ")"));
     } else {
       queue_.push_back(std::move(job));
       return;
@@ -403,8 +403,7 @@ void InferenceCore::PrefillLoop() {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](InferenceCore* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-            return c->stop_ ||
-                   (!c->queue_.empty() && c->in_progress_ < c->options_.max_concurrent);
+            return c->stop_ || (!c->queue_.empty() && c->in_progress_ < c->options_.max_concurrent);
           },
           this));
       if (queue_.empty()) return;  // stop_ and nothing left

@@ -151,8 +151,8 @@ class InferenceCore {
   mutable absl::Mutex mu_;
   std::deque<std::unique_ptr<Job>> queue_ ABSL_GUARDED_BY(mu_);     // admitted, not started
   std::deque<std::unique_ptr<Job>> decoding_ ABSL_GUARDED_BY(mu_);  // prefilled, between steps
-  int64_t in_progress_ ABSL_GUARDED_BY(mu_) = 0;  // started and not retired
-  int64_t decoding_count_ ABSL_GUARDED_BY(mu_) = 0;  // prefilled and not retired
+  int64_t in_progress_ ABSL_GUARDED_BY(mu_) = 0;                    // started and not retired
+  int64_t decoding_count_ ABSL_GUARDED_BY(mu_) = 0;                 // prefilled and not retired
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> prefill_threads_;
   std::thread decode_thread_;

@@ -109,7 +109,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     }
     // Only this thread touches response_ and sent_text_ until the write completes.
     response_.Clear();
-    if (!final_message) response_.mutable_token_ids()->Add(prefix.begin() + first_new, prefix.end());
+    if (!final_message)
+      response_.mutable_token_ids()->Add(prefix.begin() + first_new, prefix.end());
     response_.set_text(NewText(prefix, /*last=*/final_message));
     if (final_message) {
       response_.set_done(true);
@@ -127,7 +128,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     std::string text = core_->Decode(tokens);
     constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
     while (!last && text.size() >= kReplacement.size() &&
-           text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0) {
+           text.compare(text.size() - kReplacement.size(), kReplacement.size(), kReplacement) ==
+               0) {
       text.resize(text.size() - kReplacement.size());
     }
     if (text.size() < sent_text_.size() || text.compare(0, sent_text_.size(), sent_text_) != 0) {
@@ -151,7 +153,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   absl::Mutex mu_;
   std::vector<int32_t> tokens_ ABSL_GUARDED_BY(mu_);  // every token the core handed over
-  size_t next_ ABSL_GUARDED_BY(mu_) = 0;               // tokens_[0, next_) written
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;              // tokens_[0, next_) written
   GenerateOutcome outcome_;  // written once under mu_ with finished_, read-only after
   absl::Status status_ ABSL_GUARDED_BY(mu_);
   bool finished_ ABSL_GUARDED_BY(mu_) = false;  // the core called done

@@ -548,8 +548,8 @@ TEST_F(WorkerServiceTest, ConcurrentRequestsAreBatchedAndMatchRunningAlone) {
       req.mutable_sampling()->set_temperature(0.9f);
       req.mutable_sampling()->set_top_k(40);
       req.mutable_sampling()->set_seed(1000 + i);
-      direct[i].sampling = {.temperature = 0.9f, .top_k = 40, .top_p = 1.0f,
-                            .seed = static_cast<uint64_t>(1000 + i)};
+      direct[i].sampling = {
+          .temperature = 0.9f, .top_k = 40, .top_p = 1.0f, .seed = static_cast<uint64_t>(1000 + i)};
     }
     reqs.push_back(req);
   }
