@@ -43,14 +43,16 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   const std::string msg = absl::StrCat(AbslView(what), ": ", s.ToString());
   if (s.IsNotFound()) return absl::NotFoundError(msg);
   if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsNoSpace()) return absl::ResourceExhaustedError(absl::StrCat(msg, " (disk full)"));
+  // A full disk shows up as NoSpace, as an IOError from the Env, or (once a background flush
+  // failed) as Incomplete wrapping that IOError: all are "disk full".
+  const std::string text = s.ToString();
+  if (s.IsNoSpace() || s.subcode() == rocksdb::Status::kNoSpace ||
+      absl::StrContains(text, "No space left")) {
+    return absl::ResourceExhaustedError(absl::StrCat(msg, " (disk full)"));
+  }
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
   if (s.IsNotSupported()) return absl::UnimplementedError(msg);
   if (s.IsIOError()) {
-    const std::string text = s.ToString();
-    if (absl::StrContains(text, "No space left")) {
-      return absl::ResourceExhaustedError(absl::StrCat(msg, " (disk full)"));
-    }
     if (absl::StrContains(text, "Read-only file system") ||
         absl::StrContains(text, "Permission denied")) {
       return absl::PermissionDeniedError(msg);

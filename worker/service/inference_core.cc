@@ -377,10 +377,12 @@ absl::StatusOr<GenerateOutcome> InferenceCore::Generate(const v1::GenerateReques
 }
 
 absl::Status InferenceCore::CheckAlive(const Job& job, const char* phase) {
+  // The deadline first: gRPC also marks a call whose deadline passed as cancelled.
+  if (absl::Status s = CheckDeadline(job.deadline, phase); !s.ok()) return s;
   if (job.cancelled && job.cancelled()) {
     return absl::CancelledError(absl::StrCat("request cancelled ", phase));
   }
-  return CheckDeadline(job.deadline, phase);
+  return absl::OkStatus();
 }
 
 void InferenceCore::Retire(std::unique_ptr<Job> job, const absl::Status& status) {
