@@ -12,27 +12,14 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/run_command.h"
 #include "tests/worker/fixture_util.h"
 
 namespace kvblock {
 namespace {
 
-struct CommandRun {
-  int exit_code = -1;
-  std::string output;
-};
-
-CommandRun RunCommand(const std::string& cmd) {
-  CommandRun r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CommandRun;
+using testing::RunCommand;
 
 // {hits, total} of the "pass N: block-mode cache hits H/T" line.
 std::pair<int, int> PassHits(const std::string& out, int pass) {

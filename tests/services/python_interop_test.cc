@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "services/cache_client.h"
 #include "services/cache_server.h"
+#include "tests/run_command.h"
 #include "tests/services/cluster_test_util.h"
 
 namespace kvblock {
@@ -19,29 +20,9 @@ namespace {
 
 using namespace kvblock::testing;  // NOLINT
 
-int RunShell(const std::string& cmd, std::string* out) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  const int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(PythonInteropTest, GrpcioPutLookupGetRoundTrip) {
-  std::string env_out;
-  const int env_rc = RunShell(absl::StrCat("bash ", KVBLOCK_SOURCE_DIR, "/scripts/python-env.sh"),
-                         &env_out);
-  if (env_rc == 77) {
-    std::fprintf(stderr, "SKIP: PyPI unreachable, cannot install grpcio: %s\n", env_out.c_str());
-    std::exit(77);
-  }
-  ASSERT_EQ(env_rc, 0) << env_out;
-  const char* venv = std::getenv("KVBLOCK_VENV");
-  const std::string python =
-      absl::StrCat(venv != nullptr ? venv : absl::StrCat(KVBLOCK_SOURCE_DIR, "/.venv"),
-                   "/bin/python");
+  std::string python;
+  ASSERT_NO_FATAL_FAILURE(ProjectPython(KVBLOCK_SOURCE_DIR, &python));
 
   TempDir dir;
   const std::string token = "py-interop-token";
@@ -78,14 +59,13 @@ TEST(PythonInteropTest, GrpcioPutLookupGetRoundTrip) {
     cxx_keys.push_back(blocks[i].key.ToHex());
   }
 
-  std::string out;
-  const int rc = RunShell(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
+  const CommandRun run = RunCommand(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
                                   "/tests/python/cache_interop.py --address ",
                                   (*server)->grpc_address(), " --token ", token, " --proto-dir ",
                                   KVBLOCK_SOURCE_DIR, "/proto --payload-dir ", dir.Sub("payloads"),
-                                  " --cxx-keys ", absl::StrJoin(cxx_keys, ",")),
-                     &out);
-  ASSERT_EQ(rc, 0) << out;
+                                  " --cxx-keys ", absl::StrJoin(cxx_keys, ",")));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const std::string& out = run.output;
   EXPECT_NE(out.find("\"read_back\": 6"), std::string::npos) << out;
   std::printf("%s", out.c_str());
   // And C++ reads what Python wrote, byte for byte.

@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/run_command.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/eval/eval.h"
 #include "worker/eval/qa_prompt.h"
@@ -64,22 +65,8 @@ TEST(QaDatasetTest, ParsesAndRejects) {
   }
 }
 
-struct CommandRun {
-  int exit_code = -1;
-  std::string output;
-};
-
-CommandRun RunCommand(const std::string& cmd) {
-  CommandRun r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using testing::CommandRun;
+using testing::RunCommand;
 
 // Block-mode exact matches of models/kvblock-demo-qa on the first 30 examples of
 // models/kvblock-demo-qa/eval/test.jsonl, as recorded in its README.md. Greedy decoding is

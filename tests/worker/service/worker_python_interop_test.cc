@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/run_command.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/demo/random_model.h"
 #include "worker/service/runtime.h"
@@ -21,28 +22,9 @@
 namespace kvblock {
 namespace {
 
-int RunShell(const std::string& cmd, std::string* out) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
-  const int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(WorkerPythonInteropTest, GrpcioGenerateMatchesEngine) {
-  std::string env_out;
-  const int env_rc =
-      RunShell(absl::StrCat("bash ", KVBLOCK_SOURCE_DIR, "/scripts/python-env.sh"), &env_out);
-  if (env_rc == 77) {
-    std::fprintf(stderr, "SKIP: PyPI unreachable, cannot install grpcio: %s\n", env_out.c_str());
-    std::exit(77);
-  }
-  ASSERT_EQ(env_rc, 0) << env_out;
-  const char* venv = std::getenv("KVBLOCK_VENV");
-  const std::string python = absl::StrCat(
-      venv != nullptr ? venv : absl::StrCat(KVBLOCK_SOURCE_DIR, "/.venv"), "/bin/python");
+  std::string python;
+  ASSERT_NO_FATAL_FAILURE(testing::ProjectPython(KVBLOCK_SOURCE_DIR, &python));
 
   testing::TempDir dir;
   std::mt19937_64 rng(std::random_device{}());
@@ -82,9 +64,7 @@ TEST(WorkerPythonInteropTest, GrpcioGenerateMatchesEngine) {
                          {"max_new_tokens", direct.max_new_tokens}};
   std::ofstream(dir / "request.json") << spec.dump();
 
-  std::string out;
-  const int rc =
-      RunShell(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
+  const testing::CommandRun run = testing::RunCommand(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
                             "/tests/worker/service/worker_interop.py --address ",
                             (*server)->grpc_address(), " --token ", token, " --proto-dir ",
                             KVBLOCK_SOURCE_DIR, "/proto --request ", dir / "request.json"),
