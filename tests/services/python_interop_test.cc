@@ -3,7 +3,6 @@
 // Lookup, Get round trip byte-exact in both directions (blocks written by the C++ client are read
 // by Python and vice versa). Skips (exit 77, ctest SKIP_RETURN_CODE) only when
 // scripts/python-env.sh reports PyPI unreachable.
-#include <sys/wait.h>
 
 #include <random>
 

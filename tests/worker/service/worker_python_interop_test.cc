@@ -3,7 +3,6 @@
 // tokens must equal Engine::Generate's over the same store, the repeat must be all hits, and a
 // call without the token must be UNAUTHENTICATED. Skips (exit 77, ctest SKIP_RETURN_CODE) only
 // when scripts/python-env.sh reports PyPI unreachable.
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <fstream>
@@ -64,12 +63,12 @@ TEST(WorkerPythonInteropTest, GrpcioGenerateMatchesEngine) {
                          {"max_new_tokens", direct.max_new_tokens}};
   std::ofstream(dir / "request.json") << spec.dump();
 
-  const testing::CommandRun run = testing::RunCommand(absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR,
-                            "/tests/worker/service/worker_interop.py --address ",
-                            (*server)->grpc_address(), " --token ", token, " --proto-dir ",
-                            KVBLOCK_SOURCE_DIR, "/proto --request ", dir / "request.json"),
-               &out);
-  ASSERT_EQ(rc, 0) << out;
+  const testing::CommandRun run = testing::RunCommand(
+      absl::StrCat(python, " ", KVBLOCK_SOURCE_DIR, "/tests/worker/service/worker_interop.py --address ",
+                   (*server)->grpc_address(), " --token ", token, " --proto-dir ", KVBLOCK_SOURCE_DIR,
+                   "/proto --request ", dir / "request.json"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const std::string& out = run.output;
   const nlohmann::json result = nlohmann::json::parse(out.substr(out.rfind("{\"runs\"")));
   absl::StatusOr<GenerateResult> engine = (*rt)->engine->Generate(direct);
   ASSERT_TRUE(engine.ok()) << engine.status();
