@@ -111,15 +111,15 @@ def accuracy(model, exs, block_mode, device) -> float:
 class Batches(torch.utils.data.IterableDataset):
     """An endless stream of collated training batches; worker w of n draws from its own seed."""
 
-    def __init__(self, split, seed, batch_size, p_block, k, vary_k):
+    def __init__(self, split, seed, batch_size, p_block, k, vary_k, fresh_taken):
         self.split, self.seed, self.batch_size, self.p_block, self.k = split, seed, batch_size, p_block, k
-        self.vary_k = vary_k
+        self.vary_k, self.fresh_taken = vary_k, fresh_taken
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid = info.id if info else 0
         stream = data.example_stream(self.split, self.seed * 1000 + wid, k=self.k,
-                                     vary_k=self.vary_k)
+                                     vary_k=self.vary_k, fresh_taken=self.fresh_taken)
         rng = random.Random(self.seed * 1000 + wid + 7)
         while True:
             exs = [next(stream) for _ in range(self.batch_size)]
@@ -127,17 +127,23 @@ class Batches(torch.utils.data.IterableDataset):
             yield collate([data.tokenize(e) for e in exs], modes)
 
 
-def train_stage(name, model, args, split, val_exs, device, steps, lr, p_block, seed, max_seconds,
-                log):
+def train_stage(name, model, args, split, fresh_taken, val_exs, device, steps, lr, p_block, seed,
+                max_seconds, log):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, min(200, steps // 10))
+    t0 = time.time()
+
+    def progress(s):
+        """Share of the stage done: of its steps or of its time cap, whichever runs out first, so
+        the learning rate anneals fully even when the time cap stops the stage."""
+        return min(1.0, max(s / steps, (time.time() - t0) / max_seconds))
+
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.3 + 0.7 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.3 + 0.7 * 0.5 * (1 + math.cos(math.pi * progress(s)))))
     loader = torch.utils.data.DataLoader(Batches(split, seed, args.batch_size, p_block, args.k,
-                                                 args.vary_k),
+                                                 args.vary_k, fresh_taken),
                                          batch_size=None, num_workers=args.workers,
                                          prefetch_factor=4 if args.workers else None)
-    t0 = time.time()
     it = iter(loader)
     done = 0
     for step in range(steps):
@@ -153,11 +159,12 @@ def train_stage(name, model, args, split, val_exs, device, steps, lr, p_block, s
         if step % 100 == 0 or step == steps - 1:
             log({"stage": name, "step": step, "loss": round(loss.item(), 4),
                  "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1)})
-        if (args.eval_every and (step + 1) % args.eval_every == 0) or step == steps - 1:
+        out_of_time = time.time() - t0 > max_seconds
+        if (args.eval_every and (step + 1) % args.eval_every == 0) or step == steps - 1 or out_of_time:
             log({"stage": name, "step": step, "val_full": accuracy(model, val_exs, False, device),
                  "val_block": accuracy(model, val_exs, True, device),
                  "seconds": round(time.time() - t0, 1)})
-        if time.time() - t0 > max_seconds:
+        if out_of_time:
             log({"stage": name, "stopped_early_at_step": step, "reason": "time limit"})
             break
     return {"steps": done, "seconds": round(time.time() - t0, 1)}
@@ -187,7 +194,11 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--max-stage1-seconds", type=float, default=1e9, help="time cap of stage 1")
     ap.add_argument("--max-stage2-seconds", type=float, default=1e9, help="time cap of stage 2")
-    ap.add_argument("--num-train-towns", type=int, default=20000)
+    ap.add_argument("--num-train-towns", type=int, default=20000,
+                    help="towns of the fixed training split (used only with --fresh-towns 0)")
+    ap.add_argument("--fresh-towns", type=int, default=1,
+                    help="1: every training prompt gets new towns (no memorizable facts), "
+                         "0: prompts drawn from the fixed training split")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -214,11 +225,12 @@ def main():
     log({"device": str(device), "parameters": model.num_parameters(), "args": vars(args),
          "torch": torch.__version__})
 
-    s1 = train_stage("vanilla", model, args, splits["train"], val_exs, device, args.stage1_steps,
+    fresh_taken = data.held_out_names(splits) if args.fresh_towns else None
+    s1 = train_stage("vanilla", model, args, splits["train"], fresh_taken, val_exs, device, args.stage1_steps,
                      args.lr1, 0.0, args.seed * 10 + 1, args.max_stage1_seconds, log)
     export_hf(model, os.path.join(args.out, "vanilla"),
               extra={"kvblock_training": {"stage": "vanilla (full attention)", **s1}})
-    s2 = train_stage("blockft", model, args, splits["train"], val_exs, device, args.stage2_steps,
+    s2 = train_stage("blockft", model, args, splits["train"], fresh_taken, val_exs, device, args.stage2_steps,
                      args.lr2, args.p_block, args.seed * 10 + 2, args.max_stage2_seconds, log)
     export_hf(model, os.path.join(args.out, "blockft"),
               extra={"kvblock_training": {"stage": "block fine-tuned (from vanilla)", **s2,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Sequence
+from typing import AbstractSet, Dict, Iterator, List, Sequence
 
 QA_INSTRUCTION = "Answer the question using only the passages below.\n"
 
@@ -63,6 +63,13 @@ def _name(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(n)).capitalize()
 
 
+def _town(rng: random.Random, name: str, founder: str) -> Town:
+    """A town named `name` with random attributes (drawn in a fixed order: the data is seeded)."""
+    return Town(name=name, kind=rng.choice(_KINDS), founded=rng.randint(900, 1899),
+                founder=founder, population=rng.randint(100, 99999), goods=rng.choice(_GOODS),
+                festival=rng.choice(_FESTIVALS), colour=rng.choice(_COLOURS))
+
+
 def make_encyclopedia(num_towns: int, seed: int) -> List[Town]:
     """`num_towns` towns with distinct names; founders are distinct from every town name."""
     rng = random.Random(seed)
@@ -73,13 +80,19 @@ def make_encyclopedia(num_towns: int, seed: int) -> List[Town]:
         if n not in seen:
             seen.add(n)
             names.append(n)
-    towns = []
-    for i in range(num_towns):
-        towns.append(Town(name=names[2 * i], kind=rng.choice(_KINDS),
-                          founded=rng.randint(900, 1899), founder=names[2 * i + 1],
-                          population=rng.randint(100, 99999), goods=rng.choice(_GOODS),
-                          festival=rng.choice(_FESTIVALS), colour=rng.choice(_COLOURS)))
-    return towns
+    return [_town(rng, names[2 * i], names[2 * i + 1]) for i in range(num_towns)]
+
+
+def fresh_towns(rng: random.Random, count: int, taken: AbstractSet[str]) -> List[Town]:
+    """`count` new towns whose names and founders are distinct and not in `taken` (the held-out
+    names). Training draws every prompt's towns this way: a fact never repeats across prompts, so
+    the model cannot memorize the encyclopedia and has to read the passages."""
+    names: List[str] = []
+    while len(names) < 2 * count:
+        n = _name(rng)
+        if n not in taken and n not in names:
+            names.append(n)
+    return [_town(rng, names[2 * i], names[2 * i + 1]) for i in range(count)]
 
 
 # Question templates: (question, answer) from one town, or from two (combined answers).
@@ -146,21 +159,27 @@ def make_splits(num_train: int, num_val: int, num_test: int, seed: int) -> Dict[
     }
 
 
-def make_example(split: Split, rng: random.Random, k: int, p_double: float, ex_id: str) -> Example:
-    """k passages: one or two relevant towns plus distractors, shuffled."""
-    double = k >= 2 and rng.random() < p_double
-    chosen = rng.sample(range(len(split.towns)), k)
-    relevant_towns = chosen[:2] if double else chosen[:1]
-    order = list(chosen)
+def _compose(towns: Sequence[Town], ids: Sequence[str], double: bool, rng: random.Random,
+             ex_id: str) -> Example:
+    """The example whose relevant towns are towns[0] (and towns[1] if `double`); all shuffled."""
+    order = list(range(len(towns)))
     rng.shuffle(order)
     if double:
-        q, a = _double(split.towns[chosen[0]], split.towns[chosen[1]],
-                       rng.randrange(NUM_DOUBLE_KINDS))
+        q, a = _double(towns[0], towns[1], rng.randrange(NUM_DOUBLE_KINDS))
     else:
-        q, a = _single(split.towns[chosen[0]], rng.randrange(NUM_SINGLE_KINDS))
-    return Example(id=ex_id, passages=[split.towns[i].passage() for i in order],
-                   passage_ids=[split.passage_id(i) for i in order], question=q, answer=a,
-                   relevant=sorted(order.index(i) for i in relevant_towns))
+        q, a = _single(towns[0], rng.randrange(NUM_SINGLE_KINDS))
+    relevant = [0, 1] if double else [0]
+    return Example(id=ex_id, passages=[towns[j].passage() for j in order],
+                   passage_ids=[ids[j] for j in order], question=q, answer=a,
+                   relevant=sorted(order.index(j) for j in relevant))
+
+
+def make_example(split: Split, rng: random.Random, k: int, p_double: float, ex_id: str) -> Example:
+    """k passages of the split's towns: one or two relevant towns plus distractors, shuffled."""
+    double = k >= 2 and rng.random() < p_double
+    chosen = rng.sample(range(len(split.towns)), k)
+    return _compose([split.towns[i] for i in chosen], [split.passage_id(i) for i in chosen],
+                    double, rng, ex_id)
 
 
 def examples(split: Split, n: int, seed: int, k: int = 4, p_double: float = 0.25) -> List[Example]:
@@ -169,15 +188,30 @@ def examples(split: Split, n: int, seed: int, k: int = 4, p_double: float = 0.25
 
 
 def example_stream(split: Split, seed: int, k: int = 4, p_double: float = 0.25,
-                   vary_k: bool = False) -> Iterator[Example]:
+                   vary_k: bool = False, fresh_taken: AbstractSet[str] | None = None
+                   ) -> Iterator[Example]:
     """Endless examples; with vary_k each has 1..k passages (uniform), a curriculum of easier
-    prompts mixed in (one passage: pure copying; more: finding the named town first)."""
+    prompts mixed in (one passage: pure copying; more: finding the named town first). With
+    `fresh_taken` (the held-out names) every example gets new towns (fresh_towns) instead of the
+    split's."""
     rng = random.Random(seed)
     i = 0
     while True:
         kk = rng.randint(1, k) if vary_k else k
-        yield make_example(split, rng, kk, p_double, f"{split.name}-{i}")
+        ex_id = f"{split.name}-{i}"
+        if fresh_taken is None:
+            yield make_example(split, rng, kk, p_double, ex_id)
+        else:
+            double = kk >= 2 and rng.random() < p_double
+            towns = fresh_towns(rng, kk, fresh_taken)
+            yield _compose(towns, [f"{ex_id}-{j}" for j in range(kk)], double, rng, ex_id)
         i += 1
+
+
+def held_out_names(splits: Dict[str, Split]) -> AbstractSet[str]:
+    """Town and founder names of the validation and test splits (fresh training towns avoid them)."""
+    return frozenset(n for key in ("val", "test") for t in splits[key].towns
+                     for n in (t.name, t.founder))
 
 
 # ---- token ids (the byte-level tokenizer: id = byte, BOS 256, EOS 257, pad 258, vocab 259) ----

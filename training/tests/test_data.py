@@ -72,6 +72,26 @@ class DataTest(unittest.TestCase):
         fixed = data.example_stream(SPLITS["train"], seed=5, k=4)
         self.assertEqual({len(next(fixed).passages) for _ in range(50)}, {4})
 
+    def test_fresh_stream_never_repeats_facts_nor_uses_held_out_names(self):
+        taken = data.held_out_names(SPLITS)
+        self.assertEqual(len(taken), 2 * (200 + 300))
+        stream = data.example_stream(SPLITS["train"], seed=6, k=4, vary_k=True, fresh_taken=taken)
+        seen = set()
+        for _ in range(300):
+            e = next(stream)
+            towns = [town_of(p) for p in e.passages]
+            self.assertEqual(len(set(towns)), len(towns))
+            self.assertFalse(set(towns) & taken)
+            # A name may come back (2-syllable names are few), its facts do not.
+            self.assertFalse(set(e.passages) & seen)
+            seen |= set(e.passages)
+            # Still answerable: each answer part is copied from a relevant passage.
+            for part, i in zip(e.answer.split(" and "), e.relevant):
+                self.assertIn(part, "".join(e.passages))
+        again = data.example_stream(SPLITS["train"], seed=6, k=4, vary_k=True, fresh_taken=taken)
+        first = data.example_stream(SPLITS["train"], seed=6, k=4, vary_k=True, fresh_taken=taken)
+        self.assertEqual(next(again).to_json(), next(first).to_json())  # seeded
+
     def test_loss_weights_favour_the_answer(self):
         t = data.tokenize(data.examples(SPLITS["test"], 1, seed=1)[0], prompt_weight=0.01)
         self.assertEqual(t.loss[0], 0.0)
