@@ -10,6 +10,7 @@
 #include "cache/block_payload.h"
 #include "grpcpp/grpcpp.h"
 #include "services/auth.h"
+#include "services/client_credentials.h"
 #include "services/grpc_status.h"
 #include "services/proto_convert.h"
 #include "services/ucx_data_plane.h"
@@ -91,16 +92,12 @@ absl::StatusOr<std::unique_ptr<CacheClient>> CacheClient::Create(CacheClientOpti
 }
 
 absl::Status CacheClient::Init() {
-  std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (options_.use_tls) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options_.tls_root_ca_pem;
-    ssl.pem_private_key = options_.tls_client_key_pem;
-    ssl.pem_cert_chain = options_.tls_client_cert_pem;
-    creds = grpc::SslCredentials(ssl);
-  } else {
-    creds = grpc::InsecureChannelCredentials();
-  }
+  const std::shared_ptr<grpc::ChannelCredentials> creds =
+      MakeChannelCredentials({.auth_token = options_.auth_token,
+                              .use_tls = options_.use_tls,
+                              .tls_root_ca_pem = options_.tls_root_ca_pem,
+                              .tls_client_cert_pem = options_.tls_client_cert_pem,
+                              .tls_client_key_pem = options_.tls_client_key_pem});
   for (const std::string& address : options_.members) {
     auto node = std::make_unique<Node>();
     node->address = address;

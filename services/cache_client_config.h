@@ -1,7 +1,14 @@
-// How tools and services configure a CacheClient from the command line: the shared cluster
-// flags (--members, --members-file, --replication, --auth-token-file, TLS files, --timeout-s),
-// the members-file format, and turning those into CacheClientOptions. Used by
-// `kvblock cache-ctl` and by any subcommand that talks to the cluster (indexer, worker).
+// How commands configure a CacheClient from the command line: the shared cluster flags
+// (--cache SPEC, --replication, --timeout-s, --no-ucx and the client credential flags), the
+// SPEC syntax, and turning those into CacheClientOptions. Every command that talks to a cache
+// cluster registers them (cache-ctl, index, worker); the commands that can also run on an
+// embedded store take that as --cache-dir DIR instead, so --cache always means a cluster.
+//
+// --cache SPEC is either
+//   - a member list: host:port[,host:port...] (host a DNS name, an IPv4 address or [IPv6]), or
+//   - a members file: a path (an existing file, or any SPEC with a '/') listing one host:port per
+//     line, '#' starting a comment. Kubernetes mounts the StatefulSet's DNS names this way
+//     (/etc/kvblock/config/members), so the list changes without changing any command line.
 #pragma once
 
 #include <string>
@@ -9,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "services/cache_client.h"
+#include "services/client_credentials.h"
 
 namespace CLI {
 class App;
@@ -17,15 +25,14 @@ class App;
 namespace kvblock {
 
 struct ClusterFlags {
-  std::vector<std::string> members;  // --members a:1,b:2
-  std::string members_file;          // --members-file: one host:port per line, '#' comments
+  std::string cache;  // --cache SPEC (see above); empty = not given
   uint32_t replication = 2;
-  std::string auth_token_file;
-  std::string tls_ca;    // PEM CA of the nodes' certificates (turns TLS on)
-  std::string tls_cert;  // client certificate for mTLS
-  std::string tls_key;
-  double timeout_s = 5.0;  // per RPC attempt
+  ClientCredentialFlags credentials;
+  std::string credential_prefix;  // set by AddClusterFlags; spells the credential flags
+  double timeout_s = 5.0;         // per RPC attempt
   bool no_ucx = false;
+
+  bool given() const { return !cache.empty(); }
 };
 
 // Registers the flags on `app`; `flags` must outlive parsing. `credential_prefix` goes in front
@@ -33,12 +40,18 @@ struct ClusterFlags {
 // serve with credentials of their own: the worker registers --cache-auth-token-file etc.
 void AddClusterFlags(CLI::App& app, ClusterFlags* flags, const std::string& credential_prefix = "");
 
-// Reads a members file. NOT_FOUND when unreadable, INVALID_ARGUMENT for a malformed line or an
-// empty list.
-absl::StatusOr<std::vector<std::string>> ReadMembersFile(const std::string& path);
+// Checks a server address, host:port (a cache node, a worker). INVALID_ARGUMENT saying what is
+// wrong (no port, a port that is not 1..65535, an empty host or one with characters a host name
+// cannot hold).
+absl::Status ValidateHostPort(const std::string& address);
 
-// Flags (with their files read) -> options. Errors as ReadMembersFile / ReadTokenFile, and
-// INVALID_ARGUMENT when no members are given.
+// The cache nodes a --cache SPEC names, in order (the members file read). INVALID_ARGUMENT for
+// an empty SPEC, a bad address (naming it, and the file line), a missing or unreadable file, a
+// directory, or a file that lists no node.
+absl::StatusOr<std::vector<std::string>> ParseCacheSpec(const std::string& spec);
+
+// Flags (with their files read) -> options. INVALID_ARGUMENT when --cache is missing or bad or
+// --timeout-s is not positive; LoadClientCredentials's errors.
 absl::StatusOr<CacheClientOptions> ClientOptionsFromFlags(const ClusterFlags& flags);
 
 }  // namespace kvblock

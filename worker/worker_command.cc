@@ -23,7 +23,7 @@ struct WorkerFlags {
   std::string model;
   std::string model_id;
   BackendOptions backend;
-  ClusterFlags cluster;  // --members / --members-file, --cache-auth-token-file, --cache-tls-*
+  ClusterFlags cluster;  // --cache SPEC, --cache-auth-token-file, --cache-tls-*
   std::string cache_dir;
   uint64_t memory_mb = 256;
   double drain_timeout_s = 10;
@@ -39,10 +39,10 @@ int Fail(const absl::Status& s) {
 int RunWorker(WorkerFlags& f) {
   const absl::Time start = absl::Now();
   if (absl::Status s = f.backend.Validate(); !s.ok()) return Fail(s);
-  const bool has_cluster = !f.cluster.members.empty() || !f.cluster.members_file.empty();
+  const bool has_cluster = f.cluster.given();
   if (has_cluster == !f.cache_dir.empty()) {
     return Fail(absl::InvalidArgumentError(
-        "give exactly one of --members/--members-file (cache cluster) or --cache-dir DIR"));
+        "give exactly one of --cache SPEC (cache cluster) or --cache-dir DIR (embedded store)"));
   }
   RuntimeOptions ro;
   ro.model_dir = f.model;

@@ -196,7 +196,8 @@ class ConsistencyTest(unittest.TestCase):
                         self.assertIn(var, defined, "%s %s: $(%s) undefined" % (overlay, c["name"], var))
 
     def test_files_named_by_flags_are_mounted(self):
-        path_flags = {"config", "members-file", "auth-token-file", "tls-cert", "tls-key", "tls-ca",
+        # --cache names a members file when its value holds a '/' (else it is host:port,...).
+        path_flags = {"config", "cache", "auth-token-file", "tls-cert", "tls-key", "tls-ca",
                       "client-ca", "data-dir", "model", "corpus"}
         for overlay, objs in self.rendered.items():
             secrets = {s["metadata"]["name"]: s for s in dc.find(objs, "Secret")}
@@ -204,7 +205,9 @@ class ConsistencyTest(unittest.TestCase):
                 values = {}
                 for a in c["args"]:
                     if dc.flag_name(a) in path_flags and "=" in a:
-                        values[dc.flag_name(a)] = self.expand(objs, c, a.split("=", 1)[1])
+                        value = self.expand(objs, c, a.split("=", 1)[1])
+                        if dc.flag_name(a) != "cache" or "/" in value:
+                            values[dc.flag_name(a)] = value
                 for flag, path in values.items():
                     src = dc.mounted_file(objs, w, c, path)
                     self.assertIsNotNone(src, "%s %s: --%s=%s is not on a volume" % (overlay, c["name"], flag, path))
@@ -280,7 +283,7 @@ class ConsistencyTest(unittest.TestCase):
             clients = [wc for wc in self.kvblock_containers(objs) if wc[1]["args"][0] in ("worker", "index")]
             self.assertEqual(len(clients), 2)
             for w, cc in clients:
-                members = self.configmap_file(objs, w, cc, dc.flag_value(cc["args"], "members-file"))
+                members = self.configmap_file(objs, w, cc, dc.flag_value(cc["args"], "cache"))
                 lines = [l.split("#")[0].strip() for l in members.splitlines()]
                 self.assertEqual([l for l in lines if l], want, overlay)
                 replication = int(self.expand(objs, cc, dc.flag_value(cc["args"], "replication")))
@@ -290,7 +293,7 @@ class ConsistencyTest(unittest.TestCase):
                 self.assertLess(pdb["spec"]["maxUnavailable"], replication)
             # The preStop hook talks to this pod's own gRPC port, with the same credentials.
             hook = self.hook_flags(c)
-            self.assertEqual(hook["members"], "localhost:%d" % grpc)
+            self.assertEqual(hook["cache"], "localhost:%d" % grpc)
             self.assertEqual(hook["auth-token-file"], conf["auth-token-file"])
             for client_flag, server_flag in (("tls-ca", "client-ca"), ("tls-cert", "tls-cert"), ("tls-key", "tls-key")):
                 self.assertEqual(client_flag in hook, server_flag in conf, "%s: preStop TLS flags" % overlay)

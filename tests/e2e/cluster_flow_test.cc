@@ -1,10 +1,10 @@
 // End to end with real processes on 127.0.0.1, as users run kvblock (issue 6's proof):
-//  - ClusterFlowTest.WholeFlow: two `kvblock cache-server` nodes (R=2), `kvblock index` of a
-//    generated corpus into them, `kvblock worker --members <both>`; Generate from the C++ gRPC
-//    client and from Python grpcio equals `kvblock generate` over an embedded store token for
-//    token (greedy; block mode, and full mode once); a second pass is all hits; SIGKILL of one
-//    node while requests run loses none; a real Prometheus scrapes the worker's /metrics and
-//    answers the TTFT histogram and the hit ratio.
+//  - ClusterFlowTest.WholeFlow: two `kvblock cache-server` nodes (R=2), `kvblock worker --cache
+//    <both>`, `kvblock index --worker` of a generated corpus into them (the worker encodes, the
+//    indexer writes); Generate from the C++ gRPC client and from Python grpcio equals `kvblock
+//    generate` over an embedded store token for token (greedy; block mode, and full mode once);
+//    a second pass is all hits; SIGKILL of one node while requests run loses none; a real
+//    Prometheus scrapes the worker's /metrics and answers the TTFT histogram and the hit ratio.
 //  - ClusterFlowTest.ErrorCodesThroughWorkerProcess: a `kvblock worker` with tight limits:
 //    empty final block, unknown token ids and a too long prompt are INVALID_ARGUMENT, a passed
 //    deadline DEADLINE_EXCEEDED, a full worker RESOURCE_EXHAUSTED, cancelled calls CANCELLED
@@ -285,26 +285,30 @@ TEST_F(ClusterFlowTest, WholeFlow) {
       corpus << json{{"id", absl::StrCat("p", i)}, {"text", passages.back()}}.dump() << "\n";
     }
   }
-  RunResult index = Kvblock(
-      {"index", "--model", model, "--corpus", dir_ + "/corpus.jsonl", "--cache", members,
-       "--replication", "2", "--auth-token-file", dir_ + "/token", "--batch-tokens", "1024"},
-      absl::Seconds(120));
-  ASSERT_EQ(index.exit_code, 0) << index.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(index.output, m, std::regex(R"(blocks (\d+) \(encoded (\d+))")))
-      << index.output;
-  EXPECT_EQ(std::stoi(m[1]), kPassages);
-  EXPECT_EQ(std::stoi(m[2]), kPassages);
-
   ServerProcess worker;
   const absl::Status up =
       worker.Start(dir_, "worker",
-                   {"worker", "--model", model, "--members", members, "--replication", "2",
+                   {"worker", "--model", model, "--cache", members, "--replication", "2",
                     "--cache-auth-token-file", dir_ + "/token", "--listen", "127.0.0.1:0",
                     "--metrics-listen", "127.0.0.1:0", "--auth-token-file", dir_ + "/token",
                     "--max-concurrent", "2", "--queue-size", "16"});
   ASSERT_TRUE(up.ok()) << up;
   std::unique_ptr<v1::InferenceService::Stub> stub = worker.Stub();
+
+  // The indexer borrows the worker's backend (EncodeBlocks) and writes to the cluster itself.
+  RunResult index = Kvblock(
+      {"index", "--model", model, "--corpus", dir_ + "/corpus.jsonl", "--cache", members,
+       "--replication", "2", "--auth-token-file", dir_ + "/token", "--batch-tokens", "1024",
+       "--worker", worker.grpc(), "--worker-auth-token-file", dir_ + "/token"},
+      absl::Seconds(120));
+  ASSERT_EQ(index.exit_code, 0) << index.output;
+  EXPECT_NE(index.output.find("encoding on worker " + worker.grpc()), std::string::npos)
+      << index.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(index.output, m, std::regex(R"(blocks (\d+) \(encoded (\d+))")))
+      << index.output;
+  EXPECT_EQ(std::stoi(m[1]), kPassages);
+  EXPECT_EQ(std::stoi(m[2]), kPassages);
 
   // Prometheus scrapes the worker from now on. (Started from this thread: its child dies with
   // the thread that forked it.)

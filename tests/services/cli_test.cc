@@ -36,12 +36,12 @@ TEST(CliTest, HelpListsSubcommands) {
 }
 
 TEST(CliTest, ConfigFileSectionSetsSubcommandFlags) {
-  // Without members cache-ctl is a usage error (1); with members read from the file's
+  // Without --cache cache-ctl is a usage error (1); with the cache read from the file's
   // [cache-ctl] section it tries the (closed) port and reports it unreachable (3).
   const std::string path = std::string(KVBLOCK_BINARY_DIR) + "/cli_test_config.toml";
   FILE* f = fopen(path.c_str(), "w");
   ASSERT_NE(f, nullptr);
-  fputs("[cache-ctl]\nmembers = \"127.0.0.1:1\"\ntimeout-s = 0.2\n", f);
+  fputs("[cache-ctl]\ncache = \"127.0.0.1:1\"\ntimeout-s = 0.2\n", f);
   fclose(f);
   EXPECT_EQ(RunKvblock("cache-ctl stats").exit_code, 1);
   Result r = RunKvblock("--config " + path + " cache-ctl stats");

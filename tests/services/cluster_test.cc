@@ -311,7 +311,7 @@ TEST_F(ClusterTest, CacheCtlCommandsAndExitCodes) {
   for (int i = 0; i < 2; ++i) StartNode(i);
   WriteFile(dir_.Sub("members"), absl::StrCat("# test cluster\n", nodes_[0].address(), "\n",
                                               nodes_[1].address(), "  # second\n"));
-  const std::string common = absl::StrCat("--members-file ", dir_.Sub("members"),
+  const std::string common = absl::StrCat("--cache ", dir_.Sub("members"),
                                           " --auth-token-file ", dir_.Sub("token"));
   TestBlock b = RandomBlock(rng_, 6, 40);
   const std::string file = dir_.Sub("block.bin");
@@ -342,17 +342,20 @@ TEST_F(ClusterTest, CacheCtlCommandsAndExitCodes) {
   EXPECT_EQ(r.exit_code, 0) << r.out;
   r = Ctl(common + " lookup " + b.key.ToHex());
   EXPECT_EQ(r.exit_code, 2) << r.out;
-  // Errors: bad key (1), wrong token (4), nobody listening (3), no members (1).
+  // Errors: bad key (1), wrong token (4), nobody listening (3), no --cache or a bad one (1).
   r = Ctl(common + " lookup not-a-key");
   EXPECT_EQ(r.exit_code, 1) << r.out;
   WriteFile(dir_.Sub("bad-token"), "wrong");
-  r = Ctl(absl::StrCat("--members ", nodes_[0].address(), " --auth-token-file ",
+  r = Ctl(absl::StrCat("--cache ", nodes_[0].address(), " --auth-token-file ",
                        dir_.Sub("bad-token"), " stats"));
   EXPECT_EQ(r.exit_code, 4) << r.out;
-  r = Ctl(absl::StrCat("--members 127.0.0.1:", FreePort(), " --timeout-s 1 stats"));
+  r = Ctl(absl::StrCat("--cache 127.0.0.1:", FreePort(), " --timeout-s 1 stats"));
   EXPECT_EQ(r.exit_code, 3) << r.out;
   r = Ctl("stats");
   EXPECT_EQ(r.exit_code, 1) << r.out;
+  r = Ctl(absl::StrCat("--cache ", dir_.Sub("no-such-members"), " stats"));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("no such members file"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -173,7 +173,8 @@ absl::StatusOr<DemoSummary> RunDemo(const DemoOptions& options, std::ostream& ou
   IndexerOptions io;
   io.max_block_tokens = options.max_block_tokens;
   io.manifest_path = options.data_dir + "/index-manifest.json";
-  Indexer indexer(r.engine.get(), r.tokenizer.get(), r.store, io);
+  LocalBlockEncoder encoder(r.engine.get());
+  Indexer indexer(&encoder, r.tokenizer.get(), r.store, io);
   absl::StatusOr<IndexReport> report = indexer.Run(corpus_path);
   if (!report.ok()) return report.status();
   summary.indexed_blocks = report->blocks;

@@ -22,14 +22,14 @@ std::string IdString(const json& id) {
 }
 
 // The fields that must match for --resume to continue a manifest.
-json ManifestIdentity(const std::string& corpus, int64_t corpus_bytes, const Engine& engine,
-                      const IndexerOptions& o) {
+json ManifestIdentity(const std::string& corpus, int64_t corpus_bytes,
+                      const ModelFingerprint& model, const IndexerOptions& o) {
   std::error_code ec;
   std::filesystem::path abs = std::filesystem::absolute(corpus, ec);
   return json{{"version", kManifestVersion},
               {"corpus", ec ? corpus : abs.lexically_normal().string()},
               {"corpus_bytes", corpus_bytes},
-              {"model", engine.fingerprint().ToHex()},
+              {"model", model.ToHex()},
               {"shard", o.shard},
               {"num_shards", o.num_shards},
               {"max_block_tokens", o.max_block_tokens}};
@@ -121,12 +121,13 @@ absl::Status IndexerOptions::Validate() const {
   return absl::OkStatus();
 }
 
-Indexer::Indexer(Engine* engine, const Tokenizer* tokenizer, BlockStore* store,
+Indexer::Indexer(BlockEncoder* encoder, const Tokenizer* tokenizer, BlockStore* store,
                  IndexerOptions options)
-    : engine_(engine), tokenizer_(tokenizer), store_(store), options_(std::move(options)) {}
+    : encoder_(encoder), tokenizer_(tokenizer), store_(store), options_(std::move(options)) {}
 
 absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
                                          const IndexProgressFn& progress) {
+  failed_stage_ = Stage::kNone;
   if (absl::Status s = options_.Validate(); !s.ok()) return s;
   const auto start = std::chrono::steady_clock::now();
   auto elapsed = [&] {
@@ -137,7 +138,8 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
   if (ec) return absl::NotFoundError(absl::StrCat("corpus ", corpus_path, ": ", ec.message()));
   std::ifstream in(corpus_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open corpus ", corpus_path));
-  const json identity = ManifestIdentity(corpus_path, corpus_bytes, *engine_, options_);
+  const json identity =
+      ManifestIdentity(corpus_path, corpus_bytes, encoder_->fingerprint(), options_);
 
   IndexReport report;
   int64_t line_number = 0;
@@ -150,10 +152,10 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
     }
     for (auto& [k, v] : identity.items()) {
       if (!m.contains(k) || m[k] != v) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "manifest ", options_.manifest_path, " was written for another run (", k, ": ",
-            m.contains(k) ? m[k].dump() : "missing", " != ", v.dump(),
-            "); remove it or run without --resume"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("manifest ", options_.manifest_path, " was written for another run (", k,
+                         ": ", m.contains(k) ? m[k].dump() : "missing", " != ", v.dump(),
+                         "); remove it or run without --resume"));
       }
     }
     line_number = m.value("next_line", int64_t{1}) - 1;
@@ -188,20 +190,33 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
       for (const PendingBlock& b : batch) keys.push_back(b.key);
       std::vector<LookupResult> found(keys.size());
       store_->Lookup(keys, absl::MakeSpan(found));
+      // The misses, each once, encoded together (a remote encoder splits them into calls) and
+      // Put as their payloads arrive.
       absl::flat_hash_set<BlockKey> done;
+      std::vector<size_t> misses;
+      std::vector<std::vector<int32_t>> miss_tokens;
       for (size_t i = 0; i < batch.size(); ++i) {
         if (found[i].present || !done.insert(batch[i].key).second) {
           ++report.blocks_present;
           continue;
         }
-        absl::StatusOr<std::vector<uint8_t>> payload = engine_->EncodeBlock(batch[i].tokens);
-        if (!payload.ok()) return payload.status();
-        if (absl::Status s = store_->Put(batch[i].key, *payload); !s.ok()) {
-          return absl::Status(s.code(), absl::StrCat("writing block ", batch[i].key.ToHex(),
+        misses.push_back(i);
+        miss_tokens.push_back(std::move(batch[i].tokens));
+      }
+      auto put = [&](size_t j, std::vector<uint8_t> payload) -> absl::Status {
+        const BlockKey& key = batch[misses[j]].key;
+        if (absl::Status s = store_->Put(key, payload); !s.ok()) {
+          failed_stage_ = Stage::kStore;
+          return absl::Status(s.code(), absl::StrCat("writing block ", key.ToHex(),
                                                      " to the store failed: ", s.message()));
         }
         ++report.blocks_encoded;
-        report.bytes_written += static_cast<int64_t>(payload->size());
+        report.bytes_written += static_cast<int64_t>(payload.size());
+        return absl::OkStatus();
+      };
+      if (absl::Status s = encoder_->Encode(miss_tokens, put); !s.ok()) {
+        if (failed_stage_ == Stage::kNone) failed_stage_ = Stage::kEncode;
+        return s;
       }
     }
     report.lines += pending_counts.lines;
@@ -214,9 +229,8 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
     batch_tokens = 0;
     recorded_offset = next_offset;
     recorded_line = line_number;
-    if (absl::Status s =
-            WriteManifest(options_.manifest_path, identity, recorded_line + 1, recorded_offset,
-                          report);
+    if (absl::Status s = WriteManifest(options_.manifest_path, identity, recorded_line + 1,
+                                       recorded_offset, report);
         !s.ok()) {
       return s;
     }
@@ -238,15 +252,16 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
     ++pending_counts.lines;
     absl::StatusOr<CorpusPassage> passage = ParseCorpusLine(line, line_number);
     absl::StatusOr<std::vector<std::vector<int32_t>>> blocks =
-        passage.ok() ? (passage->has_token_ids
-                            ? absl::StatusOr<std::vector<std::vector<int32_t>>>(
-                                  SplitTokenIds(passage->token_ids, options_.max_block_tokens))
-                            : SplitIntoBlocks(*tokenizer_, passage->text, options_.max_block_tokens))
-                     : absl::StatusOr<std::vector<std::vector<int32_t>>>(passage.status());
+        passage.ok()
+            ? (passage->has_token_ids
+                   ? absl::StatusOr<std::vector<std::vector<int32_t>>>(
+                         SplitTokenIds(passage->token_ids, options_.max_block_tokens))
+                   : SplitIntoBlocks(*tokenizer_, passage->text, options_.max_block_tokens))
+            : absl::StatusOr<std::vector<std::vector<int32_t>>>(passage.status());
     if (blocks.ok()) {
       for (const auto& b : *blocks) {
         for (int32_t t : b) {
-          if (t >= engine_->backend().config().vocab_size) {
+          if (t >= encoder_->vocab_size()) {
             blocks = absl::InvalidArgumentError(
                 absl::StrCat("token id ", t, " is outside the model's vocabulary"));
             break;
@@ -258,8 +273,8 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
     if (blocks.ok() && blocks->empty()) blocks = absl::InvalidArgumentError("no tokens");
     if (!blocks.ok()) {
       if (options_.strict) {
-        return absl::InvalidArgumentError(absl::StrCat(corpus_path, ":", line_number, ": ",
-                                                       blocks.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(corpus_path, ":", line_number, ": ", blocks.status().message()));
       }
       ++pending_counts.skipped_lines;
       if (static_cast<int64_t>(report.bad_lines.size()) < options_.max_reported_bad_lines) {
@@ -272,7 +287,7 @@ absl::StatusOr<IndexReport> Indexer::Run(const std::string& corpus_path,
       ++pending_counts.blocks;
       pending_counts.tokens += static_cast<int64_t>(b.size());
       batch_tokens += static_cast<int64_t>(b.size());
-      batch.push_back({engine_->KeyOf(b), std::move(b)});
+      batch.push_back({encoder_->KeyOf(b), std::move(b)});
     }
     if (batch_tokens >= options_.batch_tokens) {
       if (absl::Status s = flush(next_offset); !s.ok()) return s;

@@ -18,7 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cache/block_store.h"
-#include "worker/engine/engine.h"
+#include "worker/indexer/block_encoder.h"
 #include "worker/tokenizer/tokenizer.h"
 
 namespace kvblock {
@@ -69,18 +69,18 @@ struct BadLine {
 
 // Counters of a run; the totals include what earlier runs of a resumed index recorded.
 struct IndexReport {
-  int64_t lines = 0;           // lines of this shard read (bad ones included)
-  int64_t passages = 0;        // good lines
-  int64_t skipped_lines = 0;   // bad lines skipped
-  int64_t blocks = 0;          // blocks of the passages (duplicates included)
-  int64_t blocks_encoded = 0;  // blocks encoded and Put by this run
-  int64_t blocks_present = 0;  // blocks already in the store (not encoded again)
-  int64_t tokens = 0;          // tokens of all blocks
-  int64_t bytes_written = 0;   // payload bytes Put by this run
-  int64_t batches = 0;         // batches completed by this run
-  int64_t resumed_at_line = 0; // first line this run read (1 when not resumed)
-  double seconds = 0;          // wall time of this run
-  bool complete = false;       // the whole shard is indexed
+  int64_t lines = 0;               // lines of this shard read (bad ones included)
+  int64_t passages = 0;            // good lines
+  int64_t skipped_lines = 0;       // bad lines skipped
+  int64_t blocks = 0;              // blocks of the passages (duplicates included)
+  int64_t blocks_encoded = 0;      // blocks encoded and Put by this run
+  int64_t blocks_present = 0;      // blocks already in the store (not encoded again)
+  int64_t tokens = 0;              // tokens of all blocks
+  int64_t bytes_written = 0;       // payload bytes Put by this run
+  int64_t batches = 0;             // batches completed by this run
+  int64_t resumed_at_line = 0;     // first line this run read (1 when not resumed)
+  double seconds = 0;              // wall time of this run
+  bool complete = false;           // the whole shard is indexed
   std::vector<BadLine> bad_lines;  // the first max_reported_bad_lines of them
 };
 
@@ -95,24 +95,33 @@ using IndexProgressFn = std::function<void(const IndexProgress&)>;
 
 class Indexer {
  public:
-  // None of the pointers is owned; all must outlive the indexer. The engine gives block keys and
-  // payloads (its fingerprint and KV dtype decide the keys).
-  Indexer(Engine* engine, const Tokenizer* tokenizer, BlockStore* store, IndexerOptions options);
+  // None of the pointers is owned; all must outlive the indexer. The encoder gives block keys and
+  // payloads (its model's fingerprint and KV dtype decide the keys): the indexer's own engine or
+  // a remote worker (block_encoder.h).
+  Indexer(BlockEncoder* encoder, const Tokenizer* tokenizer, BlockStore* store,
+          IndexerOptions options);
 
   // Indexes `corpus_path`. The report says whether the shard is complete (false after
   // max_batches). Errors: INVALID_ARGUMENT for bad options, or for a bad line under `strict`
   // (the message names the line); NOT_FOUND for a missing corpus; FAILED_PRECONDITION when
   // `resume` finds a manifest for another corpus, model or options; the store's error (e.g.
-  // UNAVAILABLE from a cluster) when a Put fails: the manifest then records only the batches
-  // before it. Not thread-safe (one Run at a time); the store and engine may be shared.
+  // UNAVAILABLE from a cluster) when a Put fails, or the encoder's (e.g. UNAVAILABLE from a
+  // remote worker): the manifest then records only the batches before it, and failed_stage()
+  // says which of the two failed. Not thread-safe (one Run at a time); the store may be shared.
   absl::StatusOr<IndexReport> Run(const std::string& corpus_path,
                                   const IndexProgressFn& progress = nullptr);
 
+  // Where the last Run failed: kEncode (the encoder's error) or kStore (a Put's); kNone after a
+  // successful Run or another error.
+  enum class Stage { kNone, kEncode, kStore };
+  Stage failed_stage() const { return failed_stage_; }
+
  private:
-  Engine* engine_;
+  BlockEncoder* encoder_;
   const Tokenizer* tokenizer_;
   BlockStore* store_;
   IndexerOptions options_;
+  Stage failed_stage_ = Stage::kNone;
 };
 
 }  // namespace kvblock

@@ -12,9 +12,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOpt
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir);
   if (!ckpt.ok()) return ckpt.status();
   m.checkpoint = std::move(*ckpt);
-  absl::StatusOr<std::unique_ptr<ModelWeights>> weights = ModelWeights::Load(m.checkpoint, m.config);
-  if (!weights.ok()) return weights.status();
-  m.weights = std::move(*weights);
+  if (options.load_weights) {
+    absl::StatusOr<std::unique_ptr<ModelWeights>> weights =
+        ModelWeights::Load(m.checkpoint, m.config);
+    if (!weights.ok()) return weights.status();
+    m.weights = std::move(*weights);
+  }
   if (!options.model_id.empty()) {
     absl::StatusOr<ModelFingerprint> fp = FingerprintFromModelId(options.model_id);
     if (!fp.ok()) return fp.status();

@@ -19,6 +19,10 @@ struct ModelLoadOptions {
   std::string model_id;
   // Where fingerprints of read-only checkpoints are kept, and whether to recompute.
   FingerprintOptions fingerprint;
+  // Convert the weights to f32 (LoadedModel::weights). False maps the checkpoint only, for what
+  // needs the config and fingerprint but computes nothing (an indexer encoding on a remote
+  // worker). Default: true.
+  bool load_weights = true;
 
   absl::Status Validate() const { return fingerprint.Validate(); }
 };
@@ -27,7 +31,7 @@ struct LoadedModel {
   std::string dir;
   ModelConfig config;
   std::shared_ptr<const Checkpoint> checkpoint;
-  std::shared_ptr<const ModelWeights> weights;
+  std::shared_ptr<const ModelWeights> weights;  // null unless ModelLoadOptions::load_weights
   ModelFingerprint fingerprint;
   bool fingerprint_computed = false;  // hashed during this load (no current record)
 };

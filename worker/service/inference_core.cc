@@ -506,12 +506,20 @@ absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(
     if (!ids.ok()) return ids.status();
     blocks.push_back(*std::move(ids));
   }
+  int64_t tokens = 0;
+  for (const auto& b : blocks) tokens += static_cast<int64_t>(b.size());
+  if (tokens > options_.max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("the blocks hold ", tokens,
+                                                   " tokens, more than the worker's limit of ",
+                                                   options_.max_prompt_tokens, " per call"));
+  }
   const absl::Time t0 = absl::Now();
   v1::EncodeBlocksResponse out;
   std::vector<BlockKey> keys;
   for (const auto& b : blocks) keys.push_back(engine_->KeyOf(b));
+  // With return_payloads the caller stores the blocks: nothing is looked up or written here.
   std::vector<LookupResult> found(keys.size());
-  runtime_->store->Lookup(keys, absl::MakeSpan(found));
+  if (!request.return_payloads()) runtime_->store->Lookup(keys, absl::MakeSpan(found));
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (absl::Status s = CheckDeadline(deadline, "while encoding"); !s.ok()) return s;
     v1::EncodedBlock* eb = out.add_blocks();
@@ -521,7 +529,11 @@ absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(
     if (found[i].present) continue;
     absl::StatusOr<std::vector<uint8_t>> payload = engine_->EncodeBlock(blocks[i]);
     if (!payload.ok()) return payload.status();
-    if (absl::Status s = runtime_->store->Put(keys[i], *payload); !s.ok()) return s;
+    if (request.return_payloads()) {
+      eb->set_payload(payload->data(), payload->size());
+    } else if (absl::Status s = runtime_->store->Put(keys[i], *payload); !s.ok()) {
+      return s;
+    }
   }
   out.set_encode_ms(MsBetween(t0, absl::Now()));
   return out;

@@ -113,8 +113,10 @@ class InferenceCore {
                                            CancelledFn cancelled = nullptr);
 
   // Encodes each block alone, Puts it unless already cached (reported as already_cached), on the
-  // caller's thread. INVALID_ARGUMENT for no blocks, an empty block, bad token ids or a dtype
-  // other than the worker's; DEADLINE_EXCEEDED; the engine's and store's errors. Thread-safe.
+  // caller's thread; with return_payloads returns every block's payload instead (no lookup, no
+  // Put). INVALID_ARGUMENT for no blocks, an empty block, bad token ids, more tokens than
+  // max_prompt_tokens or a dtype other than the worker's; DEADLINE_EXCEEDED; the engine's and
+  // store's errors. Thread-safe.
   absl::StatusOr<v1::EncodeBlocksResponse> EncodeBlocks(const v1::EncodeBlocksRequest& request,
                                                         absl::Time deadline);
   // Model id, fingerprint, backend, limits. Thread-safe.

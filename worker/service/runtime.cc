@@ -143,6 +143,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
   auto rt = std::make_unique<Runtime>();
   ModelLoadOptions mo;
   mo.model_id = options.model_id;
+  mo.load_weights = options.load_engine;
   absl::StatusOr<LoadedModel> model = LoadModel(options.model_dir, mo);
   if (!model.ok()) return model.status();
   rt->model = std::move(*model);
@@ -173,6 +174,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
       rt->store = rt->layered.get();
     }
   }
+  if (!options.load_engine) return rt;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(rt->model, options.backend);
   if (!backend.ok()) return backend.status();
   EngineOptions eo;

@@ -96,6 +96,10 @@ struct RuntimeOptions {
   bool write_back = true;
   // The compute backend. Default: cpu.
   BackendOptions backend;
+  // Load the weights and build the backend and engine. False opens the model's config,
+  // fingerprint and tokenizer and the store only (Runtime::engine stays null): an indexer whose
+  // blocks a remote worker encodes. Default: true.
+  bool load_engine = true;
 
   // INVALID_ARGUMENT when model_dir is empty or neither a cache_dir nor members are given.
   absl::Status Validate() const;
@@ -109,7 +113,7 @@ struct Runtime {
   std::unique_ptr<CacheClient> cluster;     // null for an embedded store
   std::unique_ptr<LayeredStore> layered;    // local tier over the cluster
   BlockStore* store = nullptr;              // what the engine uses
-  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Engine> engine;           // null unless RuntimeOptions::load_engine
 };
 
 // Loads and opens everything. The model's and store's errors pass through (NOT_FOUND for a

@@ -90,7 +90,8 @@ absl::StatusOr<Rate> IndexInto(Runtime& rt, const std::string& name, const std::
                                const fs::path& manifest) {
   IndexerOptions io;
   io.manifest_path = manifest.string();
-  Indexer indexer(rt.engine.get(), rt.tokenizer.get(), rt.store, io);
+  LocalBlockEncoder encoder(rt.engine.get());
+  Indexer indexer(&encoder, rt.tokenizer.get(), rt.store, io);
   absl::StatusOr<IndexReport> r = indexer.Run(corpus);
   if (!r.ok()) return r.status();
   if (!r->complete || r->blocks_encoded != r->blocks) {

@@ -271,7 +271,7 @@ absl::StatusOr<CacheServerProcess> StartCacheServer() {
 absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_per_call) {
   std::mt19937_64 rng(std::random_device{}());
   for (int i = 0; i < times; ++i) {
-    std::vector<std::string> argv = {KVBLOCK_BIN, "cache-ctl", "--members", server.grpc_address,
+    std::vector<std::string> argv = {KVBLOCK_BIN, "cache-ctl", "--cache", server.grpc_address,
                                      "lookup"};
     for (int k = 0; k < keys_per_call; ++k) {
       argv.push_back(

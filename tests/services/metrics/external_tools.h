@@ -95,7 +95,7 @@ struct CacheServerProcess {
   int metrics_port = 0;
 };
 absl::StatusOr<CacheServerProcess> StartCacheServer();
-// Runs `kvblock cache-ctl --members <grpc> lookup <n random keys>` `times` times.
+// Runs `kvblock cache-ctl --cache <grpc> lookup <n random keys>` `times` times.
 absl::Status DriveLookups(const CacheServerProcess& server, int times, int keys_per_call);
 
 // A real Prometheus (Debian's `prometheus`, found on PATH) on a free loopback port, scraping each

@@ -121,6 +121,12 @@ class IndexerTest : public ::testing::Test {
     return rt.ok() ? std::move(*rt) : nullptr;
   }
 
+  // An Indexer over the runtime's engine (through a LocalBlockEncoder the fixture keeps).
+  Indexer IndexerFor(Runtime& rt, const IndexerOptions& o) {
+    encoders_.push_back(std::make_unique<LocalBlockEncoder>(rt.engine.get()));
+    return Indexer(encoders_.back().get(), rt.tokenizer.get(), rt.store, o);
+  }
+
   // Writes `n` random passages (some with titles, some as token ids) plus the given bad lines at
   // the given 1-based line numbers; returns the texts of the good lines by line number.
   std::string WriteCorpus(int n, const std::vector<std::pair<int, std::string>>& bad = {}) {
@@ -162,6 +168,7 @@ class IndexerTest : public ::testing::Test {
 
   TempDir dir_;
   std::mt19937 rng_;
+  std::vector<std::unique_ptr<LocalBlockEncoder>> encoders_;
 };
 
 TEST_F(IndexerTest, IndexesEveryBlockAndSkipsBadLines) {
@@ -169,7 +176,7 @@ TEST_F(IndexerTest, IndexesEveryBlockAndSkipsBadLines) {
       WriteCorpus(40, {{2, "{oops"}, {9, R"({"id": "x", "text": ""})"}, {15, R"({"id": 1})"},
                        {20, R"({"id": "big", "token_ids": [999999]})"}});
   auto rt = Open();
-  Indexer indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, Options());
+  Indexer indexer = IndexerFor(*rt, Options());
   int progress_calls = 0;
   auto report = indexer.Run(corpus, [&](const IndexProgress& p) {
     ++progress_calls;
@@ -217,7 +224,7 @@ TEST_F(IndexerTest, StrictStopsAtTheFirstBadLine) {
   auto rt = Open();
   IndexerOptions o = Options();
   o.strict = true;
-  Indexer indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o);
+  Indexer indexer = IndexerFor(*rt, o);
   auto report = indexer.Run(corpus);
   ASSERT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(report.status().message().find("corpus.jsonl:6:"), std::string::npos)
@@ -232,7 +239,7 @@ TEST_F(IndexerTest, ResumeContinuesAndRerunIsIdempotent) {
     auto rt = Open("reference");
     IndexerOptions o = Options();
     o.manifest_path = dir_ / "reference-manifest.json";
-    auto r = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+    auto r = IndexerFor(*rt, o).Run(corpus);
     ASSERT_TRUE(r.ok()) << r.status();
     all_blocks = r->blocks;
     all_encoded = r->blocks_encoded;
@@ -240,14 +247,14 @@ TEST_F(IndexerTest, ResumeContinuesAndRerunIsIdempotent) {
   auto rt = Open();
   IndexerOptions o = Options();
   o.max_batches = 2;
-  auto first = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto first = IndexerFor(*rt, o).Run(corpus);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_FALSE(first->complete);
   EXPECT_EQ(first->batches, 2);
   EXPECT_LT(first->blocks, all_blocks);
   o.max_batches = 0;
   o.resume = true;
-  auto second = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto second = IndexerFor(*rt, o).Run(corpus);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_TRUE(second->complete);
   EXPECT_GT(second->resumed_at_line, 1);
@@ -255,19 +262,19 @@ TEST_F(IndexerTest, ResumeContinuesAndRerunIsIdempotent) {
   EXPECT_EQ(first->blocks_encoded + second->blocks_encoded, all_encoded);
   EXPECT_EQ(second->passages, 60);
   // Resuming a complete manifest does nothing; a fresh run finds every block present.
-  auto third = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto third = IndexerFor(*rt, o).Run(corpus);
   ASSERT_TRUE(third.ok());
   EXPECT_TRUE(third->complete);
   EXPECT_EQ(third->blocks_encoded, 0);
   o.resume = false;
-  auto fourth = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto fourth = IndexerFor(*rt, o).Run(corpus);
   ASSERT_TRUE(fourth.ok());
   EXPECT_EQ(fourth->blocks_encoded, 0);
   EXPECT_EQ(fourth->blocks_present, all_blocks);
   // A manifest of other options is refused under --resume.
   o.resume = true;
   o.max_block_tokens = 32;
-  auto mismatch = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto mismatch = IndexerFor(*rt, o).Run(corpus);
   EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
@@ -280,7 +287,7 @@ TEST_F(IndexerTest, ShardsPartitionTheCorpus) {
     o.shard = shard;
     o.num_shards = 3;
     o.manifest_path = dir_ / absl::StrCat("m", shard, ".json");
-    auto r = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+    auto r = IndexerFor(*rt, o).Run(corpus);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->passages, shard == 0 ? 11 : 10);
     passages += r->passages;
@@ -289,7 +296,7 @@ TEST_F(IndexerTest, ShardsPartitionTheCorpus) {
   EXPECT_EQ(passages, 31);
   IndexerOptions o = Options();
   o.manifest_path = dir_ / "all.json";
-  auto all = Indexer(rt->engine.get(), rt->tokenizer.get(), rt->store, o).Run(corpus);
+  auto all = IndexerFor(*rt, o).Run(corpus);
   ASSERT_TRUE(all.ok());
   EXPECT_EQ(all->blocks, blocks);
   EXPECT_EQ(all->blocks_encoded, 0);  // the three shards wrote everything
@@ -309,7 +316,7 @@ TEST_F(IndexerTest, UnreachableClusterStopsWithNothingRecorded) {
   ASSERT_TRUE(rt.ok()) << rt.status();
   EXPECT_EQ(CheckClusterReachable(*(*rt)->cluster).code(), absl::StatusCode::kUnavailable);
   IndexerOptions o = Options();
-  auto r = Indexer((*rt)->engine.get(), (*rt)->tokenizer.get(), (*rt)->store, o).Run(corpus);
+  auto r = IndexerFor(**rt, o).Run(corpus);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_FALSE(std::filesystem::exists(o.manifest_path));
 }
