@@ -16,6 +16,7 @@
 #include "httplib.h"
 #include "kvblock/v1/inference.grpc.pb.h"
 #include "services/auth.h"
+#include "services/proto_convert.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/demo/random_model.h"
 #include "worker/indexer/block_splitter.h"
@@ -345,6 +346,37 @@ TEST_F(WorkerServiceTest, EncodeBlocksWritesAndReportsAlreadyCached) {
   Streamed r = Call(gen);
   ASSERT_TRUE(r.status.ok());
   EXPECT_EQ(r.final_message.cache().hits(), 2u);
+}
+
+TEST_F(WorkerServiceTest, EncodeBlocksReturnsPayloadsWithoutCachingThemWithinTheLimit) {
+  InferenceCoreOptions core;
+  core.max_prompt_tokens = 64;
+  Start(core);
+  std::vector<std::vector<int32_t>> blocks = {RandomIds(17), RandomIds(23)};
+  auto encode = [&](const std::vector<std::vector<int32_t>>& bs, v1::EncodeBlocksResponse* resp) {
+    v1::EncodeBlocksRequest req;
+    req.set_return_payloads(true);
+    for (const auto& b : bs) SetIds(req.add_blocks(), b);
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(std::string(kAuthMetadataKey), BearerValue(kToken));
+    return stub_->EncodeBlocks(&ctx, req, resp);
+  };
+  v1::EncodeBlocksResponse resp;
+  ASSERT_TRUE(encode(blocks, &resp).ok());
+  ASSERT_EQ(resp.blocks_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const BlockKey key = runtime_->engine->KeyOf(blocks[i]);
+    EXPECT_EQ(FromProto(resp.blocks(i).key()), key);
+    EXPECT_FALSE(resp.blocks(i).already_cached());
+    absl::StatusOr<std::vector<uint8_t>> expect = runtime_->engine->EncodeBlock(blocks[i]);
+    ASSERT_TRUE(expect.ok());
+    EXPECT_EQ(resp.blocks(i).payload(), std::string(expect->begin(), expect->end()));
+    EXPECT_EQ(runtime_->store->Get(key).status().code(), absl::StatusCode::kNotFound);
+  }
+  // More tokens than max_prompt_tokens in one call is refused.
+  const grpc::Status big = encode({RandomIds(40), RandomIds(30)}, &resp);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(big.error_message().find("64"), std::string::npos) << big.error_message();
 }
 
 TEST_F(WorkerServiceTest, OverloadIsResourceExhausted) {
