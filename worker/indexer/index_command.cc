@@ -76,7 +76,8 @@ bool IsUnavailable(absl::StatusCode c) {
 
 // The encoder: this process's engine, or the worker's EncodeBlocks (checked to serve this
 // model, its limits respected).
-absl::StatusOr<std::unique_ptr<BlockEncoder>> MakeEncoder(const IndexFlags& f, Runtime& rt) {
+absl::StatusOr<std::unique_ptr<BlockEncoder>> MakeEncoder(const IndexFlags& f, Runtime& rt,
+                                                          KvDtype kv_dtype) {
   if (f.worker.empty()) return std::make_unique<LocalBlockEncoder>(rt.engine.get());
   if (absl::Status s = ValidateHostPort(f.worker); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--worker: ", s.message()));
@@ -89,7 +90,7 @@ absl::StatusOr<std::unique_ptr<BlockEncoder>> MakeEncoder(const IndexFlags& f, R
   o.call_timeout = absl::Seconds(f.worker_timeout_s);
   o.max_call_tokens = std::max(f.indexer.batch_tokens, f.indexer.max_block_tokens);
   absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> e =
-      RemoteBlockEncoder::Connect(o, rt.model.fingerprint, KvDtype::kF32, rt.model.config);
+      RemoteBlockEncoder::Connect(o, rt.model.fingerprint, kv_dtype, rt.model.config);
   if (!e.ok()) return e.status();
   if (f.indexer.max_block_tokens > (*e)->max_block_tokens()) {
     return absl::InvalidArgumentError(
@@ -128,7 +129,7 @@ int RunIndex(IndexFlags& f) {
       return Fail(s, kIndexExitCacheUnavailable);
     }
   }
-  absl::StatusOr<std::unique_ptr<BlockEncoder>> encoder = MakeEncoder(f, **rt);
+  absl::StatusOr<std::unique_ptr<BlockEncoder>> encoder = MakeEncoder(f, **rt, ro.kv_dtype);
   if (!encoder.ok()) {
     return Fail(encoder.status(),
                 IsUnavailable(encoder.status().code()) ? kIndexExitWorkerUnavailable : 1);

@@ -24,8 +24,8 @@ std::string MetaString(const BlockMeta& m) {
 
 absl::Status RemoteEncoderOptions::Validate() const {
   if (address.empty()) return absl::InvalidArgumentError("the worker address is empty");
-  if (!(call_timeout > absl::ZeroDuration())) {
-    return absl::InvalidArgumentError("call_timeout must be > 0");
+  if (!(connect_timeout > absl::ZeroDuration()) || !(call_timeout > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError("connect_timeout and call_timeout must be > 0");
   }
   if (max_call_tokens <= 0) return absl::InvalidArgumentError("max_call_tokens must be > 0");
   if (max_call_bytes <= 0 || max_call_bytes > (int64_t{1} << 30)) {
@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> RemoteBlockEncoder::Connect(
       grpc::CreateCustomChannel(o.address, MakeChannelCredentials(o.credentials), args));
 
   grpc::ClientContext ctx;
-  e->PrepareContext(&ctx);
+  e->PrepareContext(&ctx, o.connect_timeout);
   v1::HealthResponse health;
   if (absl::Status s = FromGrpcStatus(e->stub_->Health(&ctx, v1::HealthRequest(), &health));
       !s.ok()) {
@@ -95,8 +95,8 @@ absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> RemoteBlockEncoder::Connect(
   return e;
 }
 
-void RemoteBlockEncoder::PrepareContext(grpc::ClientContext* ctx) const {
-  ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+void RemoteBlockEncoder::PrepareContext(grpc::ClientContext* ctx, absl::Duration timeout) const {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   if (!options_.credentials.auth_token.empty()) {
     ctx->AddMetadata(std::string(kAuthMetadataKey), BearerValue(options_.credentials.auth_token));
   }
@@ -162,7 +162,7 @@ absl::Status RemoteBlockEncoder::EncodeCall(absl::Span<const std::vector<int32_t
     req.add_blocks()->mutable_tokens()->mutable_ids()->Add(blocks[i].begin(), blocks[i].end());
   }
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  PrepareContext(&ctx, options_.call_timeout);
   v1::EncodeBlocksResponse resp;
   ++calls_;
   if (absl::Status s = FromGrpcStatus(stub_->EncodeBlocks(&ctx, req, &resp)); !s.ok()) {

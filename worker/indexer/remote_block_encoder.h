@@ -29,7 +29,9 @@ struct RemoteEncoderOptions {
   std::string address;
   // Bearer token and TLS of the calls. Default: none (plaintext, no token).
   ClientCredentials credentials;
-  // Deadline of one call (Health, or one EncodeBlocks). Default: 300 s.
+  // Deadline of the Health call that Connect makes. Default: 10 s.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Deadline of one EncodeBlocks call. Default: 300 s.
   absl::Duration call_timeout = absl::Seconds(300);
   // Tokens per EncodeBlocks call at most; the worker's max_prompt_tokens lowers it. Default: 8192.
   int64_t max_call_tokens = 8192;
@@ -37,7 +39,7 @@ struct RemoteEncoderOptions {
   // channel accepts responses this large (plus framing). Default: 64 MiB.
   int64_t max_call_bytes = int64_t{64} << 20;
 
-  // INVALID_ARGUMENT naming the field (empty address, non-positive limits or timeout).
+  // INVALID_ARGUMENT naming the field (empty address, non-positive limits or timeouts).
   absl::Status Validate() const;
 };
 
@@ -73,7 +75,7 @@ class RemoteBlockEncoder final : public BlockEncoder {
  private:
   RemoteBlockEncoder(RemoteEncoderOptions options, const ModelFingerprint& fingerprint,
                      KvDtype kv_dtype, const ModelConfig& config);
-  void PrepareContext(grpc::ClientContext* ctx) const;
+  void PrepareContext(grpc::ClientContext* ctx, absl::Duration timeout) const;
   // The header a block's payload must carry.
   BlockMeta ExpectedMeta(absl::Span<const int32_t> tokens) const;
   // One EncodeBlocks call for blocks[first, first + count) (they fit one call); the verified

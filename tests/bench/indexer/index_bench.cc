@@ -1,10 +1,13 @@
 // Indexer throughput (tokens/s, blocks/s, MB/s of KV written) of the real Indexer behind
-// `kvblock index`, into an embedded store (memory over RocksDB) and into a 2-node cache cluster
-// (two in-process CacheServers on loopback, R=2, gRPC), against the engine's pure encode rate
-// (Engine::EncodeBlock over the same blocks, nothing stored) measured in the same run: these
-// machines are noisy, so the ratios are the result. The three are interleaved for --rounds rounds
-// (each round indexes into fresh keys: a new embedded store, and a per-round --model-id on the
-// cluster); every round is printed, and the best rate of each with the ratios of the bests.
+// `kvblock index`, into an embedded store (memory over RocksDB), into a 2-node cache cluster
+// (two in-process CacheServers on loopback, R=2, gRPC), and into an embedded store with the
+// blocks encoded by a worker (`kvblock index --worker`: an in-process WorkerServer on loopback
+// over the same model and the same cores, its EncodeBlocks returning the payloads), against the
+// engine's pure encode rate (Engine::EncodeBlock over the same blocks, nothing stored) measured
+// in the same run: these machines are noisy, so the ratios are the result. The four are
+// interleaved for --rounds rounds (each round indexes into fresh keys: a new embedded store, and
+// a per-round --model-id on the cluster); every round is printed, and the best rate of each with
+// the ratios of the bests.
 //
 //   index_bench [--passages 100] [--words 60] [--rounds 3] [--hidden 128] [--layers 4]
 //               [--json FILE] [--smoke]
@@ -33,7 +36,9 @@
 #include "worker/demo/random_model.h"
 #include "worker/indexer/block_splitter.h"
 #include "worker/indexer/indexer.h"
+#include "worker/indexer/remote_block_encoder.h"
 #include "worker/service/runtime.h"
+#include "worker/service/worker_server.h"
 
 namespace kvblock {
 namespace {
@@ -43,7 +48,7 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchOptions {
   int passages = 100;        // corpus lines
-  int rounds = 3;            // interleaved rounds of the three measurements
+  int rounds = 3;            // interleaved rounds of the four measurements
   int words = 60;            // words per passage (~6 bytes = ~6 byte-level tokens each)
   RandomLlamaOptions model;  // hidden/layers set in main
   std::string json_path;
@@ -85,12 +90,11 @@ std::string WriteCorpus(const fs::path& dir, const BenchOptions& o,
   return path.string();
 }
 
-// Runs the indexer over `corpus` into the runtime's store.
-absl::StatusOr<Rate> IndexInto(Runtime& rt, const std::string& name, const std::string& corpus,
-                               const fs::path& manifest) {
+// Runs the indexer over `corpus` into the runtime's store, encoding with `encoder`.
+absl::StatusOr<Rate> IndexInto(Runtime& rt, BlockEncoder& encoder, const std::string& name,
+                               const std::string& corpus, const fs::path& manifest) {
   IndexerOptions io;
   io.manifest_path = manifest.string();
-  LocalBlockEncoder encoder(rt.engine.get());
   Indexer indexer(&encoder, rt.tokenizer.get(), rt.store, io);
   absl::StatusOr<IndexReport> r = indexer.Run(corpus);
   if (!r.ok()) return r.status();
@@ -158,7 +162,13 @@ int Run(BenchOptions o) {
     nodes.push_back(*std::move(node));
   }
 
-  std::vector<std::array<Rate, 3>> rounds;
+  // The worker for the --worker runs: serves the encode-only runtime's model (and engine).
+  WorkerServerOptions wo;
+  wo.listen = "127.0.0.1:0";
+  absl::StatusOr<std::unique_ptr<WorkerServer>> worker = WorkerServer::Start(encoder->get(), wo);
+  if (!worker.ok()) return Fail(worker.status());
+
+  std::vector<std::array<Rate, 4>> rounds;
   uint64_t stored = 0;
   for (int round = 0; round < o.rounds; ++round) {
     Rate encode{"encode only (Engine::EncodeBlock)"};
@@ -176,17 +186,35 @@ int Run(BenchOptions o) {
     fresh.cache_dir = (dir / absl::StrCat("embedded", round)).string();
     absl::StatusOr<std::unique_ptr<Runtime>> rt = OpenRuntime(fresh);
     if (!rt.ok()) return Fail(rt.status());
+    LocalBlockEncoder local((*rt)->engine.get());
     absl::StatusOr<Rate> into_embedded =
-        IndexInto(**rt, "index -> embedded store", corpus,
+        IndexInto(**rt, local, "index -> embedded store", corpus,
                   dir / absl::StrCat("manifest-embedded", round, ".json"));
     if (!into_embedded.ok()) return Fail(into_embedded.status());
+    rt->reset();
+
+    // The indexer side of --worker loads no weights.
+    fresh.cache_dir = (dir / absl::StrCat("via-worker", round)).string();
+    fresh.load_engine = false;
+    rt = OpenRuntime(fresh);
+    if (!rt.ok()) return Fail(rt.status());
+    RemoteEncoderOptions ro;
+    ro.address = (*worker)->grpc_address();
+    absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> remote = RemoteBlockEncoder::Connect(
+        ro, (*rt)->model.fingerprint, fresh.kv_dtype, (*rt)->model.config);
+    if (!remote.ok()) return Fail(remote.status());
+    absl::StatusOr<Rate> via_worker =
+        IndexInto(**rt, **remote, "index --worker -> embedded store", corpus,
+                  dir / absl::StrCat("manifest-via-worker", round, ".json"));
+    if (!via_worker.ok()) return Fail(via_worker.status());
     rt->reset();
 
     cluster.model_id = absl::StrCat("index-bench-round-", round);  // fresh keys
     rt = OpenRuntime(cluster);
     if (!rt.ok()) return Fail(rt.status());
+    LocalBlockEncoder cluster_encoder((*rt)->engine.get());
     absl::StatusOr<Rate> into_cluster =
-        IndexInto(**rt, "index -> 2 cache nodes, R=2", corpus,
+        IndexInto(**rt, cluster_encoder, "index -> 2 cache nodes, R=2", corpus,
                   dir / absl::StrCat("manifest-cluster", round, ".json"));
     if (!into_cluster.ok()) return Fail(into_cluster.status());
     stored = 0;  // every round's blocks are on both nodes
@@ -194,8 +222,10 @@ int Run(BenchOptions o) {
       stored += t.tier == StoreTier::kMemory ? t.blocks : 0;
     }
     rt->reset();
-    rounds.push_back({encode, *into_embedded, *into_cluster});
+    rounds.push_back({encode, *into_embedded, *into_cluster, *via_worker});
   }
+  (*worker)->Shutdown();
+  worker->reset();
   encoder->reset();
   nodes.clear();
 
@@ -218,12 +248,12 @@ int Run(BenchOptions o) {
         r.name, r.tokens, r.blocks, r.bytes / 1e6, r.seconds, r.tokens / r.seconds,
         r.blocks / r.seconds, r.bytes / r.seconds / 1e6, r.tokens / r.seconds / encode_tps);
   };
-  std::array<Rate, 3> best = rounds[0];
+  std::array<Rate, 4> best = rounds[0];
   for (size_t i = 0; i < rounds.size(); ++i) {
     const double encode_tps = rounds[i][0].tokens / rounds[i][0].seconds;
     std::cout << "round " << i + 1 << ":\n";
     nlohmann::json round = nlohmann::json::array();
-    for (int k = 0; k < 3; ++k) {
+    for (size_t k = 0; k < best.size(); ++k) {
       std::cout << line(rounds[i][k], encode_tps);
       round.push_back(rounds[i][k].Json(encode_tps));
       if (rounds[i][k].seconds < best[k].seconds) best[k] = rounds[i][k];
@@ -252,7 +282,7 @@ int main(int argc, char** argv) {
   o.model.hidden_size = 128;
   o.model.intermediate_size = 344;
   o.model.num_layers = 4;
-  CLI::App app{"Indexer throughput: embedded store and 2-node cluster vs pure encode"};
+  CLI::App app{"Indexer throughput: embedded store, 2-node cluster, via a worker vs pure encode"};
   app.add_option("--passages", o.passages, "Corpus lines")->capture_default_str();
   app.add_option("--words", o.words, "Words per passage")->capture_default_str();
   app.add_option("--rounds", o.rounds, "Interleaved rounds")->capture_default_str();
