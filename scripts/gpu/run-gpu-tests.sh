@@ -5,7 +5,8 @@
 #   2. every packed GPU test (DEVICE_DIR/bin/*_test; each exits 77 without a GPU);
 #   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` (or DEVICE_DIR/bin/ttft_bench, the same benchmark
 #      linked standalone) if KVBLOCK_BENCH_ARGS is set (e.g. "--runs 10");
-#   4. the Hugging Face baseline (DEVICE_DIR/tools/bench_hf_ttft.py) if KVBLOCK_HF=1.
+#   4. the Hugging Face baseline (DEVICE_DIR/tools/bench_hf_ttft.py) if KVBLOCK_HF=1;
+#   5. the storage and cluster benchmarks on this quiet host if KVBLOCK_HOST_BENCH=1.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out. Exit status: the
 # number of failed steps.
 set -uo pipefail
@@ -64,6 +65,15 @@ fi
 if [ "${KVBLOCK_HF:-0}" = 1 ] && [ -e "$dev"/tools/bench_hf_ttft.py ]; then
   echo "=== Hugging Face baseline"
   PYTHONUNBUFFERED=1 python3 "$dev"/tools/bench_hf_ttft.py "$out/hf_ttft.json" 2>&1 | grep -v Warning | tee "$out/hf.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
+fi
+if [ "${KVBLOCK_HOST_BENCH:-0}" = 1 ] && [ -x "$dev"/bin/storage_bench ]; then
+  echo "=== storage_bench (RocksDB tier and plain file; memory tier and memcpy)"
+  "$dev"/bin/storage_bench --benchmark_filter='Memcpy|MemoryTierGetRead|File|Rocks' \
+    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 | tee "$out/storage_bench.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
+  echo "=== cluster_bench (UCX and gRPC vs memcpy, one cache-server process)"
+  "$dev"/bin/cluster_bench --seconds 1 --kvblock "$dev"/bin/kvblock 2>&1 | tee "$out/cluster_bench.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 fi
 echo "run-gpu-tests: $failed failed step(s)"
