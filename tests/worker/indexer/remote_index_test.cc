@@ -4,8 +4,10 @@
 // its own engine, in calls split at the worker's max_prompt_tokens, loads no weights and leaves
 // the worker's own cache untouched; a worker of another model is refused before any work; a
 // worker that goes away stops the run with UNAVAILABLE and nothing recorded, and --resume
-// completes it; VerifyPayload refuses corrupt or foreign payloads; the command's exit codes.
+// completes it; mTLS through the --worker-tls-* credentials; VerifyPayload refuses corrupt or
+// foreign payloads; the command's exit codes.
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -68,8 +70,10 @@ class RemoteIndexTest : public ::testing::Test {
     return dir_ / name;
   }
 
-  // A worker over `model` with an embedded store of its own, calls limited to max_prompt_tokens.
-  void StartWorker(const std::string& model, int64_t max_prompt_tokens) {
+  // A worker over `model` with an embedded store of its own, calls limited to max_prompt_tokens;
+  // `tls_dir` (if given) holds server.pem/server.key and the CA clients must be signed by.
+  void StartWorker(const std::string& model, int64_t max_prompt_tokens,
+                   const std::string& tls_dir = "") {
     RuntimeOptions ro;
     ro.model_dir = model;
     ro.cache_dir = dir_ / absl::StrCat("worker-cache", ++workers_);
@@ -81,6 +85,11 @@ class RemoteIndexTest : public ::testing::Test {
     so.listen = "127.0.0.1:0";
     so.auth_token_file = dir_ / "token";
     so.core.max_prompt_tokens = max_prompt_tokens;
+    if (!tls_dir.empty()) {
+      so.tls_cert = tls_dir + "/server.pem";
+      so.tls_key = tls_dir + "/server.key";
+      so.client_ca = tls_dir + "/ca.pem";
+    }
     absl::StatusOr<std::unique_ptr<WorkerServer>> server =
         WorkerServer::Start(worker_runtime_.get(), so);
     ASSERT_TRUE(server.ok()) << server.status();
@@ -106,9 +115,11 @@ class RemoteIndexTest : public ::testing::Test {
   }
 
   absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> Connect(const Runtime& rt,
-                                                              bool with_token = true) {
+                                                              bool with_token = true,
+                                                              ClientCredentials credentials = {}) {
     RemoteEncoderOptions o;
     o.address = server_->grpc_address();
+    o.credentials = std::move(credentials);
     if (with_token) o.credentials.auth_token = kToken;
     o.call_timeout = absl::Seconds(30);
     return RemoteBlockEncoder::Connect(o, rt.model.fingerprint, KvDtype::kF32, rt.model.config);
@@ -254,6 +265,50 @@ TEST_F(RemoteIndexTest, AWorkerThatGoesAwayStopsTheRunAndResumeCompletesIt) {
   EXPECT_EQ(third->blocks, local_report.blocks);
   EXPECT_EQ(first->blocks_encoded + third->blocks_encoded, local_report.blocks_encoded);
   ExpectSameContents(CorpusKeys(*rt, **encoder), *local->store, *rt->store);
+}
+
+TEST_F(RemoteIndexTest, MutualTlsWithTheWorkerCredentialFlags) {
+  // A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl now.
+  const std::string d = dir_ / "tls";
+  std::filesystem::create_directories(d);
+  const std::string script =
+      "set -e; cd " + d +
+      "; exec >openssl.log 2>&1;"
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kvblock-test-ca "
+      "  -keyout ca.key -out ca.pem;"
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr;"
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext;"
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "  -extfile san.ext -out server.pem;"
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr;"
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+      "  -out client.pem";
+  ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0);
+  ASSERT_NO_FATAL_FAILURE(StartWorker(model_, 8192, d));
+  std::unique_ptr<Runtime> rt = OpenIndexerRuntime("store", /*load_engine=*/false);
+  ASSERT_NE(rt, nullptr);
+  // What --worker-tls-ca/--worker-tls-cert/--worker-tls-key give.
+  ClientCredentialFlags flags{
+      .tls_ca = d + "/ca.pem", .tls_cert = d + "/client.pem", .tls_key = d + "/client.key"};
+  absl::StatusOr<ClientCredentials> creds = LoadClientCredentials(flags, "worker-");
+  ASSERT_TRUE(creds.ok()) << creds.status();
+  absl::StatusOr<std::unique_ptr<RemoteBlockEncoder>> encoder = Connect(*rt, true, *creds);
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  absl::StatusOr<IndexReport> r =
+      Indexer(encoder->get(), rt->tokenizer.get(), rt->store, Options("tls.json")).Run(corpus_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->blocks_encoded, static_cast<int64_t>(CorpusKeys(*rt, **encoder).size()));
+  // Without a client certificate, or in plaintext, the worker is not reached.
+  flags.tls_cert.clear();
+  flags.tls_key.clear();
+  creds = LoadClientCredentials(flags, "worker-");
+  ASSERT_TRUE(creds.ok()) << creds.status();
+  EXPECT_EQ(Connect(*rt, true, *creds).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Connect(*rt, true).status().code(), absl::StatusCode::kUnavailable);
+  // A certificate without its key is refused before any connection, naming the flags.
+  flags.tls_cert = d + "/client.pem";
+  EXPECT_NE(LoadClientCredentials(flags, "worker-").status().message().find("--worker-tls-key"),
+            std::string::npos);
 }
 
 TEST_F(RemoteIndexTest, VerifyPayloadRefusesCorruptAndForeignPayloads) {
