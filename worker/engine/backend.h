@@ -50,6 +50,24 @@ class Backend {
   virtual absl::Status Forward(KvSequence& seq, absl::Span<const int32_t> tokens,
                                int64_t logit_rows, absl::Span<float> logits) = 0;
 
+  // Runs tokens[i] into seqs[i] for every i, several distinct sequences in one pass over the
+  // weights where the backend can (encoding many blocks at once): each as Forward with no
+  // logits, tokens[i] at positions seqs[i]->length() onwards, attending to everything in
+  // seqs[i] and causally to each other; their K/V are appended. Overrides may split the batch
+  // into several passes within their limits; this default runs Forward per sequence. Every
+  // check happens before any sequence changes (CheckForwardBatch). INVALID_ARGUMENT for an
+  // empty batch, sizes that disagree, a null or repeated sequence, an empty token list, a token
+  // id outside the vocabulary or more tokens than a sequence's capacity left; the backend's
+  // errors otherwise (the batch's sequences are then unusable).
+  virtual absl::Status ForwardBatch(absl::Span<KvSequence* const> seqs,
+                                    absl::Span<const absl::Span<const int32_t>> tokens) {
+    if (absl::Status s = CheckForwardBatch(seqs, tokens); !s.ok()) return s;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (absl::Status s = Forward(*seqs[i], tokens[i], 0, {}); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
   // One decode step of a batch of distinct sequences: tokens[i] goes to seqs[i] at position
   // seqs[i]->length(), attending to everything in it, and its K/V are appended; the next-token
   // logits of seqs[i] go to logits[i * vocab, (i + 1) * vocab). Overrides read the weights once
@@ -87,27 +105,63 @@ class Backend {
   absl::Status CheckDecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
                                absl::Span<const float> logits) const {
     const ModelConfig& c = config();
-    if (seqs.empty()) return absl::InvalidArgumentError("decode step: empty batch");
+    if (absl::Status s = CheckDistinct(seqs, "decode step"); !s.ok()) return s;
     if (tokens.size() != seqs.size() ||
         static_cast<int64_t>(logits.size()) < static_cast<int64_t>(seqs.size()) * c.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("decode step: ", seqs.size(), " sequences, ",
                                                      tokens.size(), " tokens, ", logits.size(),
                                                      " logits (vocab ", c.vocab_size, ")"));
     }
-    std::vector<const KvSequence*> sorted(seqs.begin(), seqs.end());
-    std::sort(sorted.begin(), sorted.end());
-    if (sorted.front() == nullptr ||
-        std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-      return absl::InvalidArgumentError("decode step: a sequence is null or repeated");
-    }
     for (size_t i = 0; i < seqs.size(); ++i) {
       if (seqs[i]->length() >= seqs[i]->capacity()) {
         return absl::InvalidArgumentError(absl::StrCat("decode step: sequence ", i, " is full (",
                                                        seqs[i]->capacity(), " tokens)"));
       }
-      if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      if (absl::Status s = CheckTokenIds(tokens.subspan(i, 1)); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  // The argument checks of ForwardBatch (see there), for overrides to run first.
+  absl::Status CheckForwardBatch(absl::Span<KvSequence* const> seqs,
+                                 absl::Span<const absl::Span<const int32_t>> tokens) const {
+    if (absl::Status s = CheckDistinct(seqs, "forward batch"); !s.ok()) return s;
+    if (tokens.size() != seqs.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("forward batch: ", seqs.size(),
+                                                     " sequences, ", tokens.size(), " token lists"));
+    }
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(tokens[i].size());
+      if (n == 0 || seqs[i]->length() + n > seqs[i]->capacity()) {
         return absl::InvalidArgumentError(
-            absl::StrCat("token id ", tokens[i], " is outside the vocabulary of ", c.vocab_size));
+            absl::StrCat("forward batch: ", n, " tokens for sequence ", i, " (", seqs[i]->length(),
+                         " of ", seqs[i]->capacity(), " tokens used)"));
+      }
+      if (absl::Status s = CheckTokenIds(tokens[i]); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // INVALID_ARGUMENT (prefixed by `what`) for an empty batch or a null or repeated sequence.
+  static absl::Status CheckDistinct(absl::Span<KvSequence* const> seqs, const char* what) {
+    if (seqs.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty batch"));
+    std::vector<const KvSequence*> sorted(seqs.begin(), seqs.end());
+    std::sort(sorted.begin(), sorted.end());
+    if (sorted.front() == nullptr ||
+        std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": a sequence is null or repeated"));
+    }
+    return absl::OkStatus();
+  }
+
+  // INVALID_ARGUMENT for a token id outside the vocabulary.
+  absl::Status CheckTokenIds(absl::Span<const int32_t> tokens) const {
+    const int64_t vocab = config().vocab_size;
+    for (int32_t id : tokens) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " is outside the vocabulary of ", vocab));
       }
     }
     return absl::OkStatus();

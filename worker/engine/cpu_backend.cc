@@ -108,6 +108,8 @@ class CpuBackend : public Backend {
 
   absl::Status Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens, int64_t logit_rows,
                        absl::Span<float> logits) override;
+  absl::Status ForwardBatch(absl::Span<KvSequence* const> seqs,
+                            absl::Span<const absl::Span<const int32_t>> tokens) override;
   absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
                           absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
@@ -133,8 +135,9 @@ class CpuBackend : public Backend {
     int64_t row0;
     int64_t n;
   };
-  // The model over a batch of token rows split into parts (Forward: one part; DecodeStep: one
-  // part of one row per sequence), the projections as one GEMM over all rows, attention per part;
+  // The model over a batch of token rows split into parts (Forward: one part; ForwardBatch: one
+  // part per sequence; DecodeStep: one part of one row per sequence), the projections as one
+  // GEMM over all rows, attention per part;
   // logits of the last `logit_rows` rows. Arguments are checked by the callers.
   absl::Status Run(absl::Span<const Part> parts, absl::Span<const int32_t> tokens,
                    int64_t logit_rows, absl::Span<float> logits);
@@ -224,6 +227,19 @@ absl::Status CpuBackend::Forward(KvSequence& seq_base, absl::Span<const int32_t>
   return Run({&part, 1}, tokens, logit_rows, logits);
 }
 
+absl::Status CpuBackend::ForwardBatch(absl::Span<KvSequence* const> seqs,
+                                      absl::Span<const absl::Span<const int32_t>> tokens) {
+  if (absl::Status s = CheckForwardBatch(seqs, tokens); !s.ok()) return s;
+  std::vector<Part> parts(seqs.size());
+  std::vector<int32_t> rows;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    parts[i] = {static_cast<CpuKvSequence*>(seqs[i]), static_cast<int64_t>(rows.size()),
+                static_cast<int64_t>(tokens[i].size())};
+    rows.insert(rows.end(), tokens[i].begin(), tokens[i].end());
+  }
+  return Run(parts, rows, 0, {});
+}
+
 absl::Status CpuBackend::DecodeStep(absl::Span<KvSequence* const> seqs,
                                     absl::Span<const int32_t> tokens, absl::Span<float> logits) {
   if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
@@ -270,8 +286,8 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
     }
     attention_work += p.n * c.num_heads * (start + p.n) * hd;
   }
-  // Threads for attention: across the parts when there are several (a decode batch), else
-  // across one part's KV heads; one thread for small work.
+  // Threads for attention: across the parts when there are several (a decode or encode batch),
+  // else across one part's KV heads; one thread for small work.
   const int attention_threads =
       attention_work >= options_.attention_parallel_min_work ? threads_ : 1;
   const int part_threads = parts.size() > 1 ? attention_threads : 1;

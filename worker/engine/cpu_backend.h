@@ -3,8 +3,9 @@
 // on a few threads for long sequences. DecodeStep runs a batch of sequences as one sgemm per
 // projection (M = batch; one sgemv per sequence below CpuBackendOptions::gemm_min_rows) and
 // attention per sequence (split across sequences on a few threads when the batch's attention
-// work is large). This is the reference every faster backend is checked against, and what CI
-// runs.
+// work is large); ForwardBatch runs the tokens of several sequences the same way, one sgemm per
+// projection over all their rows. This is the reference every faster backend is checked
+// against, and what CI runs.
 #pragma once
 
 #include <memory>

@@ -1,8 +1,10 @@
 #include "worker/engine/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <optional>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -52,6 +54,7 @@ absl::Status EngineOptions::Validate() const {
   if (max_sequence_tokens < 0 || max_new_tokens_limit < 0) {
     return absl::InvalidArgumentError("engine: negative limit");
   }
+  if (encode_batch_tokens <= 0) return absl::InvalidArgumentError("engine: encode_batch_tokens <= 0");
   return absl::OkStatus();
 }
 
@@ -81,31 +84,82 @@ BlockKey Engine::KeyOf(absl::Span<const int32_t> tokens) const {
   return ComputeBlockKey(fingerprint_, options_.kv_dtype, tokens);
 }
 
-absl::StatusOr<std::vector<uint8_t>> Engine::EncodeBlock(absl::Span<const int32_t> tokens) {
+absl::StatusOr<std::vector<std::vector<uint8_t>>> Engine::EncodeBlocks(
+    absl::Span<const absl::Span<const int32_t>> blocks,
+    const std::function<absl::Status()>& before_batch) {
   const ModelConfig& c = backend_->config();
-  if (tokens.empty()) return absl::InvalidArgumentError("cannot encode an empty block");
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n > c.max_position_embeddings || n > kMaxBlockTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("block of ", n, " tokens exceeds the model's limit of ",
-                                                   c.max_position_embeddings));
+  const int64_t limit = std::min<int64_t>(c.max_position_embeddings, kMaxBlockTokens);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(blocks[i].size());
+    if (n == 0) return absl::InvalidArgumentError(absl::StrCat("cannot encode an empty block (", i, ")"));
+    if (n > limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block ", i, " of ", n, " tokens exceeds the model's limit of ", limit));
+    }
   }
-  absl::StatusOr<std::unique_ptr<KvSequence>> seq = backend_->NewSequence(n);
-  if (!seq.ok()) return seq.status();
-  if (absl::Status s = backend_->Forward(**seq, tokens, 0, {}); !s.ok()) return s;
-  const int64_t elems = c.num_layers * c.num_kv_heads * n * c.head_dim;
-  std::vector<float> k(elems), v(elems);
-  if (absl::Status s = backend_->ReadKv(**seq, 0, n, absl::MakeSpan(k), absl::MakeSpan(v)); !s.ok()) {
-    return s;
+  std::vector<std::vector<uint8_t>> payloads(blocks.size());
+  for (size_t begin = 0; begin < blocks.size();) {
+    // The next pass: as many blocks as fit encode_batch_tokens, at least one.
+    size_t end = begin + 1;
+    int64_t tokens = static_cast<int64_t>(blocks[begin].size());
+    while (end < blocks.size() &&
+           tokens + static_cast<int64_t>(blocks[end].size()) <= options_.encode_batch_tokens) {
+      tokens += static_cast<int64_t>(blocks[end++].size());
+    }
+    if (before_batch) {
+      if (absl::Status s = before_batch(); !s.ok()) return s;
+    }
+    if (absl::Status s = EncodeBatch(blocks.subspan(begin, end - begin),
+                                     absl::MakeSpan(payloads).subspan(begin, end - begin));
+        !s.ok()) {
+      return s;
+    }
+    begin = end;
   }
-  BlockMeta meta;
-  meta.model = fingerprint_;
-  meta.key = KeyOf(tokens);
-  meta.dtype = options_.kv_dtype;
-  meta.num_layers = static_cast<uint32_t>(c.num_layers);
-  meta.num_kv_heads = static_cast<uint32_t>(c.num_kv_heads);
-  meta.head_dim = static_cast<uint32_t>(c.head_dim);
-  meta.num_tokens = static_cast<uint32_t>(n);
-  return kvblock::EncodeBlock(meta, k, v);
+  return payloads;
+}
+
+absl::Status Engine::EncodeBatch(absl::Span<const absl::Span<const int32_t>> blocks,
+                                 absl::Span<std::vector<uint8_t>> payloads) {
+  const ModelConfig& c = backend_->config();
+  std::vector<std::unique_ptr<KvSequence>> owned;
+  std::vector<KvSequence*> seqs;
+  for (absl::Span<const int32_t> b : blocks) {
+    absl::StatusOr<std::unique_ptr<KvSequence>> seq =
+        backend_->NewSequence(static_cast<int64_t>(b.size()));
+    if (!seq.ok()) return seq.status();
+    seqs.push_back(seq->get());
+    owned.push_back(*std::move(seq));
+  }
+  if (absl::Status s = backend_->ForwardBatch(seqs, blocks); !s.ok()) return s;
+  std::vector<float> k, v;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(blocks[i].size());
+    k.resize(c.num_layers * c.num_kv_heads * n * c.head_dim);
+    v.resize(k.size());
+    if (absl::Status s = backend_->ReadKv(*seqs[i], 0, n, absl::MakeSpan(k), absl::MakeSpan(v));
+        !s.ok()) {
+      return s;
+    }
+    BlockMeta meta;
+    meta.model = fingerprint_;
+    meta.key = KeyOf(blocks[i]);
+    meta.dtype = options_.kv_dtype;
+    meta.num_layers = static_cast<uint32_t>(c.num_layers);
+    meta.num_kv_heads = static_cast<uint32_t>(c.num_kv_heads);
+    meta.head_dim = static_cast<uint32_t>(c.head_dim);
+    meta.num_tokens = static_cast<uint32_t>(n);
+    absl::StatusOr<std::vector<uint8_t>> payload = kvblock::EncodeBlock(meta, k, v);
+    if (!payload.ok()) return payload.status();
+    payloads[i] = *std::move(payload);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> Engine::EncodeBlock(absl::Span<const int32_t> tokens) {
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> payloads = EncodeBlocks({&tokens, 1});
+  if (!payloads.ok()) return payloads.status();
+  return std::move(payloads->front());
 }
 
 absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_tokens) const {
@@ -157,6 +211,107 @@ absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_toke
   return absl::OkStatus();
 }
 
+// The payloads of a request's blocks, by block index.
+struct Engine::ResolvedBlocks {
+  std::vector<size_t> first;                    // the first block with the same key
+  std::vector<std::optional<BlockView>> views;  // set for first occurrences
+  // Owners of the bytes the views point into: payloads read from the store, or encoded here
+  // (non-empty exactly for the misses).
+  std::vector<BlockBytes> held;
+  std::vector<std::vector<uint8_t>> payloads;
+};
+
+absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blocks,
+                                   GenerateResult& out) {
+  const Clock::time_point t_lookup = Clock::now();
+  const ModelConfig& c = backend_->config();
+  const size_t nb = r.blocks.size();
+  std::vector<BlockKey> keys(nb);
+  for (size_t i = 0; i < nb; ++i) keys[i] = KeyOf(r.blocks[i]);
+  std::vector<LookupResult> found(nb);
+  store_->Lookup(keys, absl::MakeSpan(found));
+  blocks.first.resize(nb);
+  blocks.views.resize(nb);
+  blocks.held.resize(nb);
+  blocks.payloads.resize(nb);
+  // First occurrences, found (to fetch) or not (to encode): a repeated block is read once.
+  std::vector<size_t> fetch, encode;
+  absl::flat_hash_map<BlockKey, size_t> first_of;
+  for (size_t i = 0; i < nb; ++i) {
+    const auto [it, inserted] = first_of.try_emplace(keys[i], i);
+    blocks.first[i] = it->second;
+    if (inserted) (found[i].present ? fetch : encode).push_back(i);
+  }
+  out.timings.lookup_ms = MsSince(t_lookup);
+
+  // The fetch writes only its blocks' views and held bytes, fetched_bytes, fetch_ms and
+  // fetch_status; the encoding only the other blocks' entries and other fields.
+  absl::Status fetch_status;
+  std::atomic<bool> stop_fetch{false};
+  auto fetch_found = [&] {
+    const Clock::time_point t0 = Clock::now();
+    for (size_t i : fetch) {
+      if (stop_fetch.load()) break;
+      absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
+      if (!got.ok()) {
+        if (absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
+        fetch_status = got.status();
+        break;
+      }
+      out.fetched_bytes += got->bytes.size();
+      blocks.views[i] = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
+      if (blocks.views[i].has_value()) blocks.held[i] = *std::move(got);
+    }
+    out.timings.fetch_ms = MsSince(t0);
+  };
+  // With nothing to encode there is nothing to overlap: the fetch runs on this thread.
+  std::thread fetcher;
+  if (fetch.empty() || encode.empty()) {
+    fetch_found();
+  } else {
+    fetcher = std::thread(fetch_found);
+  }
+  Clock::time_point t_encode = Clock::now();
+  absl::Status status = EncodeMisses(r, keys, found, encode, blocks, out);
+  out.timings.encode_ms = MsSince(t_encode);
+  if (!status.ok()) stop_fetch.store(true);
+  if (fetcher.joinable()) fetcher.join();
+  if (!status.ok()) return status;
+  if (!fetch_status.ok()) return fetch_status;
+  // Found blocks that were evicted or unusable: a second (usually empty) batch.
+  std::vector<size_t> late;
+  for (size_t i : fetch) {
+    if (!blocks.views[i].has_value()) late.push_back(i);
+  }
+  t_encode = Clock::now();
+  status = EncodeMisses(r, keys, found, late, blocks, out);
+  out.timings.encode_ms += MsSince(t_encode);
+  return status;
+}
+
+absl::Status Engine::EncodeMisses(const GenerateRequest& r, absl::Span<const BlockKey> keys,
+                                  absl::Span<const LookupResult> found,
+                                  absl::Span<const size_t> which, ResolvedBlocks& blocks,
+                                  GenerateResult& out) {
+  if (which.empty()) return absl::OkStatus();
+  std::vector<absl::Span<const int32_t>> tokens;
+  for (size_t i : which) tokens.push_back(r.blocks[i]);
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> payloads = EncodeBlocks(tokens);
+  if (!payloads.ok()) return payloads.status();
+  for (size_t j = 0; j < which.size(); ++j) {
+    const size_t i = which[j];
+    blocks.payloads[i] = std::move((*payloads)[j]);
+    absl::StatusOr<BlockView> view = BlockView::Parse(blocks.payloads[i]);
+    if (!view.ok()) return view.status();
+    blocks.views[i] = *view;
+    if (options_.write_back) {
+      if (found[i].present) (void)store_->Delete(keys[i]);  // an unusable record is replaced
+      if (!store_->Put(keys[i], blocks.payloads[i]).ok()) ++out.cache_put_errors;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Decoding>> Engine::Prefill(const GenerateRequest& r) {
   const Clock::time_point t_start = Clock::now();
   const ModelConfig& c = backend_->config();
@@ -177,64 +332,26 @@ absl::StatusOr<std::unique_ptr<Decoding>> Engine::Prefill(const GenerateRequest&
   std::vector<float> logits(logit_rows * c.vocab_size);
 
   if (r.mode == AttentionMode::kBlock) {
-    Clock::time_point t = Clock::now();
-    const size_t nb = r.blocks.size();
-    std::vector<BlockKey> keys(nb);
-    for (size_t i = 0; i < nb; ++i) keys[i] = KeyOf(r.blocks[i]);
-    std::vector<LookupResult> found(nb);
-    store_->Lookup(keys, absl::MakeSpan(found));
-    // Payloads stay alive (and pinned by their owners) until the blocks are in the sequence.
-    std::vector<BlockBytes> held(nb);
-    std::vector<std::vector<uint8_t>> encoded(nb);
-    std::vector<std::optional<BlockView>> views(nb);
-    absl::flat_hash_map<BlockKey, size_t> first_of;  // a block repeated in one request is read once
-    for (size_t i = 0; i < nb; ++i) {
-      if (auto it = first_of.find(keys[i]); it != first_of.end()) continue;
-      first_of[keys[i]] = i;
-      if (!found[i].present) continue;
-      absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
-      if (!got.ok()) {
-        if (absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
-        return got.status();
-      }
-      views[i] = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
-      if (views[i].has_value()) held[i] = std::move(*got);
-    }
-    out.timings.lookup_ms = MsSince(t);
-    t = Clock::now();
-    for (size_t i = 0; i < nb; ++i) {
-      const size_t first = first_of[keys[i]];
-      if (first != i || views[i].has_value()) continue;
-      absl::StatusOr<std::vector<uint8_t>> payload = EncodeBlock(r.blocks[i]);
-      if (!payload.ok()) return payload.status();
-      encoded[i] = std::move(*payload);
-      absl::StatusOr<BlockView> view = BlockView::Parse(encoded[i]);
-      if (!view.ok()) return view.status();
-      views[i] = *view;
-      if (options_.write_back) {
-        if (found[i].present) (void)store_->Delete(keys[i]);  // an unusable record is replaced
-        if (!store_->Put(keys[i], encoded[i]).ok()) ++out.cache_put_errors;
-      }
-    }
-    out.timings.encode_ms = MsSince(t);
-    t = Clock::now();
-    for (size_t i = 0; i < nb; ++i) {
-      const size_t first = first_of[keys[i]];
+    ResolvedBlocks blocks;
+    if (absl::Status s = ResolveBlocks(r, blocks, out); !s.ok()) return s;
+    const Clock::time_point t = Clock::now();
+    for (size_t i = 0; i < r.blocks.size(); ++i) {
+      const size_t first = blocks.first[i];
       // A block repeated within the request is encoded at most once; repeats count as hits.
-      if (first == i && !encoded[i].empty()) {
+      if (first == i && !blocks.payloads[i].empty()) {
         ++out.cache_misses;
       } else {
         ++out.cache_hits;
       }
-      if (absl::Status s = backend_->AppendBlock(seq, *views[first]); !s.ok()) return s;
+      if (absl::Status s = backend_->AppendBlock(seq, *blocks.views[first]); !s.ok()) return s;
     }
     out.timings.load_ms = MsSince(t);
-    t = Clock::now();
+    const Clock::time_point t_prefill = Clock::now();
     if (absl::Status s = backend_->Forward(seq, r.final_block, logit_rows, absl::MakeSpan(logits));
         !s.ok()) {
       return s;
     }
-    out.timings.prefill_ms = MsSince(t);
+    out.timings.prefill_ms = MsSince(t_prefill);
   } else {
     Clock::time_point t = Clock::now();
     std::vector<int32_t> all;

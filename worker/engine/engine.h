@@ -2,12 +2,14 @@
 // with block KV going through the cache.
 //
 // Block mode: each block's key is ComputeBlockKey(fingerprint, kv dtype, tokens). Keys are
-// looked up in the BlockStore; hits are read from it, misses are encoded alone at positions
-// 0..n-1 and Put back. Every block, hit or miss, then enters the sequence from its payload,
-// its K re-encoded to the block's offset (the sum of the lengths of the blocks before it). The
-// final block is prefilled at its real positions attending to all blocks and causally to
-// itself; decoding samples until an EOS id of the model, a stop id of the request or
-// max_new_tokens.
+// looked up in the BlockStore; hits are read from it (the fetch, on a second thread) while the
+// request's thread encodes the misses, each alone at positions 0..n-1 but several per backend
+// pass (Backend::ForwardBatch), and Puts them back; a hit found unusable or evicted by the time
+// it is read is encoded after the fetch. Every block, hit or miss, then enters the sequence
+// from its payload, its K re-encoded to the block's offset (the sum of the lengths of the
+// blocks before it). The final block is prefilled at its real positions attending to all
+// blocks and causally to itself; decoding samples until an EOS id of the model, a stop id of
+// the request or max_new_tokens.
 // Full mode: ordinary causal prefill of blocks[0] ++ ... ++ final_block, same decoding.
 //
 // Generation is split so that requests can be decoded together: Prefill (per request: blocks,
@@ -19,6 +21,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,9 +49,11 @@ struct GenerateRequest {
   std::vector<int32_t> stop_token_ids;  // end generation (included) besides the model's EOS ids
 };
 
+// Block mode's fetch and encode overlap: their sum may exceed the time they took together.
 struct GenerateTimings {
-  double lookup_ms = 0;   // keys, store lookups and reads
-  double encode_ms = 0;   // encoding missed blocks alone (and writing them back)
+  double lookup_ms = 0;   // keys and store lookups
+  double fetch_ms = 0;    // reading the found blocks from the store (a second thread)
+  double encode_ms = 0;   // encoding missed blocks and writing them back (the request's thread)
   double load_ms = 0;     // placing blocks in the sequence, K re-encoded
   double prefill_ms = 0;  // final block (block mode) or whole prompt (full mode)
   double decode_ms = 0;   // first token to last token
@@ -63,6 +68,7 @@ struct GenerateResult {
   int64_t cache_hits = 0;       // blocks read from the store
   int64_t cache_misses = 0;     // blocks encoded here
   int64_t cache_put_errors = 0; // misses that could not be written back (request still served)
+  uint64_t fetched_bytes = 0;   // payload bytes read from the store
   GenerateTimings timings;
 };
 
@@ -76,8 +82,11 @@ struct EngineOptions {
   int64_t max_sequence_tokens = 0;
   // Largest max_new_tokens accepted. Default: 4096.
   int32_t max_new_tokens_limit = 4096;
+  // Most tokens of the blocks encoded in one backend pass (EncodeBlocks, a request's misses);
+  // a longer block is encoded alone. Bounds the activation memory of a pass. Default: 4096.
+  int64_t encode_batch_tokens = 4096;
 
-  // INVALID_ARGUMENT for an invalid dtype or negative limits.
+  // INVALID_ARGUMENT for an invalid dtype, negative limits or encode_batch_tokens <= 0.
   absl::Status Validate() const;
 };
 
@@ -137,7 +146,16 @@ class Engine {
   // otherwise (the batch's Decodings are then unusable).
   absl::Status DecodeStep(absl::Span<Decoding* const> batch);
 
-  // Encodes one block alone at positions 0..n-1 into a payload (the cache format). Thread-safe.
+  // Encodes each block alone at positions 0..n-1 into a payload (the cache format), payloads[i]
+  // for blocks[i]: consecutive blocks share one Backend::ForwardBatch up to
+  // EngineOptions::encode_batch_tokens. `before_batch`, if set, runs before each pass and its
+  // error stops the encoding (e.g. a deadline). Thread-safe. INVALID_ARGUMENT for an empty
+  // block or one longer than the model's limit; before_batch's and the backend's errors
+  // otherwise.
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
+      absl::Span<const absl::Span<const int32_t>> blocks,
+      const std::function<absl::Status()>& before_batch = nullptr);
+  // EncodeBlocks of one block.
   absl::StatusOr<std::vector<uint8_t>> EncodeBlock(absl::Span<const int32_t> tokens);
   BlockKey KeyOf(absl::Span<const int32_t> tokens) const;
 
@@ -153,7 +171,20 @@ class Engine {
  private:
   Engine(std::shared_ptr<Backend> backend, BlockStore* store, const ModelFingerprint& fingerprint,
          const EngineOptions& options);
+  struct ResolvedBlocks;
   absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
+  // Block mode: the payload of every block of `r` (see the file comment), filling `out`'s
+  // cache counts and lookup, fetch and encode timings.
+  absl::Status ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blocks,
+                             GenerateResult& out);
+  // Encodes the blocks r.blocks[i], i in `which`, makes them blocks.views and writes them back
+  // (replacing the records `found` says exist, which were unusable).
+  absl::Status EncodeMisses(const GenerateRequest& r, absl::Span<const BlockKey> keys,
+                            absl::Span<const LookupResult> found, absl::Span<const size_t> which,
+                            ResolvedBlocks& blocks, GenerateResult& out);
+  // One backend pass of EncodeBlocks: payloads[i] for blocks[i] (checked).
+  absl::Status EncodeBatch(absl::Span<const absl::Span<const int32_t>> blocks,
+                           absl::Span<std::vector<uint8_t>> payloads);
   // Appends the next token of `d` sampled from `logits` ([vocab]) and decides whether d is done.
   absl::Status Sample(Decoding& d, absl::Span<const float> logits) const;
 

@@ -16,14 +16,15 @@ namespace {
 struct RequestCacheScope {
   CachePolicyMode policy = CachePolicyMode::kReadWrite;
   int64_t local_hits = 0;  // present keys not served by the remote tier
-  uint64_t fetched_bytes = 0;
-  double fetch_ms = 0;
 };
 thread_local RequestCacheScope* tls_scope = nullptr;
 
 double MsBetween(absl::Time a, absl::Time b) { return absl::ToDoubleMilliseconds(b - a); }
 
-// Applies the cache policy of the request running on this thread (none: read-write).
+// Applies the cache policy of the request running on this thread (none: read-write). The
+// engine's Lookup, Put and Delete run on the request's prefill thread; its Gets may run on a
+// fetch thread of its own, so Get is not filtered: a bypassed request's Lookup finds nothing,
+// and the engine reads only what its Lookup found.
 class PolicyStore final : public BlockStore {
  public:
   explicit PolicyStore(BlockStore* inner) : inner_(inner) {}
@@ -33,18 +34,7 @@ class PolicyStore final : public BlockStore {
     }
     return inner_->Put(key, payload);
   }
-  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
-    if (tls_scope != nullptr && tls_scope->policy == CachePolicyMode::kBypass) {
-      return absl::NotFoundError("cache bypassed");
-    }
-    const absl::Time t0 = absl::Now();
-    absl::StatusOr<BlockBytes> got = inner_->Get(key);
-    if (tls_scope != nullptr) {
-      tls_scope->fetch_ms += MsBetween(t0, absl::Now());
-      if (got.ok()) tls_scope->fetched_bytes += got->bytes.size();
-    }
-    return got;
-  }
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override { return inner_->Get(key); }
   void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
     if (tls_scope != nullptr && tls_scope->policy == CachePolicyMode::kBypass) {
       for (LookupResult& r : out) r = LookupResult{};
@@ -136,7 +126,7 @@ struct InferenceCore::Job {
     const GenerateTimings& t = result.timings;
     out.timings.set_tokenize_ms(tokenize_ms);
     out.timings.set_lookup_ms(t.lookup_ms);
-    out.timings.set_fetch_ms(cache.fetch_ms);
+    out.timings.set_fetch_ms(t.fetch_ms);
     out.timings.set_compute_misses_ms(t.encode_ms);
     out.timings.set_prefill_ms(t.load_ms + t.prefill_ms);
     out.timings.set_first_token_ms(MsBetween(arrival, start) + t.ttft_ms);
@@ -145,7 +135,7 @@ struct InferenceCore::Job {
     out.cache.set_misses(static_cast<uint32_t>(result.cache_misses));
     out.cache.set_gpu_hits(
         static_cast<uint32_t>(std::min<int64_t>(cache.local_hits, result.cache_hits)));
-    out.cache.set_fetched_bytes(cache.fetched_bytes);
+    out.cache.set_fetched_bytes(result.fetched_bytes);
     return out;
   }
 };
@@ -520,18 +510,26 @@ absl::StatusOr<v1::EncodeBlocksResponse> InferenceCore::EncodeBlocks(
   // With return_payloads the caller stores the blocks: nothing is looked up or written here.
   std::vector<LookupResult> found(keys.size());
   if (!request.return_payloads()) runtime_->store->Lookup(keys, absl::MakeSpan(found));
+  std::vector<size_t> missing;
+  std::vector<absl::Span<const int32_t>> to_encode;
   for (size_t i = 0; i < blocks.size(); ++i) {
-    if (absl::Status s = CheckDeadline(deadline, "while encoding"); !s.ok()) return s;
     v1::EncodedBlock* eb = out.add_blocks();
     ToProto(keys[i], eb->mutable_key());
     eb->set_num_tokens(static_cast<uint32_t>(blocks[i].size()));
     eb->set_already_cached(found[i].present);
     if (found[i].present) continue;
-    absl::StatusOr<std::vector<uint8_t>> payload = engine_->EncodeBlock(blocks[i]);
-    if (!payload.ok()) return payload.status();
+    missing.push_back(i);
+    to_encode.push_back(blocks[i]);
+  }
+  // Batched; the deadline is checked before each backend pass.
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> payloads = engine_->EncodeBlocks(
+      to_encode, [deadline] { return CheckDeadline(deadline, "while encoding"); });
+  if (!payloads.ok()) return payloads.status();
+  for (size_t j = 0; j < missing.size(); ++j) {
+    const std::vector<uint8_t>& payload = (*payloads)[j];
     if (request.return_payloads()) {
-      eb->set_payload(payload->data(), payload->size());
-    } else if (absl::Status s = runtime_->store->Put(keys[i], *payload); !s.ok()) {
+      out.mutable_blocks(static_cast<int>(missing[j]))->set_payload(payload.data(), payload.size());
+    } else if (absl::Status s = runtime_->store->Put(keys[missing[j]], payload); !s.ok()) {
       return s;
     }
   }

@@ -82,6 +82,8 @@ class CudaBackendImpl final : public CudaBackend {
 
   absl::Status Forward(KvSequence& seq_base, absl::Span<const int32_t> tokens, int64_t logit_rows,
                        absl::Span<float> logits) override;
+  absl::Status ForwardBatch(absl::Span<KvSequence* const> seqs,
+                            absl::Span<const absl::Span<const int32_t>> tokens) override;
   absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
                           absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
@@ -93,6 +95,18 @@ class CudaBackendImpl final : public CudaBackend {
  private:
   // Own slots for everything the context runs leave of the capacity.
   absl::Status EnsureSlots(CudaKvSequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // Forward of checked arguments: consecutive model passes of at most max_batch_tokens tokens
+  // and max_logit_rows logits rows. Enqueued; waits only to copy logits.
+  absl::Status ForwardChunks(CudaKvSequence& seq, absl::Span<const int32_t> tokens,
+                             int64_t logit_rows, absl::Span<float> logits)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // The new tokens of distinct sequences (checked; each at most max_batch_tokens), each asking
+  // for its last `logit_rows` logits, in as few model passes as the limits allow (tokens,
+  // sequences, context runs, logits rows), in order; the logits go to `logits` sequence after
+  // sequence. Waits only to copy logits.
+  absl::Status RunPasses(absl::Span<KvSequence* const> seqs,
+                         absl::Span<const absl::Span<const int32_t>> tokens, int32_t logit_rows,
+                         absl::Span<float> logits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // The block's K/V in the model's dtype on the device (payload layout without fp8 scales).
   absl::StatusOr<DeviceMemory> Upload(const BlockView& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // Positions [at, at + n) of one piece of the sequence as f32, payload layout ([layers][K|V]
@@ -133,8 +147,17 @@ absl::Status CudaBackendImpl::Forward(KvSequence& seq_base, absl::Span<const int
                                                    seq.capacity() - seq.length(), ")"));
   }
   absl::MutexLock lock(&state_->mu);
+  CB_RETURN_IF_ERROR(ForwardChunks(seq, tokens, logit_rows, logits));
+  // Without logits nothing waited yet: surface asynchronous faults to this caller.
+  return logit_rows == 0 ? state_->model->Synchronize() : absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::ForwardChunks(CudaKvSequence& seq, absl::Span<const int32_t> tokens,
+                                            int64_t logit_rows, absl::Span<float> logits) {
   CudaModel& model = *state_->model;
   CB_RETURN_IF_ERROR(EnsureSlots(seq));
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = config_.vocab_size;
   const int64_t first_logit = n - logit_rows;
   const int64_t max_tokens = state_->options.max_batch_tokens, max_rows = state_->options.max_logit_rows;
   int64_t row = 0;
@@ -157,46 +180,87 @@ absl::Status CudaBackendImpl::Forward(KvSequence& seq_base, absl::Span<const int
     }
     i = end;
   }
-  // Without logits nothing waited yet: surface asynchronous faults to this caller.
-  return logit_rows == 0 ? model.Synchronize() : absl::OkStatus();
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::RunPasses(absl::Span<KvSequence* const> seqs,
+                                        absl::Span<const absl::Span<const int32_t>> tokens,
+                                        int32_t logit_rows, absl::Span<float> logits) {
+  CudaModel& model = *state_->model;
+  const int64_t vocab = config_.vocab_size;
+  for (KvSequence* s : seqs) CB_RETURN_IF_ERROR(EnsureSlots(static_cast<CudaKvSequence&>(*s)));
+  const size_t max_seqs = static_cast<size_t>(state_->options.max_decode_batch);
+  const size_t max_runs = static_cast<size_t>(state_->options.max_context_runs);
+  const int64_t max_tokens = state_->options.max_batch_tokens;
+  const int64_t max_rows = model.options().max_logit_rows;
+  std::vector<cuda::ForwardSeq> group;
+  size_t begin = 0, runs = 0;
+  int64_t group_tokens = 0;
+  auto run_group = [&](size_t end) -> absl::Status {
+    if (group.empty()) return absl::OkStatus();
+    CB_RETURN_IF_ERROR(model.Forward(group));
+    if (logit_rows > 0) {
+      CB_RETURN_IF_ERROR(model.CopyLogits(
+          logits.subspan(begin * logit_rows * vocab, (end - begin) * logit_rows * vocab)));
+    }
+    for (size_t i = begin; i < end; ++i) {
+      static_cast<CudaKvSequence&>(*seqs[i]).own_len_ += static_cast<int64_t>(tokens[i].size());
+    }
+    group.clear();
+    begin = end;
+    runs = 0;
+    group_tokens = 0;
+    return absl::OkStatus();
+  };
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto& seq = static_cast<CudaKvSequence&>(*seqs[i]);
+    const int64_t n = static_cast<int64_t>(tokens[i].size());
+    if (group.size() == max_seqs || runs + seq.context_.size() > max_runs ||
+        group_tokens + n > max_tokens ||
+        static_cast<int64_t>(group.size() + 1) * logit_rows > max_rows) {
+      CB_RETURN_IF_ERROR(run_group(i));
+    }
+    cuda::ForwardSeq f;
+    f.tokens = tokens[i];
+    f.context = seq.context_;
+    f.slots = *seq.slots_;
+    f.own_len = static_cast<int32_t>(seq.own_len_);
+    f.position = static_cast<int32_t>(seq.length());
+    f.logit_rows = logit_rows;
+    runs += seq.context_.size();
+    group_tokens += n;
+    group.push_back(std::move(f));
+  }
+  return run_group(seqs.size());
+}
+
+absl::Status CudaBackendImpl::ForwardBatch(absl::Span<KvSequence* const> seqs,
+                                           absl::Span<const absl::Span<const int32_t>> tokens) {
+  if (absl::Status s = CheckForwardBatch(seqs, tokens); !s.ok()) return s;
+  absl::MutexLock lock(&state_->mu);
+  // Sequences longer than one pass run alone in chunks; the others share passes.
+  std::vector<KvSequence*> shared;
+  std::vector<absl::Span<const int32_t>> shared_tokens;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (static_cast<int64_t>(tokens[i].size()) > state_->options.max_batch_tokens) {
+      CB_RETURN_IF_ERROR(ForwardChunks(static_cast<CudaKvSequence&>(*seqs[i]), tokens[i], 0, {}));
+    } else {
+      shared.push_back(seqs[i]);
+      shared_tokens.push_back(tokens[i]);
+    }
+  }
+  if (!shared.empty()) CB_RETURN_IF_ERROR(RunPasses(shared, shared_tokens, 0, {}));
+  // Nothing waited yet: surface asynchronous faults to this caller.
+  return state_->model->Synchronize();
 }
 
 absl::Status CudaBackendImpl::DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
                                          absl::Span<float> logits) {
   if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
-  const int64_t vocab = config_.vocab_size;
+  std::vector<absl::Span<const int32_t>> one_each(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) one_each[i] = tokens.subspan(i, 1);
   absl::MutexLock lock(&state_->mu);
-  CudaModel& model = *state_->model;
-  for (KvSequence* s : seqs) CB_RETURN_IF_ERROR(EnsureSlots(static_cast<CudaKvSequence&>(*s)));
-  // Groups within the model's per-pass limits (sequences, context runs), in order.
-  const size_t max_seqs = static_cast<size_t>(state_->options.max_decode_batch);
-  const size_t max_runs = static_cast<size_t>(state_->options.max_context_runs);
-  std::vector<cuda::ForwardSeq> group;
-  size_t begin = 0, runs = 0;
-  auto run_group = [&](size_t end) -> absl::Status {
-    if (group.empty()) return absl::OkStatus();
-    CB_RETURN_IF_ERROR(model.Forward(group));
-    CB_RETURN_IF_ERROR(model.CopyLogits(logits.subspan(begin * vocab, (end - begin) * vocab)));
-    for (size_t i = begin; i < end; ++i) ++static_cast<CudaKvSequence&>(*seqs[i]).own_len_;
-    group.clear();
-    begin = end;
-    runs = 0;
-    return absl::OkStatus();
-  };
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    auto& seq = static_cast<CudaKvSequence&>(*seqs[i]);
-    if (group.size() == max_seqs || runs + seq.context_.size() > max_runs) CB_RETURN_IF_ERROR(run_group(i));
-    cuda::ForwardSeq f;
-    f.tokens = tokens.subspan(i, 1);
-    f.context = seq.context_;
-    f.slots = *seq.slots_;
-    f.own_len = static_cast<int32_t>(seq.own_len_);
-    f.position = static_cast<int32_t>(seq.length());
-    f.logit_rows = 1;
-    runs += seq.context_.size();
-    group.push_back(std::move(f));
-  }
-  return run_group(seqs.size());
+  return RunPasses(seqs, one_each, 1, logits);
 }
 
 absl::StatusOr<DeviceMemory> CudaBackendImpl::Upload(const BlockView& block) {

@@ -14,8 +14,12 @@
 //
 // Forward calls longer than max_batch_tokens, or asking for more than max_logit_rows logits, are
 // run as consecutive chunks (equivalent: the attention is causal). DecodeStep runs the whole
-// batch in one CudaModel::Forward (weights read once per step for all sequences). Dynamic RoPE uses the default
-// table, which is exact for sequences within max_position_embeddings (the Engine's limit).
+// batch in one CudaModel::Forward (weights read once per step for all sequences), and
+// ForwardBatch the tokens of several sequences (batched block encoding) the same way; both split
+// a batch into passes within max_batch_tokens, max_decode_batch and max_context_runs, and
+// ForwardBatch runs a sequence longer than max_batch_tokens alone, chunked. Dynamic RoPE uses
+// the default table, which is exact for sequences within max_position_embeddings (the Engine's
+// limit).
 //
 // Thread safety: as backend.h requires. CudaModel has none, so every call takes one mutex (the
 // GPU runs one stream anyway); sequences keep the backend's state alive and may outlive it.
@@ -46,8 +50,8 @@ struct CudaBackendOptions {
   int32_t max_logit_rows = 64;
   // Most blocks referenced in place by one sequence; later ones are copied. Default: 4096.
   int32_t max_context_runs = 4096;
-  // Most sequences of one batched decode pass; larger DecodeStep batches run in groups.
-  // Default: 64.
+  // Most sequences of one batched pass (DecodeStep, ForwardBatch); larger batches run in
+  // groups. Default: 64.
   int32_t max_decode_batch = 64;
   // HBM budget of the GPU block tier, bytes. Default: 4 GiB.
   int64_t gpu_tier_bytes = int64_t{4} << 30;
