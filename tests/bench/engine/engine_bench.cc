@@ -2,14 +2,19 @@
 // as safetensors into a temporary directory by this program), with OpenBLAS sgemm GFLOP/s
 // measured in the same run as the ceiling (these machines are noisy: compare ratios).
 //
-//   engine_bench [--smoke] [--prompt N] [--decode N] [--batches B1,B2,...] [--json FILE]
+//   engine_bench [--smoke] [--prompt N] [--decode N] [--batches B1,B2,...]
+//                [--encode-sizes N1,N2,...] [--json FILE]
 //
 // Reports (stdout, and --json FILE): sgemm GFLOP/s at the model's projection shapes; full-mode
 // prefill of N tokens (tokens/s, GFLOP/s, fraction of the sgemm rate); block-mode TTFT for a
 // 64-token final block over cached blocks of the same total length, against full-mode TTFT;
 // decode tokens/s; and batched decode (Backend::DecodeStep over B sequences of N cached tokens
 // each, --decode steps) in tokens/s at each batch size (default 1,4,8,16), with the ratio to the
-// batch-1 rate of the same run. --smoke uses a tiny model so ctest can check the program runs.
+// batch-1 rate of the same run; and block encoding (Engine::EncodeBlocks in passes of up to
+// EngineOptions::encode_batch_tokens, default 4096) against Engine::EncodeBlock one by one on the
+// same fresh random blocks, for blocks of each --encode-sizes length (default 512,64; 4096
+// tokens of blocks each), best of 2 interleaved runs, with the ratio. --smoke uses a tiny model so
+// ctest can check the program runs.
 #include <cblas.h>
 
 #include <chrono>
@@ -20,6 +25,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -135,10 +141,32 @@ absl::StatusOr<double> BatchedDecodeRate(Backend& backend, const BlockView& bloc
   return batch * steps / Seconds(t0);
 }
 
+// Seconds to encode `blocks` one by one (EncodeBlock) and batched (EncodeBlocks), best of `reps`
+// interleaved runs of each.
+absl::StatusOr<std::pair<double, double>> EncodeSeconds(
+    Engine& engine, const std::vector<std::vector<int32_t>>& blocks, int reps) {
+  const std::vector<absl::Span<const int32_t>> spans(blocks.begin(), blocks.end());
+  double alone = 1e30, batched = 1e30;
+  for (int rep = 0; rep < reps; ++rep) {
+    auto t0 = Clock::now();
+    for (const auto& b : blocks) {
+      absl::StatusOr<std::vector<uint8_t>> p = engine.EncodeBlock(b);
+      if (!p.ok()) return p.status();
+    }
+    alone = std::min(alone, Seconds(t0));
+    t0 = Clock::now();
+    absl::StatusOr<std::vector<std::vector<uint8_t>>> p = engine.EncodeBlocks(spans);
+    if (!p.ok()) return p.status();
+    batched = std::min(batched, Seconds(t0));
+  }
+  return std::make_pair(alone, batched);
+}
+
 int Main(int argc, char** argv) {
   bool smoke = false;
   int64_t prompt = 512, decode = 32;
   std::vector<int> batches = {1, 4, 8, 16};
+  std::vector<int> encode_sizes = {512, 64};
   std::string json_path;
   bool usage = false;
   for (int i = 1; i < argc && !usage; ++i) {
@@ -147,24 +175,25 @@ int Main(int argc, char** argv) {
     else if (a == "--prompt" && i + 1 < argc) prompt = std::atoll(argv[++i]);
     else if (a == "--decode" && i + 1 < argc) decode = std::atoll(argv[++i]);
     else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (a == "--batches" && i + 1 < argc) {
-      batches.clear();
+    else if ((a == "--batches" || a == "--encode-sizes") && i + 1 < argc) {
+      std::vector<int>& list = a == "--batches" ? batches : encode_sizes;
+      list.clear();
       for (absl::string_view part : absl::StrSplit(argv[++i], ',')) {
         int b = 0;
         usage |= !absl::SimpleAtoi(part, &b) || b <= 0;
-        batches.push_back(b);
+        list.push_back(b);
       }
     } else {
       usage = true;
     }
   }
-  if (usage || batches.empty() || prompt <= 0 || decode <= 0) {
+  if (usage || batches.empty() || encode_sizes.empty() || prompt <= 0 || decode <= 0) {
     std::cerr << "usage: engine_bench [--smoke] [--prompt N] [--decode N] [--batches B1,B2,...] "
-                 "[--json FILE]\n";
+                 "[--encode-sizes N1,N2,...] [--json FILE]\n";
     return 2;
   }
   Shape s = smoke ? Shape{64, 2, 4, 2, 16, 128, 512} : Shape{768, 12, 12, 4, 64, 2048, 32000};
-  if (smoke) prompt = 64, decode = 4, batches = {1, 2, 4};
+  if (smoke) prompt = 64, decode = 4, batches = {1, 2, 4}, encode_sizes = {16};
   if (batches.front() != 1) batches.insert(batches.begin(), 1);  // the baseline comes first
   const fs::path dir = fs::temp_directory_path() / absl::StrCat("kvblock-bench-", ::getpid());
   const auto t_write = Clock::now();
@@ -266,6 +295,25 @@ int Main(int argc, char** argv) {
     batched.push_back({{"batch", b}, {"tokens_per_s", *rate}, {"vs_batch_1", *rate / batch1_rate}});
   }
 
+  // Encoding 4096 tokens of fresh blocks (256 with --smoke) one by one and batched.
+  nlohmann::json encoding = nlohmann::json::array();
+  const int64_t encode_total = smoke ? 256 : 4096;
+  for (int size : encode_sizes) {
+    std::vector<std::vector<int32_t>> blocks;
+    for (int64_t n = 0; n + size <= encode_total; n += size) blocks.push_back(random_tokens(size));
+    if (blocks.empty()) blocks.push_back(random_tokens(size));
+    absl::StatusOr<std::pair<double, double>> secs = EncodeSeconds(**engine, blocks, 2);
+    if (!secs.ok()) {
+      std::cerr << "engine_bench: encoding: " << secs.status() << "\n";
+      return 1;
+    }
+    const double tokens = static_cast<double>(blocks.size()) * size;
+    encoding.push_back({{"block_tokens", size}, {"blocks", blocks.size()},
+                        {"one_by_one_tokens_per_s", tokens / secs->first},
+                        {"batched_tokens_per_s", tokens / secs->second},
+                        {"batched_vs_one_by_one", secs->first / secs->second}});
+  }
+
   nlohmann::json report = {
       {"model", {{"params", params}, {"hidden", s.hidden}, {"layers", s.layers},
                  {"heads", s.heads}, {"kv_heads", s.kv_heads}, {"head_dim", s.head_dim},
@@ -281,6 +329,8 @@ int Main(int argc, char** argv) {
       {"decode", {{"tokens", warm->tokens.size()}, {"tokens_per_s", decode_tps},
                   {"context", block_tokens + final_len}}},
       {"batched_decode", {{"context", prompt}, {"steps", decode}, {"rates", batched}}},
+      {"encoding", {{"encode_batch_tokens", EngineOptions{}.encode_batch_tokens},
+                    {"sizes", encoding}}},
       {"block_mode", {{"blocks", req.blocks.size()}, {"block_tokens", block_tokens},
                       {"final_tokens", final_len},
                       {"ttft_cold_ms", cold->timings.ttft_ms},

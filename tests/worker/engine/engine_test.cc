@@ -1,8 +1,12 @@
 #include "worker/engine/engine.h"
 
 #include <algorithm>
+#include <functional>
 #include <random>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "cache/memory_tier.h"
 #include "cache/tiered_store.h"
 #include "gtest/gtest.h"
 #include "tests/worker/fixture_util.h"
@@ -153,9 +157,9 @@ TEST_P(FixtureTest, GenerateMatchesTransformersAndReusesTheCache) {
             << "; tokens " << first->tokens.size() << " (" << first->stop_reason << ")\n";
 }
 
-// Delegates to the CPU backend but keeps Backend's default DecodeStep (Forward per sequence),
-// so that default is tested against the real math.
-class ForwardOnlyBackend final : public Backend {
+// Delegates to the CPU backend but keeps Backend's default DecodeStep and ForwardBatch (Forward
+// per sequence), so those defaults are tested against the real math.
+class ForwardOnlyBackend : public Backend {
  public:
   explicit ForwardOnlyBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
   std::string_view name() const override { return "forward-only"; }
@@ -175,8 +179,32 @@ class ForwardOnlyBackend final : public Backend {
     return inner_->ReadKv(seq, begin, n, k, v);
   }
 
- private:
+ protected:
   std::unique_ptr<Backend> inner_;
+};
+
+// Delegates everything to the CPU backend (batched ForwardBatch and DecodeStep included) and
+// reports each ForwardBatch's token counts to `on_forward_batch` first.
+class ObservedBackend final : public ForwardOnlyBackend {
+ public:
+  using Hook = std::function<void(const std::vector<int64_t>& tokens_per_sequence)>;
+  ObservedBackend(std::unique_ptr<Backend> inner, Hook on_forward_batch)
+      : ForwardOnlyBackend(std::move(inner)), hook_(std::move(on_forward_batch)) {}
+  std::string_view name() const override { return "observed"; }
+  absl::Status ForwardBatch(absl::Span<KvSequence* const> seqs,
+                            absl::Span<const absl::Span<const int32_t>> tokens) override {
+    std::vector<int64_t> sizes;
+    for (const auto& t : tokens) sizes.push_back(static_cast<int64_t>(t.size()));
+    hook_(sizes);
+    return inner_->ForwardBatch(seqs, tokens);
+  }
+  absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+                          absl::Span<float> logits) override {
+    return inner_->DecodeStep(seqs, tokens, logits);
+  }
+
+ private:
+  Hook hook_;
 };
 
 std::vector<int32_t> RandomTokens(std::mt19937_64& rng, int64_t n, int64_t vocab) {
@@ -253,6 +281,159 @@ TEST_P(FixtureTest, DecodeStepLogitsEqualForwardPerSequence) {
     EXPECT_LT(MaxAbsError(vb.data(), va.data(), elems), 1e-4) << i;
   }
   std::cout << f.name << ": batched decode logits rel err " << worst << "\n";
+}
+
+// Sequences of different lengths, some already holding tokens: the CPU backend's ForwardBatch
+// (one sgemm per projection over all rows) leaves the K/V of Forward run per sequence within
+// f32 rounding, and Backend's default ForwardBatch (Forward per sequence) leaves them exactly;
+// a decode step after it gives the same logits.
+TEST_P(FixtureTest, ForwardBatchEqualsForwardPerSequence) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  const ModelConfig& c = l.model.config;
+  auto cpu = CreateCpuBackend(l.model.weights, c);
+  auto inner = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu.ok() && inner.ok());
+  ForwardOnlyBackend by_forward(std::move(*inner));
+  std::mt19937_64 rng(std::random_device{}());
+  const std::vector<int64_t> prefix = {0, 1 + static_cast<int64_t>(rng() % 9), 0,
+                                       20 + static_cast<int64_t>(rng() % 30), 0};
+  const std::vector<int64_t> lengths = {1 + static_cast<int64_t>(rng() % 5),
+                                        7 + static_cast<int64_t>(rng() % 20),
+                                        30 + static_cast<int64_t>(rng() % 40), 3,
+                                        60 + static_cast<int64_t>(rng() % 60)};
+  const size_t b = lengths.size();
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::unique_ptr<KvSequence>> batched, by_default, alone;
+  for (size_t i = 0; i < b; ++i) {
+    const std::vector<int32_t> before = RandomTokens(rng, prefix[i], c.vocab_size);
+    tokens.push_back(RandomTokens(rng, lengths[i], c.vocab_size));
+    for (auto* set : {&batched, &by_default, &alone}) {
+      auto seq = (*cpu)->NewSequence(prefix[i] + lengths[i] + 1);
+      ASSERT_TRUE(seq.ok());
+      if (!before.empty()) ASSERT_TRUE((*cpu)->Forward(**seq, before, 0, {}).ok());
+      set->push_back(std::move(*seq));
+    }
+  }
+  auto raw = [](const std::vector<std::unique_ptr<KvSequence>>& v) {
+    std::vector<KvSequence*> out;
+    for (const auto& s : v) out.push_back(s.get());
+    return out;
+  };
+  const std::vector<absl::Span<const int32_t>> spans(tokens.begin(), tokens.end());
+  ASSERT_TRUE((*cpu)->ForwardBatch(raw(batched), spans).ok());
+  ASSERT_TRUE(by_forward.ForwardBatch(raw(by_default), spans).ok());
+  for (size_t i = 0; i < b; ++i) ASSERT_TRUE((*cpu)->Forward(*alone[i], tokens[i], 0, {}).ok());
+  double worst = 0;
+  for (size_t i = 0; i < b; ++i) {
+    const int64_t n = prefix[i] + lengths[i];
+    ASSERT_EQ(batched[i]->length(), n);
+    ASSERT_EQ(by_default[i]->length(), n);
+    const int64_t elems = c.num_layers * c.num_kv_heads * n * c.head_dim;
+    std::vector<float> kb(elems), vb(elems), kd(elems), vd(elems), ka(elems), va(elems);
+    ASSERT_TRUE((*cpu)->ReadKv(*batched[i], 0, n, absl::MakeSpan(kb), absl::MakeSpan(vb)).ok());
+    ASSERT_TRUE((*cpu)->ReadKv(*by_default[i], 0, n, absl::MakeSpan(kd), absl::MakeSpan(vd)).ok());
+    ASSERT_TRUE((*cpu)->ReadKv(*alone[i], 0, n, absl::MakeSpan(ka), absl::MakeSpan(va)).ok());
+    EXPECT_EQ(kd, ka) << i;
+    EXPECT_EQ(vd, va) << i;
+    worst = std::max({worst, MaxRelError(kb, ka), MaxRelError(vb, va)});
+  }
+  EXPECT_LT(worst, 1e-5) << f.name;
+  // The sequences go on as usual: one decode step gives the logits of Forward per sequence.
+  const std::vector<int32_t> next = RandomTokens(rng, b, c.vocab_size);
+  std::vector<float> lb(b * c.vocab_size), la(b * c.vocab_size);
+  ASSERT_TRUE((*cpu)->DecodeStep(raw(batched), next, absl::MakeSpan(lb)).ok());
+  ASSERT_TRUE((*cpu)->DecodeStep(raw(alone), next, absl::MakeSpan(la)).ok());
+  EXPECT_LT(MaxRelError(lb, la), 1e-5) << f.name;
+  std::cout << f.name << ": batched forward KV rel err " << worst << "\n";
+}
+
+// K and V of every layer of a payload, as f32.
+std::vector<float> PayloadKv(const std::vector<uint8_t>& payload) {
+  absl::StatusOr<BlockView> view = BlockView::Parse(payload);
+  EXPECT_TRUE(view.ok()) << view.status();
+  if (!view.ok()) return {};
+  const size_t elems = LayerElements(view->meta());
+  std::vector<float> kv(2 * elems * view->meta().num_layers);
+  for (uint32_t l = 0; l < view->meta().num_layers; ++l) {
+    view->ReadLayerF32(l, kv.data() + 2 * l * elems, kv.data() + (2 * l + 1) * elems);
+  }
+  return kv;
+}
+
+// Blocks encoded by EncodeBlocks in passes of at most 48 tokens (a longer block alone) and one
+// by one by EncodeBlock: the same payloads up to f32 rounding, and byte for byte for a block that
+// had its pass alone. Not bitwise otherwise because OpenBLAS 0.3.21's sgemm rounds a row
+// differently depending on how many rows the call has (measured on this machine's Zen kernel,
+// even single-threaded), and a batched pass is one sgemm over all its blocks' rows.
+// before_batch runs before each pass and its error stops the encoding.
+TEST_P(FixtureTest, EncodeBlocksEqualsEncodeBlockInBoundedPasses) {
+  const FixtureSpec& f = GetParam();
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
+  ASSERT_TRUE(cpu.ok());
+  std::vector<std::vector<int64_t>> passes;
+  auto observed = std::make_unique<ObservedBackend>(
+      std::move(*cpu), [&](const std::vector<int64_t>& sizes) { passes.push_back(sizes); });
+  EngineOptions eo;
+  eo.encode_batch_tokens = 48;
+  auto engine = Engine::Create(std::move(observed), l.store.get(), l.model.fingerprint, eo);
+  ASSERT_TRUE(engine.ok());
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<std::vector<int32_t>> blocks;
+  for (int i = 0; i < 9; ++i) {
+    const int64_t n = i == 4 ? 60 + static_cast<int64_t>(rng() % 20) : 1 + static_cast<int64_t>(rng() % 30);
+    blocks.push_back(RandomTokens(rng, n, l.model.config.vocab_size));
+  }
+  const std::vector<absl::Span<const int32_t>> spans(blocks.begin(), blocks.end());
+  auto payloads = (*engine)->EncodeBlocks(spans);
+  ASSERT_TRUE(payloads.ok()) << payloads.status();
+  ASSERT_EQ(payloads->size(), blocks.size());
+  // The passes: consecutive blocks, in order, each pass within 48 tokens or a single block,
+  // and no pass could have taken the next block.
+  std::vector<int64_t> seen;
+  std::vector<bool> alone;  // by block: its pass encoded it alone
+  for (size_t p = 0; p < passes.size(); ++p) {
+    int64_t sum = 0;
+    for (int64_t n : passes[p]) sum += n;
+    EXPECT_TRUE(sum <= 48 || passes[p].size() == 1) << "pass " << p;
+    if (p + 1 < passes.size()) EXPECT_GT(sum + passes[p + 1].front(), 48) << "pass " << p;
+    seen.insert(seen.end(), passes[p].begin(), passes[p].end());
+    alone.insert(alone.end(), passes[p].size(), passes[p].size() == 1);
+  }
+  std::vector<int64_t> sizes;
+  for (const auto& b : blocks) sizes.push_back(static_cast<int64_t>(b.size()));
+  EXPECT_EQ(seen, sizes);
+  EXPECT_LT(passes.size(), blocks.size());  // some passes encoded several blocks
+  ASSERT_TRUE(alone[4]);
+  double worst = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto one = (*engine)->EncodeBlock(blocks[i]);
+    ASSERT_TRUE(one.ok());
+    auto batched = BlockView::Parse((*payloads)[i]);
+    auto single = BlockView::Parse(*one);
+    ASSERT_TRUE(batched.ok() && single.ok());
+    EXPECT_EQ(batched->meta().key, single->meta().key);
+    EXPECT_EQ(batched->meta().num_tokens, blocks[i].size());
+    EXPECT_EQ((*payloads)[i].size(), one->size());
+    if (alone[i]) EXPECT_EQ((*payloads)[i], *one) << f.name << " block " << i;
+    worst = std::max(worst, MaxRelError(PayloadKv((*payloads)[i]), PayloadKv(*one)));
+  }
+  EXPECT_LT(worst, 1e-5) << f.name;
+  std::cout << f.name << ": batched encoding KV rel err " << worst << "\n";
+  // before_batch: an error before the second pass stops there.
+  passes.clear();
+  int calls = 0;
+  auto stopped = (*engine)->EncodeBlocks(spans, [&] {
+    return ++calls == 2 ? absl::DeadlineExceededError("stop") : absl::OkStatus();
+  });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(passes.size(), 1u);
+  const std::vector<int32_t> empty;
+  EXPECT_EQ((*engine)->EncodeBlocks({spans[0], absl::MakeConstSpan(empty)}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Requests of different lengths and modes, greedy and seeded sampling, joining a running batch
@@ -489,6 +670,167 @@ TEST(EngineTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
       EXPECT_EQ((*full)->length(), 4) << k.what;
     }
   }
+}
+
+TEST(EngineTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchanged) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  const ModelConfig& c = l.model.config;
+  auto cpu = CreateCpuBackend(l.model.weights, c);
+  auto inner = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu.ok() && inner.ok());
+  ForwardOnlyBackend by_forward(std::move(*inner));
+  std::mt19937_64 rng(std::random_device{}());
+  auto a = (*cpu)->NewSequence(8);
+  auto b = (*cpu)->NewSequence(8);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE((*cpu)->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
+  const std::vector<int32_t> two = RandomTokens(rng, 2, c.vocab_size);
+  const std::vector<int32_t> four = RandomTokens(rng, 4, c.vocab_size);
+  const std::vector<int32_t> empty;
+  const std::vector<int32_t> bad_id = {static_cast<int32_t>(c.vocab_size)};
+  using Tokens = std::vector<absl::Span<const int32_t>>;
+  struct Case {
+    std::vector<KvSequence*> seqs;
+    Tokens tokens;
+    std::string what;
+  };
+  const std::vector<Case> cases = {
+      {{}, {}, "empty batch"},
+      {{a->get(), b->get()}, Tokens{two}, "sizes disagree"},
+      {{a->get(), a->get()}, Tokens{two, two}, "repeated"},
+      {{b->get(), nullptr}, Tokens{two, two}, "null"},
+      {{b->get(), a->get()}, Tokens{two, empty}, "no tokens"},
+      {{b->get(), a->get()}, Tokens{two, bad_id}, "outside the vocabulary"},
+      {{b->get(), a->get()}, Tokens{two, four}, "capacity exceeded"},
+  };
+  for (Backend* backend : {cpu->get(), static_cast<Backend*>(&by_forward)}) {
+    for (const Case& k : cases) {
+      EXPECT_EQ(backend->ForwardBatch(k.seqs, k.tokens).code(), absl::StatusCode::kInvalidArgument)
+          << backend->name() << ": " << k.what;
+      EXPECT_EQ((*a)->length(), 5) << k.what;
+      EXPECT_EQ((*b)->length(), 0) << k.what;
+    }
+  }
+}
+
+// A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
+// DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
+// (as if evicted after the Lookup). Records the keys deleted.
+class GatedStore final : public BlockStore {
+ public:
+  GatedStore(BlockStore* inner, absl::Duration wait) : inner_(inner), wait_(wait) {}
+  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
+    return inner_->Put(key, payload);
+  }
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
+    if (!encoding.WaitForNotificationWithTimeout(wait_)) {
+      return absl::DeadlineExceededError("a Get waited for the encoding of the misses in vain");
+    }
+    if (key == evicted) return absl::NotFoundError("evicted");
+    absl::StatusOr<BlockBytes> got = inner_->Get(key);
+    if (got.ok() && key == corrupt) got->bytes = got->bytes.subspan(0, got->bytes.size() / 2);
+    return got;
+  }
+  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
+    inner_->Lookup(keys, out);
+  }
+  absl::Status Delete(const BlockKey& key) override {
+    absl::MutexLock lock(&mu_);
+    deleted_.push_back(key);
+    return inner_->Delete(key);
+  }
+  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
+    return inner_->DeleteModel(model);
+  }
+  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
+  std::vector<BlockKey> deleted() const {
+    absl::MutexLock lock(&mu_);
+    return deleted_;
+  }
+
+  absl::Notification encoding;
+  BlockKey corrupt, evicted;
+
+ private:
+  BlockStore* inner_;
+  absl::Duration wait_;
+  mutable absl::Mutex mu_;
+  std::vector<BlockKey> deleted_ ABSL_GUARDED_BY(mu_);
+};
+
+// The fetch of the found blocks runs while the misses are encoded, shown without timing: the
+// store's Gets wait until the backend starts encoding, which only a fetch on another thread
+// survives (done one after the other, the first Get would wait 10 s and fail the request).
+// Found blocks that turn out unusable or evicted are encoded afterwards in a second pass and
+// their records replaced; the answer is the one of a request that encodes everything.
+TEST(EngineTest, FetchOverlapsTheEncodingOfMisses) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  const ModelConfig& c = l.model.config;
+  std::mt19937_64 rng(std::random_device{}());
+  GenerateRequest req;
+  req.blocks = ref.blocks;  // 4 blocks, stored below; then 3 new ones
+  for (int i = 0; i < 3; ++i) req.blocks.push_back(RandomTokens(rng, 8 + rng() % 30, c.vocab_size));
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 6;
+  req.return_logits = true;
+  // The reference: everything encoded (an empty store of its own).
+  auto reference = l.engine->Generate(req);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  ASSERT_EQ(reference->cache_misses, 7);
+
+  auto inner = MemoryTier::Create({.capacity_bytes = 64 << 20});
+  ASSERT_TRUE(inner.ok());
+  const std::vector<absl::Span<const int32_t>> stored(ref.blocks.begin(), ref.blocks.end());
+  auto payloads = l.engine->EncodeBlocks(stored);
+  ASSERT_TRUE(payloads.ok());
+  for (size_t i = 0; i < ref.blocks.size(); ++i) {
+    ASSERT_TRUE((*inner)->Put(l.engine->KeyOf(ref.blocks[i]), (*payloads)[i]).ok());
+  }
+  GatedStore gated(inner->get(), absl::Seconds(10));
+  gated.corrupt = l.engine->KeyOf(ref.blocks[1]);
+  gated.evicted = l.engine->KeyOf(ref.blocks[3]);
+  auto cpu = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu.ok());
+  std::vector<std::vector<int64_t>> passes;
+  auto observed = std::make_unique<ObservedBackend>(
+      std::move(*cpu), [&](const std::vector<int64_t>& sizes) {
+        passes.push_back(sizes);
+        if (!gated.encoding.HasBeenNotified()) gated.encoding.Notify();
+      });
+  auto engine = Engine::Create(std::move(observed), &gated, l.model.fingerprint);
+  ASSERT_TRUE(engine.ok());
+  auto r = (*engine)->Generate(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cache_hits, 2);    // blocks 0 and 2
+  EXPECT_EQ(r->cache_misses, 5);  // the 3 new ones, then the corrupt and the evicted one
+  ASSERT_EQ(passes.size(), 2u);
+  EXPECT_EQ(passes[0], (std::vector<int64_t>{static_cast<int64_t>(req.blocks[4].size()),
+                                             static_cast<int64_t>(req.blocks[5].size()),
+                                             static_cast<int64_t>(req.blocks[6].size())}));
+  EXPECT_EQ(passes[1], (std::vector<int64_t>{static_cast<int64_t>(ref.blocks[1].size()),
+                                             static_cast<int64_t>(ref.blocks[3].size())}));
+  EXPECT_EQ(gated.deleted(), (std::vector<BlockKey>{gated.corrupt, gated.evicted}));
+  EXPECT_GT(r->timings.fetch_ms, 0);
+  EXPECT_GT(r->fetched_bytes, 0u);
+  EXPECT_EQ(r->cache_put_errors, 0);
+  EXPECT_EQ(r->tokens, reference->tokens);
+  EXPECT_LT(MaxRelError(r->logits, reference->logits), 1e-5);
+
+  // The gate does stop a fetch that does not overlap an encoding: with every block found there
+  // is nothing to encode, the Gets run first and wait in vain.
+  GatedStore closed(inner->get(), absl::Milliseconds(50));
+  auto cpu2 = CreateCpuBackend(l.model.weights, c);
+  ASSERT_TRUE(cpu2.ok());
+  auto plain = Engine::Create(std::move(*cpu2), &closed, l.model.fingerprint);
+  ASSERT_TRUE(plain.ok());
+  GenerateRequest found_only = req;
+  found_only.blocks = ref.blocks;
+  EXPECT_EQ((*plain)->Generate(found_only).status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace

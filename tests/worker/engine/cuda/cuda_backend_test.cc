@@ -2,11 +2,13 @@
 // in f32 the same greedy tokens in block and full mode with logits within 1e-4 relative, and a
 // repeated request served from the GPU tier (no transfer) with the same tokens; in bf16 the
 // logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context runs and over
-// blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests, and
-// batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend.
+// blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests,
+// batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend, and
+// batched ForwardBatch (block encoding) against Forward per sequence and the CPU backend.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -294,6 +296,83 @@ TEST(CudaBackend, BatchedDecodeStepMatchesCpu) {
     std::vector<KvSequence*> twice = {gp[0], gp[0]};
     EXPECT_EQ(gb.DecodeStep(twice, {tokens[0], tokens[1]}, absl::MakeSpan(gl)).code(),
               absl::StatusCode::kInvalidArgument);
+  }
+}
+
+// Five sequences of different lengths (one after a cached block, i.e. a context run, one after own
+// tokens, one longer than a pass), fresh random tokens: ForwardBatch leaves the K/V of Forward run
+// per sequence on the same GPU and of the CPU backend's ForwardBatch, and the sequences decode on
+// with the same logits; with the default limits (one pass) and with small ones (passes of at most
+// 2 sequences and 48 tokens, the long sequence alone in chunks). A repeated sequence is refused
+// before anything runs.
+TEST(CudaBackend, ForwardBatchMatchesForwardPerSequence) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  const Fixture fx = LoadFixture(dirs.front());
+  const int64_t vocab = fx.model.config.vocab_size;
+  TestEngine cpu = CpuEngine(fx);
+  auto payload = cpu.engine->EncodeBlock(fx.blocks.front());
+  ASSERT_TRUE(payload.ok());
+  auto view = BlockView::Parse(*payload);
+  ASSERT_TRUE(view.ok());
+  std::mt19937_64 rng(std::random_device{}());
+  auto random_tokens = [&](size_t n) {
+    std::vector<int32_t> t(n);
+    for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
+    return t;
+  };
+  CudaBackendOptions small;
+  small.max_batch_tokens = 48;
+  small.max_decode_batch = 2;
+  small.max_logit_rows = 3;
+  for (const CudaBackendOptions& o : {CudaBackendOptions{}, small}) {
+    SCOPED_TRACE(o.max_batch_tokens);
+    TestEngine gpu = CudaEngine(fx, KvDtype::kF32, o);
+    ASSERT_TRUE(gpu.engine);
+    Backend& cb = const_cast<Backend&>(cpu.engine->backend());
+    Backend& gb = const_cast<Backend&>(gpu.engine->backend());
+    const std::vector<size_t> lengths = {5 + rng() % 10, 17 + rng() % 10, 30, 70 + rng() % 30, 1};
+    std::vector<std::vector<int32_t>> tokens;
+    // Copies of each sequence: GPU batched, GPU one by one, CPU batched.
+    std::vector<std::unique_ptr<KvSequence>> batched, alone, reference;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      tokens.push_back(random_tokens(lengths[i]));
+      const std::vector<int32_t> own = random_tokens(3);
+      for (auto* side : {&batched, &alone, &reference}) {
+        Backend& b = side == &reference ? cb : gb;
+        auto seq = b.NewSequence(256);
+        ASSERT_TRUE(seq.ok());
+        if (i == 1) ASSERT_TRUE(b.AppendBlock(**seq, *view).ok());
+        if (i == 2) ASSERT_TRUE(b.Forward(**seq, own, 0, {}).ok());
+        side->push_back(std::move(*seq));
+      }
+    }
+    auto raw = [](const std::vector<std::unique_ptr<KvSequence>>& v) {
+      std::vector<KvSequence*> out;
+      for (const auto& s : v) out.push_back(s.get());
+      return out;
+    };
+    const std::vector<absl::Span<const int32_t>> spans(tokens.begin(), tokens.end());
+    ASSERT_TRUE(gb.ForwardBatch(raw(batched), spans).ok());
+    ASSERT_TRUE(cb.ForwardBatch(raw(reference), spans).ok());
+    for (size_t i = 0; i < lengths.size(); ++i) ASSERT_TRUE(gb.Forward(*alone[i], tokens[i], 0, {}).ok());
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      SCOPED_TRACE(i);
+      ExpectSameKv(gb, *alone[i], gb, *batched[i], 1e-5);
+      ExpectSameKv(cb, *reference[i], gb, *batched[i], 1e-5);
+    }
+    const std::vector<int32_t> next = random_tokens(lengths.size());
+    std::vector<float> lb(lengths.size() * vocab), la(lb.size()), lr(lb.size());
+    ASSERT_TRUE(gb.DecodeStep(raw(batched), next, absl::MakeSpan(lb)).ok());
+    ASSERT_TRUE(gb.DecodeStep(raw(alone), next, absl::MakeSpan(la)).ok());
+    ASSERT_TRUE(cb.DecodeStep(raw(reference), next, absl::MakeSpan(lr)).ok());
+    EXPECT_LE(RelErr(lb, la), 1e-5);
+    EXPECT_LE(RelErr(lb, lr), 1e-4);
+    const std::vector<KvSequence*> twice = {batched[0].get(), batched[0].get()};
+    const std::vector<absl::Span<const int32_t>> two = {spans[0], spans[0]};
+    const int64_t before = batched[0]->length();
+    EXPECT_EQ(gb.ForwardBatch(twice, two).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(batched[0]->length(), before);
   }
 }
 
