@@ -137,10 +137,10 @@ class CpuBackend : public Backend {
   };
   // The model over a batch of token rows split into parts (Forward: one part; ForwardBatch: one
   // part per sequence; DecodeStep: one part of one row per sequence), the projections as one
-  // GEMM over all rows, attention per part;
+  // GEMM over all rows (or one per part with `gemm_per_part`), attention per part;
   // logits of the last `logit_rows` rows. Arguments are checked by the callers.
   absl::Status Run(absl::Span<const Part> parts, absl::Span<const int32_t> tokens,
-                   int64_t logit_rows, absl::Span<float> logits);
+                   int64_t logit_rows, absl::Span<float> logits, bool gemm_per_part = false);
   // Attention of one part, its KV heads split over `threads` threads.
   absl::Status Attention(View3<const float> q, View3<const float> k, View3<const float> v,
                          int64_t num_cached, int threads, View3<float> out) const;
@@ -237,7 +237,7 @@ absl::Status CpuBackend::ForwardBatch(absl::Span<KvSequence* const> seqs,
                 static_cast<int64_t>(tokens[i].size())};
     rows.insert(rows.end(), tokens[i].begin(), tokens[i].end());
   }
-  return Run(parts, rows, 0, {});
+  return Run(parts, rows, 0, {}, options_.batch_invariant);
 }
 
 absl::Status CpuBackend::DecodeStep(absl::Span<KvSequence* const> seqs,
@@ -251,7 +251,7 @@ absl::Status CpuBackend::DecodeStep(absl::Span<KvSequence* const> seqs,
 }
 
 absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int32_t> tokens,
-                             int64_t logit_rows, absl::Span<float> logits) {
+                             int64_t logit_rows, absl::Span<float> logits, bool gemm_per_part) {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = c.hidden_size;
@@ -296,15 +296,19 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
   auto X = Contiguous2(x.data(), n, hidden);
   auto H = Contiguous2(h.data(), n, hidden);
   auto P = Contiguous2<const float>(proj.data(), n, hidden);
-  auto linear = [&](const float* in, int64_t rows, const LinearWeights& lw, float* out) {
-    Linear(in, rows, lw, out, options_.gemm_min_rows);
+  // A projection of every row of the batch.
+  auto linear = [&](const float* in, const LinearWeights& lw, float* out) {
+    if (!gemm_per_part) return Linear(in, n, lw, out, options_.gemm_min_rows);
+    for (const Part& p : parts) {
+      Linear(in + p.row0 * lw.in, p.n, lw, out + p.row0 * lw.out, options_.gemm_min_rows);
+    }
   };
   absl::Status s = kernels::RmsNorm(X, w.layers()[0].input_norm, c.rms_norm_eps, H);
   for (int64_t l = 0; l < c.num_layers && s.ok(); ++l) {
     const LayerWeights& L = w.layers()[l];
-    linear(h.data(), n, L.q, q.data());
-    linear(h.data(), n, L.k, k.data());
-    linear(h.data(), n, L.v, v.data());
+    linear(h.data(), L.q, q.data());
+    linear(h.data(), L.k, k.data());
+    linear(h.data(), L.v, v.data());
     if (s = kernels::ApplyRope(Contiguous3(q.data(), n, c.num_heads, hd), cos, sin); !s.ok()) break;
     if (s = kernels::ApplyRope(Contiguous3(k.data(), n, c.num_kv_heads, hd), cos, sin); !s.ok()) break;
     s = ParallelFor(static_cast<int>(parts.size()), part_threads, [&](int pi) -> absl::Status {
@@ -327,13 +331,13 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
                        Contiguous3(attn.data() + p.row0 * q_dim, p.n, c.num_heads, hd));
     });
     if (!s.ok()) break;
-    linear(attn.data(), n, L.o, proj.data());
+    linear(attn.data(), L.o, proj.data());
     if (s = kernels::AddRmsNorm(X, P, L.post_attention_norm, c.rms_norm_eps, H); !s.ok()) break;
-    linear(h.data(), n, L.gate, gate.data());
-    linear(h.data(), n, L.up, up.data());
+    linear(h.data(), L.gate, gate.data());
+    linear(h.data(), L.up, up.data());
     auto G = Contiguous2(gate.data(), n, c.intermediate_size);
     if (s = kernels::SwiGlu(G, Contiguous2<const float>(up.data(), n, c.intermediate_size), G); !s.ok()) break;
-    linear(gate.data(), n, L.down, proj.data());
+    linear(gate.data(), L.down, proj.data());
     if (l + 1 < c.num_layers) {
       s = kernels::AddRmsNorm(X, P, w.layers()[l + 1].input_norm, c.rms_norm_eps, H);
     } else if (logit_rows > 0) {
@@ -343,7 +347,9 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
                               View2<const float>{proj.data() + r0 * hidden, logit_rows, hidden, hidden},
                               w.final_norm(), c.rms_norm_eps,
                               View2<float>{h.data() + r0 * hidden, logit_rows, hidden, hidden});
-      if (s.ok()) linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data());
+      if (s.ok()) {
+        Linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data(), options_.gemm_min_rows);
+      }
     }
   }
   if (!s.ok()) return s;

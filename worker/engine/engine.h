@@ -148,10 +148,11 @@ class Engine {
 
   // Encodes each block alone at positions 0..n-1 into a payload (the cache format), payloads[i]
   // for blocks[i]: consecutive blocks share one Backend::ForwardBatch up to
-  // EngineOptions::encode_batch_tokens. `before_batch`, if set, runs before each pass and its
-  // error stops the encoding (e.g. a deadline). Thread-safe. INVALID_ARGUMENT for an empty
-  // block or one longer than the model's limit; before_batch's and the backend's errors
-  // otherwise.
+  // EngineOptions::encode_batch_tokens (whether a payload is then bit for bit the one encoded
+  // alone is the backend's: CpuBackendOptions::batch_invariant). `before_batch`, if set, runs
+  // before each pass and its error stops the encoding (e.g. a deadline). Thread-safe.
+  // INVALID_ARGUMENT for an empty block or one longer than the model's limit; before_batch's
+  // and the backend's errors otherwise.
   absl::StatusOr<std::vector<std::vector<uint8_t>>> EncodeBlocks(
       absl::Span<const absl::Span<const int32_t>> blocks,
       const std::function<absl::Status()>& before_batch = nullptr);
@@ -174,7 +175,7 @@ class Engine {
   struct ResolvedBlocks;
   absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
   // Block mode: the payload of every block of `r` (see the file comment), filling `out`'s
-  // cache counts and lookup, fetch and encode timings.
+  // put errors, fetched bytes and lookup, fetch and encode timings.
   absl::Status ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blocks,
                              GenerateResult& out);
   // Encodes the blocks r.blocks[i], i in `which`, makes them blocks.views and writes them back

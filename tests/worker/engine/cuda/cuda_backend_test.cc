@@ -355,7 +355,9 @@ TEST(CudaBackend, ForwardBatchMatchesForwardPerSequence) {
     const std::vector<absl::Span<const int32_t>> spans(tokens.begin(), tokens.end());
     ASSERT_TRUE(gb.ForwardBatch(raw(batched), spans).ok());
     ASSERT_TRUE(cb.ForwardBatch(raw(reference), spans).ok());
-    for (size_t i = 0; i < lengths.size(); ++i) ASSERT_TRUE(gb.Forward(*alone[i], tokens[i], 0, {}).ok());
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      ASSERT_TRUE(gb.Forward(*alone[i], tokens[i], 0, {}).ok());
+    }
     for (size_t i = 0; i < lengths.size(); ++i) {
       SCOPED_TRACE(i);
       ExpectSameKv(gb, *alone[i], gb, *batched[i], 1e-5);
