@@ -127,8 +127,8 @@ class Backend {
                                  absl::Span<const absl::Span<const int32_t>> tokens) const {
     if (absl::Status s = CheckDistinct(seqs, "forward batch"); !s.ok()) return s;
     if (tokens.size() != seqs.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("forward batch: ", seqs.size(),
-                                                     " sequences, ", tokens.size(), " token lists"));
+      return absl::InvalidArgumentError(absl::StrCat("forward batch: ", seqs.size(), " sequences, ",
+                                                     tokens.size(), " token lists"));
     }
     for (size_t i = 0; i < seqs.size(); ++i) {
       const int64_t n = static_cast<int64_t>(tokens[i].size());

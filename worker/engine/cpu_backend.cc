@@ -348,7 +348,8 @@ absl::Status CpuBackend::Run(absl::Span<const Part> parts, absl::Span<const int3
                               w.final_norm(), c.rms_norm_eps,
                               View2<float>{h.data() + r0 * hidden, logit_rows, hidden, hidden});
       if (s.ok()) {
-        Linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data(), options_.gemm_min_rows);
+        Linear(h.data() + r0 * hidden, logit_rows, w.lm_head(), logits.data(),
+               options_.gemm_min_rows);
       }
     }
   }

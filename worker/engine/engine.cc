@@ -54,7 +54,9 @@ absl::Status EngineOptions::Validate() const {
   if (max_sequence_tokens < 0 || max_new_tokens_limit < 0) {
     return absl::InvalidArgumentError("engine: negative limit");
   }
-  if (encode_batch_tokens <= 0) return absl::InvalidArgumentError("engine: encode_batch_tokens <= 0");
+  if (encode_batch_tokens <= 0) {
+    return absl::InvalidArgumentError("engine: encode_batch_tokens <= 0");
+  }
   return absl::OkStatus();
 }
 
@@ -91,7 +93,9 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> Engine::EncodeBlocks(
   const int64_t limit = std::min<int64_t>(c.max_position_embeddings, kMaxBlockTokens);
   for (size_t i = 0; i < blocks.size(); ++i) {
     const int64_t n = static_cast<int64_t>(blocks[i].size());
-    if (n == 0) return absl::InvalidArgumentError(absl::StrCat("cannot encode an empty block (", i, ")"));
+    if (n == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot encode an empty block (", i, ")"));
+    }
     if (n > limit) {
       return absl::InvalidArgumentError(
           absl::StrCat("block ", i, " of ", n, " tokens exceeds the model's limit of ", limit));
@@ -259,7 +263,8 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
         break;
       }
       out.fetched_bytes += got->bytes.size();
-      blocks.views[i] = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
+      blocks.views[i] =
+          UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
       if (blocks.views[i].has_value()) blocks.held[i] = *std::move(got);
     }
     out.timings.fetch_ms = MsSince(t0);

@@ -176,8 +176,7 @@ class Engine {
   absl::Status CheckRequest(const GenerateRequest& request, int64_t* prompt_tokens) const;
   // Block mode: the payload of every block of `r` (see the file comment), filling `out`'s
   // put errors, fetched bytes and lookup, fetch and encode timings.
-  absl::Status ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blocks,
-                             GenerateResult& out);
+  absl::Status ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blocks, GenerateResult& out);
   // Encodes the blocks r.blocks[i], i in `which`, makes them blocks.views and writes them back
   // (replacing the records `found` says exist, which were unusable).
   absl::Status EncodeMisses(const GenerateRequest& r, absl::Span<const BlockKey> keys,

@@ -300,10 +300,9 @@ TEST_P(FixtureTest, ForwardBatchEqualsForwardPerSequence) {
   std::mt19937_64 rng(std::random_device{}());
   const std::vector<int64_t> prefix = {0, 1 + static_cast<int64_t>(rng() % 9), 0,
                                        20 + static_cast<int64_t>(rng() % 30), 0};
-  const std::vector<int64_t> lengths = {1 + static_cast<int64_t>(rng() % 5),
-                                        7 + static_cast<int64_t>(rng() % 20),
-                                        30 + static_cast<int64_t>(rng() % 40), 3,
-                                        60 + static_cast<int64_t>(rng() % 60)};
+  const std::vector<int64_t> lengths = {
+      1 + static_cast<int64_t>(rng() % 5), 7 + static_cast<int64_t>(rng() % 20),
+      30 + static_cast<int64_t>(rng() % 40), 3, 60 + static_cast<int64_t>(rng() % 60)};
   const size_t b = lengths.size();
   std::vector<std::vector<int32_t>> tokens;
   std::vector<std::unique_ptr<KvSequence>> batched, one_gemm, by_default, alone;
@@ -335,8 +334,10 @@ TEST_P(FixtureTest, ForwardBatchEqualsForwardPerSequence) {
     auto kv = [&](const std::vector<std::unique_ptr<KvSequence>>& set) {
       EXPECT_EQ(set[i]->length(), n);
       std::vector<float> out(2 * elems);
-      EXPECT_TRUE((*cpu)->ReadKv(*set[i], 0, n, absl::MakeSpan(out).subspan(0, elems),
-                                 absl::MakeSpan(out).subspan(elems)).ok());
+      EXPECT_TRUE((*cpu)
+                      ->ReadKv(*set[i], 0, n, absl::MakeSpan(out).subspan(0, elems),
+                               absl::MakeSpan(out).subspan(elems))
+                      .ok());
       return out;
     };
     const std::vector<float> expect = kv(alone);
@@ -382,7 +383,8 @@ void ExpectEncodeBlocksEqualsEncodeBlock(const FixtureSpec& f, bool invariant) {
   std::mt19937_64 rng(std::random_device{}());
   std::vector<std::vector<int32_t>> blocks;
   for (int i = 0; i < 9; ++i) {
-    const int64_t n = i == 4 ? 60 + static_cast<int64_t>(rng() % 20) : 1 + static_cast<int64_t>(rng() % 30);
+    const int64_t n =
+        i == 4 ? 60 + static_cast<int64_t>(rng() % 20) : 1 + static_cast<int64_t>(rng() % 30);
     blocks.push_back(RandomTokens(rng, n, l.model.config.vocab_size));
   }
   const std::vector<absl::Span<const int32_t>> spans(blocks.begin(), blocks.end());
@@ -420,13 +422,14 @@ void ExpectEncodeBlocksEqualsEncodeBlock(const FixtureSpec& f, bool invariant) {
     worst = std::max(worst, MaxRelError(PayloadKv((*payloads)[i]), PayloadKv(*one)));
   }
   EXPECT_LT(worst, 1e-5) << f.name;
-  if (!invariant) std::cout << f.name << ": batched encoding (one sgemm) KV rel err " << worst << "\n";
+  if (!invariant) {
+    std::cout << f.name << ": batched encoding (one sgemm) KV rel err " << worst << "\n";
+  }
   // before_batch: an error before the second pass stops there.
   passes.clear();
   int calls = 0;
-  auto stopped = (*engine)->EncodeBlocks(spans, [&] {
-    return ++calls == 2 ? absl::DeadlineExceededError("stop") : absl::OkStatus();
-  });
+  auto stopped = (*engine)->EncodeBlocks(
+      spans, [&] { return ++calls == 2 ? absl::DeadlineExceededError("stop") : absl::OkStatus(); });
   EXPECT_EQ(stopped.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(passes.size(), 1u);
   const std::vector<int32_t> empty;
@@ -808,8 +811,8 @@ TEST(EngineTest, FetchOverlapsTheEncodingOfMisses) {
   auto cpu = CreateCpuBackend(l.model.weights, c);
   ASSERT_TRUE(cpu.ok());
   std::vector<std::vector<int64_t>> passes;
-  auto observed = std::make_unique<ObservedBackend>(
-      std::move(*cpu), [&](const std::vector<int64_t>& sizes) {
+  auto observed =
+      std::make_unique<ObservedBackend>(std::move(*cpu), [&](const std::vector<int64_t>& sizes) {
         passes.push_back(sizes);
         if (!gated.encoding.HasBeenNotified()) gated.encoding.Notify();
       });

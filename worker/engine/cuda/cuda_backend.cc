@@ -254,7 +254,8 @@ absl::Status CudaBackendImpl::ForwardBatch(absl::Span<KvSequence* const> seqs,
   return state_->model->Synchronize();
 }
 
-absl::Status CudaBackendImpl::DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
+absl::Status CudaBackendImpl::DecodeStep(absl::Span<KvSequence* const> seqs,
+                                         absl::Span<const int32_t> tokens,
                                          absl::Span<float> logits) {
   if (absl::Status s = CheckDecodeStep(seqs, tokens, logits); !s.ok()) return s;
   std::vector<absl::Span<const int32_t>> one_each(seqs.size());
