@@ -36,20 +36,28 @@ class BlockEncoder {
   virtual absl::Status Encode(absl::Span<const std::vector<int32_t>> blocks, PayloadSink sink) = 0;
 };
 
-// Encodes with an Engine in this process (one Engine::EncodeBlock per block).
+// Encodes with an Engine in this process: Engine::EncodeBlocks over runs of blocks of at most
+// `chunk_tokens` tokens (several blocks per backend pass), each run's payloads handed to the sink
+// before the next run is encoded.
 class LocalBlockEncoder final : public BlockEncoder {
  public:
-  // `engine` is not owned and must outlive the encoder.
-  explicit LocalBlockEncoder(Engine* engine) : engine_(engine) {}
+  // Tokens per Engine::EncodeBlocks call (a longer block goes alone): bounds the payloads held at
+  // once; one backend pass when it is at most EngineOptions::encode_batch_tokens.
+  static constexpr int64_t kDefaultChunkTokens = 4096;
+
+  // `engine` is not owned and must outlive the encoder. Every call holds at least one block.
+  explicit LocalBlockEncoder(Engine* engine, int64_t chunk_tokens = kDefaultChunkTokens)
+      : engine_(engine), chunk_tokens_(chunk_tokens) {}
 
   const ModelFingerprint& fingerprint() const override { return engine_->fingerprint(); }
   BlockKey KeyOf(absl::Span<const int32_t> tokens) const override { return engine_->KeyOf(tokens); }
   int64_t vocab_size() const override { return engine_->backend().config().vocab_size; }
-  // Errors: Engine::EncodeBlock's, the sink's.
+  // Errors: Engine::EncodeBlocks's, the sink's.
   absl::Status Encode(absl::Span<const std::vector<int32_t>> blocks, PayloadSink sink) override;
 
  private:
   Engine* engine_;
+  const int64_t chunk_tokens_;
 };
 
 }  // namespace kvblock

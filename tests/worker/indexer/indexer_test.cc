@@ -172,9 +172,10 @@ class IndexerTest : public ::testing::Test {
 };
 
 TEST_F(IndexerTest, IndexesEveryBlockAndSkipsBadLines) {
-  const std::string corpus =
-      WriteCorpus(40, {{2, "{oops"}, {9, R"({"id": "x", "text": ""})"}, {15, R"({"id": 1})"},
-                       {20, R"({"id": "big", "token_ids": [999999]})"}});
+  const std::string corpus = WriteCorpus(40, {{2, "{oops"},
+                                              {9, R"({"id": "x", "text": ""})"},
+                                              {15, R"({"id": 1})"},
+                                              {20, R"({"id": "big", "token_ids": [999999]})"}});
   auto rt = Open();
   Indexer indexer = IndexerFor(*rt, Options());
   int progress_calls = 0;
@@ -229,6 +230,36 @@ TEST_F(IndexerTest, StrictStopsAtTheFirstBadLine) {
   ASSERT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(report.status().message().find("corpus.jsonl:6:"), std::string::npos)
       << report.status();
+}
+
+TEST_F(IndexerTest, LocalEncoderHandsOverEveryPayloadInOrderInBoundedRuns) {
+  auto rt = Open();
+  std::vector<std::vector<int32_t>> blocks;
+  for (int i = 0; i < 9; ++i) {
+    std::vector<int32_t> b(1 + rng_() % 50);
+    for (int32_t& t : b) t = static_cast<int32_t>(rng_() % 256);
+    blocks.push_back(std::move(b));
+  }
+  // Runs of <= 64 tokens: every payload, in order, is what the engine encodes for the block alone.
+  LocalBlockEncoder encoder(rt->engine.get(), /*chunk_tokens=*/64);
+  std::vector<size_t> order;
+  absl::Status s = encoder.Encode(blocks, [&](size_t i, std::vector<uint8_t> payload) {
+    order.push_back(i);
+    absl::StatusOr<std::vector<uint8_t>> alone = rt->engine->EncodeBlock(blocks[i]);
+    EXPECT_TRUE(alone.ok());
+    EXPECT_EQ(payload, *alone) << "block " << i;
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(order, (std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8}));
+  // The sink's error stops the encoding and is returned.
+  int calls = 0;
+  s = encoder.Encode(blocks, [&](size_t, std::vector<uint8_t>) {
+    ++calls;
+    return absl::UnavailableError("store down");
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(calls, 1);
 }
 
 TEST_F(IndexerTest, ResumeContinuesAndRerunIsIdempotent) {
