@@ -94,6 +94,23 @@ class Backend {
   // geometry (layers, kv heads, head_dim) is not the model's or the capacity is exceeded.
   virtual absl::Status AppendBlock(KvSequence& seq, const BlockView& block) = 0;
 
+  // Blocks a backend keeps on its device across requests (the CUDA backend's GPU tier): a hot
+  // block then costs no store read and no transfer. FindResident returns a handle that keeps
+  // the block resident while it lives, or null if `key` is not held with `num_tokens` tokens;
+  // AppendResident appends it as AppendBlock appends a payload (same errors). Backends without
+  // such a tier keep these defaults: nothing is resident.
+  using ResidentBlock = std::shared_ptr<const void>;
+  virtual ResidentBlock FindResident(const BlockKey& key, int64_t num_tokens) {
+    (void)key;
+    (void)num_tokens;
+    return nullptr;
+  }
+  virtual absl::Status AppendResident(KvSequence& seq, const ResidentBlock& block) {
+    (void)seq;
+    (void)block;
+    return absl::FailedPreconditionError("this backend keeps no resident blocks");
+  }
+
   // Copies positions [begin, begin + n) of `seq` as f32 [layers][kv_heads][n][head_dim] into k
   // and v (the payload's layout). INVALID_ARGUMENT for a range outside the sequence or wrong
   // span sizes.

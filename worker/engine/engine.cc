@@ -217,8 +217,10 @@ absl::Status Engine::CheckRequest(const GenerateRequest& r, int64_t* prompt_toke
 
 // The payloads of a request's blocks, by block index.
 struct Engine::ResolvedBlocks {
-  std::vector<size_t> first;                    // the first block with the same key
-  std::vector<std::optional<BlockView>> views;  // set for first occurrences
+  std::vector<size_t> first;  // the first block with the same key
+  // For first occurrences: the block on the backend's device (no store read), else its payload.
+  std::vector<Backend::ResidentBlock> resident;
+  std::vector<std::optional<BlockView>> views;
   // Owners of the bytes the views point into: payloads read from the store, or encoded here
   // (non-empty exactly for the misses).
   std::vector<BlockBytes> held;
@@ -232,19 +234,33 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   const size_t nb = r.blocks.size();
   std::vector<BlockKey> keys(nb);
   for (size_t i = 0; i < nb; ++i) keys[i] = KeyOf(r.blocks[i]);
-  std::vector<LookupResult> found(nb);
-  store_->Lookup(keys, absl::MakeSpan(found));
   blocks.first.resize(nb);
+  blocks.resident.resize(nb);
   blocks.views.resize(nb);
   blocks.held.resize(nb);
   blocks.payloads.resize(nb);
-  // First occurrences, found (to fetch) or not (to encode): a repeated block is read once.
-  std::vector<size_t> fetch, encode;
+  // First occurrences (a repeated block is read once) not resident on the backend's device go
+  // to the store: found there (to fetch) or not (to encode).
+  std::vector<size_t> lookup;
+  std::vector<BlockKey> lookup_keys;
   absl::flat_hash_map<BlockKey, size_t> first_of;
   for (size_t i = 0; i < nb; ++i) {
     const auto [it, inserted] = first_of.try_emplace(keys[i], i);
     blocks.first[i] = it->second;
-    if (inserted) (found[i].present ? fetch : encode).push_back(i);
+    if (!inserted) continue;
+    blocks.resident[i] = backend_->FindResident(keys[i], static_cast<int64_t>(r.blocks[i].size()));
+    if (blocks.resident[i] == nullptr) {
+      lookup.push_back(i);
+      lookup_keys.push_back(keys[i]);
+    }
+  }
+  std::vector<LookupResult> lookup_found(lookup.size());
+  store_->Lookup(lookup_keys, absl::MakeSpan(lookup_found));
+  std::vector<LookupResult> found(nb);
+  std::vector<size_t> fetch, encode;
+  for (size_t j = 0; j < lookup.size(); ++j) {
+    found[lookup[j]] = lookup_found[j];
+    (lookup_found[j].present ? fetch : encode).push_back(lookup[j]);
   }
   out.timings.lookup_ms = MsSince(t_lookup);
 
@@ -348,7 +364,10 @@ absl::StatusOr<std::unique_ptr<Decoding>> Engine::Prefill(const GenerateRequest&
       } else {
         ++out.cache_hits;
       }
-      if (absl::Status s = backend_->AppendBlock(seq, *blocks.views[first]); !s.ok()) return s;
+      const absl::Status s = blocks.resident[first] != nullptr
+                                 ? backend_->AppendResident(seq, blocks.resident[first])
+                                 : backend_->AppendBlock(seq, *blocks.views[first]);
+      if (!s.ok()) return s;
     }
     out.timings.load_ms = MsSince(t);
     const Clock::time_point t_prefill = Clock::now();

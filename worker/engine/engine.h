@@ -1,12 +1,14 @@
 // The block-attention engine: turns a request (blocks + final block + sampling) into tokens,
 // with block KV going through the cache.
 //
-// Block mode: each block's key is ComputeBlockKey(fingerprint, kv dtype, tokens). Keys are
+// Block mode: each block's key is ComputeBlockKey(fingerprint, kv dtype, tokens). A block the
+// backend still holds on its device (Backend::FindResident: the CUDA backend's GPU tier) is
+// used from there, with no store read. The other keys are
 // looked up in the BlockStore; hits are read from it (the fetch, on a second thread) while the
 // request's thread encodes the misses, each alone at positions 0..n-1 but several per backend
 // pass (Backend::ForwardBatch), and Puts them back; a hit found unusable or evicted by the time
-// it is read is encoded after the fetch. Every block, hit or miss, then enters the sequence
-// from its payload, its K re-encoded to the block's offset (the sum of the lengths of the
+// it is read is encoded after the fetch. Every block, resident, hit or miss, then enters the
+// sequence, its K re-encoded to the block's offset (the sum of the lengths of the
 // blocks before it). The final block is prefilled at its real positions attending to all
 // blocks and causally to itself; decoding samples until an EOS id of the model, a stop id of
 // the request or max_new_tokens.

@@ -87,6 +87,8 @@ class CudaBackendImpl final : public CudaBackend {
   absl::Status DecodeStep(absl::Span<KvSequence* const> seqs, absl::Span<const int32_t> tokens,
                           absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
+  ResidentBlock FindResident(const BlockKey& key, int64_t num_tokens) override;
+  absl::Status AppendResident(KvSequence& seq_base, const ResidentBlock& block) override;
   absl::Status ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
                       absl::Span<float> v) const override;
 
@@ -95,6 +97,17 @@ class CudaBackendImpl final : public CudaBackend {
  private:
   // Own slots for everything the context runs leave of the capacity.
   absl::Status EnsureSlots(CudaKvSequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // AppendBlock's argument checks (geometry, capacity).
+  absl::Status CheckAppend(const CudaKvSequence& seq, const BlockMeta& m) const;
+  // Whether the next block can be a context run (read in place from the GPU tier): the sequence
+  // has no own tokens yet and a run left; else blocks are copied into its own slots.
+  bool TakesContextRun(const CudaKvSequence& seq) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  void AddContextRun(CudaKvSequence& seq, cuda::GpuTier::Handle h)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // Copies n tokens of layer-major device K/V (block positions, re-encoded on the way) into the
+  // sequence's own slots; waits for the copy.
+  absl::Status CopyIntoSlots(CudaKvSequence& seq, const void* kv, int64_t n)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // Forward of checked arguments: consecutive model passes of at most max_batch_tokens tokens
   // and max_logit_rows logits rows. Enqueued; waits only to copy logits.
   absl::Status ForwardChunks(CudaKvSequence& seq, absl::Span<const int32_t> tokens,
@@ -305,47 +318,84 @@ absl::StatusOr<DeviceMemory> CudaBackendImpl::Upload(const BlockView& block) {
   return out;
 }
 
-absl::Status CudaBackendImpl::AppendBlock(KvSequence& seq_base, const BlockView& block) {
-  auto& seq = static_cast<CudaKvSequence&>(seq_base);
-  const BlockMeta& m = block.meta();
+absl::Status CudaBackendImpl::CheckAppend(const CudaKvSequence& seq, const BlockMeta& m) const {
   if (m.num_layers != config_.num_layers || m.num_kv_heads != config_.num_kv_heads ||
       m.head_dim != config_.head_dim) {
     return absl::InvalidArgumentError("AppendBlock: the block's geometry is not the model's");
   }
-  const int64_t n = m.num_tokens;
-  if (seq.length() + n > seq.capacity()) {
+  if (seq.length() + m.num_tokens > seq.capacity()) {
     return absl::InvalidArgumentError("AppendBlock: the block exceeds the sequence's capacity");
   }
+  return absl::OkStatus();
+}
+
+bool CudaBackendImpl::TakesContextRun(const CudaKvSequence& seq) const {
+  return seq.own_len_ == 0 &&
+         static_cast<int64_t>(seq.context_.size()) < state_->options.max_context_runs;
+}
+
+void CudaBackendImpl::AddContextRun(CudaKvSequence& seq, cuda::GpuTier::Handle h) {
+  const int64_t n = h->meta.num_tokens;
+  seq.context_.push_back(cuda::KvRun{h->memory.get(), static_cast<int32_t>(n),
+                                     static_cast<int32_t>(seq.length())});
+  seq.blocks_.push_back(std::move(h));
+  seq.context_tokens_ += n;
+}
+
+absl::Status CudaBackendImpl::CopyIntoSlots(CudaKvSequence& seq, const void* kv, int64_t n) {
+  CudaModel& model = *state_->model;
+  CB_RETURN_IF_ERROR(EnsureSlots(seq));
+  CB_RETURN_IF_ERROR(model.ImportKv(kv, n, *seq.slots_, seq.own_len_, static_cast<int32_t>(seq.length())));
+  CB_RETURN_IF_ERROR(model.Synchronize());  // before the source may be freed
+  seq.own_len_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackendImpl::AppendBlock(KvSequence& seq_base, const BlockView& block) {
+  auto& seq = static_cast<CudaKvSequence&>(seq_base);
+  const BlockMeta& m = block.meta();
+  CB_RETURN_IF_ERROR(CheckAppend(seq, m));
+  const int64_t n = m.num_tokens;
   absl::MutexLock lock(&state_->mu);
   CudaModel& model = *state_->model;
-  const int64_t block_bytes = n * model.kv_bytes_per_token();
-  const bool in_place = seq.own_len_ == 0 &&
-                        static_cast<int64_t>(seq.context_.size()) < state_->options.max_context_runs &&
-                        block_bytes <= state_->options.gpu_tier_bytes;
-  if (in_place) {
-    cuda::GpuTier::Handle h = state_->tier.Get(m.key);
+  if (TakesContextRun(seq) && n * model.kv_bytes_per_token() <= state_->options.gpu_tier_bytes) {
+    // Into the GPU tier (the engine's FindResident counted the lookup), read in place from there.
+    cuda::GpuTier::Handle h = state_->tier.Find(m.key);
     if (h == nullptr) {
       absl::StatusOr<DeviceMemory> mem = Upload(block);
       if (!mem.ok()) return mem.status();
       BlockMeta placed = m;
       placed.dtype = model.options().dtype == DType::kF32 ? KvDtype::kF32 : KvDtype::kBF16;
       CB_RETURN_IF_ERROR(state_->tier.Insert(m.key, cuda::GpuBlock{placed, std::move(*mem)}));
-      h = state_->tier.Get(m.key);  // present: inserts happen under our lock only
+      h = state_->tier.Find(m.key);  // present: inserts happen under our lock only
       if (h == nullptr) return absl::InternalError("AppendBlock: block vanished from the GPU tier");
     }
-    seq.context_.push_back(cuda::KvRun{h->memory.get(), static_cast<int32_t>(n),
-                                       static_cast<int32_t>(seq.length())});
-    seq.blocks_.push_back(std::move(h));
-    seq.context_tokens_ += n;
+    AddContextRun(seq, std::move(h));
     return absl::OkStatus();
   }
-  CB_RETURN_IF_ERROR(EnsureSlots(seq));
   absl::StatusOr<DeviceMemory> mem = Upload(block);
   if (!mem.ok()) return mem.status();
-  CB_RETURN_IF_ERROR(model.ImportKv(mem->get(), n, *seq.slots_, seq.own_len_, static_cast<int32_t>(seq.length())));
-  CB_RETURN_IF_ERROR(model.Synchronize());  // before the upload is freed
-  seq.own_len_ += n;
-  return absl::OkStatus();
+  return CopyIntoSlots(seq, mem->get(), n);
+}
+
+Backend::ResidentBlock CudaBackendImpl::FindResident(const BlockKey& key, int64_t num_tokens) {
+  cuda::GpuTier::Handle h = state_->tier.Get(key);
+  if (h == nullptr || static_cast<int64_t>(h->meta.num_tokens) != num_tokens) return nullptr;
+  return h;
+}
+
+absl::Status CudaBackendImpl::AppendResident(KvSequence& seq_base, const ResidentBlock& block) {
+  auto& seq = static_cast<CudaKvSequence&>(seq_base);
+  if (block == nullptr) return absl::InvalidArgumentError("AppendResident: null block");
+  // FindResident handed out a GPU-tier handle.
+  cuda::GpuTier::Handle h = std::static_pointer_cast<const cuda::GpuBlock>(block);
+  CB_RETURN_IF_ERROR(CheckAppend(seq, h->meta));
+  absl::MutexLock lock(&state_->mu);
+  if (TakesContextRun(seq)) {
+    AddContextRun(seq, std::move(h));
+    return absl::OkStatus();
+  }
+  return CopyIntoSlots(seq, h->memory.get(), h->meta.num_tokens);
 }
 
 absl::Status CudaBackendImpl::ReadPiece(const CudaKvSequence& seq, int run, int64_t at, int64_t n,

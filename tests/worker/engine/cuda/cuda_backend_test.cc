@@ -1,7 +1,8 @@
 // CudaBackend behind the Engine, against the CPU backend (the reference) on the golden fixtures:
 // in f32 the same greedy tokens in block and full mode with logits within 1e-4 relative, and a
-// repeated request served from the GPU tier (no transfer) with the same tokens; in bf16 the
-// logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context runs and over
+// repeated request served from the GPU tier (no store read, no transfer) with the same tokens;
+// in bf16 the logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context
+// runs and over
 // blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests,
 // batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend, and
 // batched ForwardBatch (block encoding) against Forward per sequence and the CPU backend.
@@ -144,11 +145,12 @@ TEST(CudaBackend, EngineMatchesCpuBackendOnFixtures) {
       EXPECT_LE(bf16_err, 8e-2);
       if (mode == AttentionMode::kBlock) {
         EXPECT_EQ(a.cache_misses, static_cast<int64_t>(fx.blocks.size()));
-        // Again: every block is a store hit and already in HBM (a GPU-tier hit, no transfer).
+        // Again: every block is already in HBM (a GPU-tier hit): no store read, no transfer.
         const uint64_t hits_before = f32.cuda->GpuTierStats().hits;
         const GenerateResult again = GenerateOk(f32, req);
         EXPECT_EQ(again.tokens, ref.tokens);
         EXPECT_EQ(again.cache_hits, static_cast<int64_t>(fx.blocks.size()));
+        EXPECT_EQ(again.fetched_bytes, 0u);
         EXPECT_EQ(f32.cuda->GpuTierStats().hits - hits_before, fx.blocks.size());
         EXPECT_LE(RelErr(again.logits, ref.logits), 1e-4);
       }
