@@ -12,6 +12,7 @@
 #include "services/proto_convert.h"
 #include "services/ucx_data_plane.h"
 #include "tests/services/cluster_test_util.h"
+#include "tests/tls_certs.h"
 #include "tests/services/grpc_raw.h"
 
 namespace kvblock {
@@ -355,21 +356,7 @@ class MtlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string d = dir_.path();
-    const std::string script =
-        "set -e; cd " + d + "; exec >openssl.log 2>&1;"
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kvblock-test-ca "
-        "  -keyout ca.key -out ca.pem;"
-        "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr;"
-        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext;"
-        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
-        "  -extfile san.ext -out server.pem;"
-        "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr;"
-        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
-        "  -out client.pem;"
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rogue "
-        "  -keyout rogue.key -out rogue.pem";
-    ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0)
-        << testing::ReadFileOrEmpty(d + "/openssl.log");
+    ASSERT_NO_FATAL_FAILURE(testing::MakeTestCertificates(d));
     CacheServerOptions o;
     o.listen = "127.0.0.1:0";
     o.data_dir = dir_.Sub("data");

@@ -7,7 +7,6 @@
 // completes it; mTLS through the --worker-tls-* credentials; VerifyPayload refuses corrupt or
 // foreign payloads; the command's exit codes.
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -19,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/run_command.h"
+#include "tests/tls_certs.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/demo/random_model.h"
 #include "worker/indexer/block_splitter.h"
@@ -271,19 +271,7 @@ TEST_F(RemoteIndexTest, MutualTlsWithTheWorkerCredentialFlags) {
   // A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl now.
   const std::string d = dir_ / "tls";
   std::filesystem::create_directories(d);
-  const std::string script =
-      "set -e; cd " + d +
-      "; exec >openssl.log 2>&1;"
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=kvblock-test-ca "
-      "  -keyout ca.key -out ca.pem;"
-      "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr;"
-      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext;"
-      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
-      "  -extfile san.ext -out server.pem;"
-      "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr;"
-      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
-      "  -out client.pem";
-  ASSERT_EQ(std::system(("bash -c '" + script + "'").c_str()), 0);
+  ASSERT_NO_FATAL_FAILURE(testing::MakeTestCertificates(d));
   ASSERT_NO_FATAL_FAILURE(StartWorker(model_, 8192, d));
   std::unique_ptr<Runtime> rt = OpenIndexerRuntime("store", /*load_engine=*/false);
   ASSERT_NE(rt, nullptr);
