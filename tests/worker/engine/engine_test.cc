@@ -644,21 +644,36 @@ TEST(EngineTest, StopsOnEosAndAtTheContextLimit) {
   EXPECT_EQ(lr->tokens, std::vector<int32_t>(ref.greedy_block.begin(), ref.greedy_block.begin() + 6));
 }
 
-TEST(EngineTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
-  const FixtureSpec f = testing::AllFixtures()[0];
-  TempDir dir;
-  Loaded l = Load(f, dir / "cache");
-  const ModelConfig& c = l.model.config;
-  auto cpu = CreateCpuBackend(l.model.weights, c);
-  auto inner = CreateCpuBackend(l.model.weights, c);
-  ASSERT_TRUE(cpu.ok() && inner.ok());
-  ForwardOnlyBackend by_forward(std::move(*inner));
-  std::mt19937_64 rng(std::random_device{}());
-  auto a = (*cpu)->NewSequence(8);
-  auto full = (*cpu)->NewSequence(4);
+// The refusal tests: the first fixture's model on the CPU backend and behind the Backend
+// defaults (ForwardOnlyBackend), with a fresh random generator.
+class BackendRefusalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    l_ = Load(testing::AllFixtures()[0], dir_ / "cache");
+    auto cpu = CreateCpuBackend(l_.model.weights, l_.model.config);
+    auto inner = CreateCpuBackend(l_.model.weights, l_.model.config);
+    ASSERT_TRUE(cpu.ok() && inner.ok());
+    cpu_ = *std::move(cpu);
+    by_forward_ = std::make_unique<ForwardOnlyBackend>(*std::move(inner));
+  }
+
+  TempDir dir_;
+  Loaded l_;
+  std::unique_ptr<Backend> cpu_;
+  std::unique_ptr<ForwardOnlyBackend> by_forward_;
+  std::mt19937_64 rng_{std::random_device{}()};
+};
+
+TEST_F(BackendRefusalTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
+  const ModelConfig& c = l_.model.config;
+  Backend* cpu = cpu_.get();
+  ForwardOnlyBackend& by_forward = *by_forward_;
+  std::mt19937_64& rng = rng_;
+  auto a = cpu->NewSequence(8);
+  auto full = cpu->NewSequence(4);
   ASSERT_TRUE(a.ok() && full.ok());
-  ASSERT_TRUE((*cpu)->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
-  ASSERT_TRUE((*cpu)->Forward(**full, RandomTokens(rng, 4, c.vocab_size), 0, {}).ok());
+  ASSERT_TRUE(cpu->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
+  ASSERT_TRUE(cpu->Forward(**full, RandomTokens(rng, 4, c.vocab_size), 0, {}).ok());
   std::vector<float> logits(2 * c.vocab_size);
   const int32_t ok_token = static_cast<int32_t>(rng() % c.vocab_size);
   struct Case {
@@ -676,7 +691,7 @@ TEST(EngineTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
       {{a->get(), full->get()}, {ok_token, ok_token}, logits.size(), "full"},
       {{a->get()}, {ok_token}, static_cast<size_t>(c.vocab_size - 1), "logits too small"},
   };
-  for (Backend* backend : {cpu->get(), static_cast<Backend*>(&by_forward)}) {
+  for (Backend* backend : {cpu, static_cast<Backend*>(&by_forward)}) {
     for (const Case& k : cases) {
       absl::Status s = backend->DecodeStep(k.seqs, k.tokens, absl::MakeSpan(logits.data(), k.logit_floats));
       EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << backend->name() << ": " << k.what;
@@ -686,20 +701,15 @@ TEST(EngineTest, DecodeStepRefusesBadBatchesAndLeavesSequencesUnchanged) {
   }
 }
 
-TEST(EngineTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchanged) {
-  const FixtureSpec f = testing::AllFixtures()[0];
-  TempDir dir;
-  Loaded l = Load(f, dir / "cache");
-  const ModelConfig& c = l.model.config;
-  auto cpu = CreateCpuBackend(l.model.weights, c);
-  auto inner = CreateCpuBackend(l.model.weights, c);
-  ASSERT_TRUE(cpu.ok() && inner.ok());
-  ForwardOnlyBackend by_forward(std::move(*inner));
-  std::mt19937_64 rng(std::random_device{}());
-  auto a = (*cpu)->NewSequence(8);
-  auto b = (*cpu)->NewSequence(8);
+TEST_F(BackendRefusalTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchanged) {
+  const ModelConfig& c = l_.model.config;
+  Backend* cpu = cpu_.get();
+  ForwardOnlyBackend& by_forward = *by_forward_;
+  std::mt19937_64& rng = rng_;
+  auto a = cpu->NewSequence(8);
+  auto b = cpu->NewSequence(8);
   ASSERT_TRUE(a.ok() && b.ok());
-  ASSERT_TRUE((*cpu)->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
+  ASSERT_TRUE(cpu->Forward(**a, RandomTokens(rng, 5, c.vocab_size), 0, {}).ok());
   const std::vector<int32_t> two = RandomTokens(rng, 2, c.vocab_size);
   const std::vector<int32_t> four = RandomTokens(rng, 4, c.vocab_size);
   const std::vector<int32_t> empty;
@@ -719,7 +729,7 @@ TEST(EngineTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchanged) {
       {{b->get(), a->get()}, Tokens{two, bad_id}, "outside the vocabulary"},
       {{b->get(), a->get()}, Tokens{two, four}, "capacity exceeded"},
   };
-  for (Backend* backend : {cpu->get(), static_cast<Backend*>(&by_forward)}) {
+  for (Backend* backend : {cpu, static_cast<Backend*>(&by_forward)}) {
     for (const Case& k : cases) {
       EXPECT_EQ(backend->ForwardBatch(k.seqs, k.tokens).code(), absl::StatusCode::kInvalidArgument)
           << backend->name() << ": " << k.what;
