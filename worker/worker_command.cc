@@ -129,6 +129,9 @@ void AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--max-decode-batch", f->server.core.max_decode_batch,
                   "Requests decoded together in one step at most")
       ->capture_default_str();
+  cmd->add_option("--encode-batch-tokens", f->server.core.encode_batch_tokens,
+                  "Most tokens of missed blocks encoded in one backend pass")
+      ->capture_default_str();
   cmd->add_option("--prefill-threads", f->server.core.prefill_threads,
                   "Threads that prefill requests")
       ->capture_default_str();

@@ -291,7 +291,7 @@ TEST_F(ClusterFlowTest, WholeFlow) {
                    {"worker", "--model", model, "--cache", members, "--replication", "2",
                     "--cache-auth-token-file", dir_ + "/token", "--listen", "127.0.0.1:0",
                     "--metrics-listen", "127.0.0.1:0", "--auth-token-file", dir_ + "/token",
-                    "--max-concurrent", "2", "--queue-size", "16"});
+                    "--max-concurrent", "2", "--queue-size", "16", "--encode-batch-tokens", "512"});
   ASSERT_TRUE(up.ok()) << up;
   std::unique_ptr<v1::InferenceService::Stub> stub = worker.Stub();
 

@@ -86,6 +86,7 @@ absl::Status InferenceCoreOptions::Validate() const {
   if (max_new_tokens_limit < default_max_new_tokens) {
     return absl::InvalidArgumentError("max_new_tokens_limit must be >= default_max_new_tokens");
   }
+  if (encode_batch_tokens <= 0) return absl::InvalidArgumentError("encode_batch_tokens must be > 0");
   if (stream_chunk_tokens <= 0) {
     return absl::InvalidArgumentError("stream_chunk_tokens must be > 0");
   }
@@ -150,6 +151,7 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* ru
   core->policy_store_ = std::make_unique<PolicyStore>(runtime->store);
   EngineOptions eo;
   eo.max_new_tokens_limit = core->options_.max_new_tokens_limit;
+  eo.encode_batch_tokens = core->options_.encode_batch_tokens;
   eo.kv_dtype = core->options_.kv_dtype;
   // The runtime's backend (the one --backend chose), not a second copy of the weights.
   absl::StatusOr<std::unique_ptr<Engine>> engine =

@@ -55,6 +55,9 @@ struct InferenceCoreOptions {
   int32_t default_max_new_tokens = 16;
   // Largest max_new_tokens accepted (tokens). Default: 4096.
   int32_t max_new_tokens_limit = 4096;
+  // Most tokens of missed blocks encoded in one backend pass (EngineOptions::
+  // encode_batch_tokens: bounds a pass's activation memory). Default: 4096.
+  int64_t encode_batch_tokens = 4096;
   // Most generated tokens per streamed GenerateResponse: tokens are written as they are sampled;
   // those sampled while the previous message is still being sent go together. Default: 8.
   int32_t stream_chunk_tokens = 8;

@@ -162,6 +162,16 @@ class WorkerServiceTest : public ::testing::Test {
   std::unique_ptr<v1::InferenceService::Stub> stub_;
 };
 
+TEST(InferenceCoreOptionsTest, RefusesNonPositiveLimits) {
+  EXPECT_TRUE(InferenceCoreOptions{}.Validate().ok());
+  InferenceCoreOptions o;
+  o.encode_batch_tokens = 0;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+  o = InferenceCoreOptions{};
+  o.max_decode_batch = 0;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(WorkerServiceTest, ReadyUntilShutdown) {
   Start();
   EXPECT_EQ(HttpStatus("/healthz"), 200);
