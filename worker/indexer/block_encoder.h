@@ -36,18 +36,13 @@ class BlockEncoder {
   virtual absl::Status Encode(absl::Span<const std::vector<int32_t>> blocks, PayloadSink sink) = 0;
 };
 
-// Encodes with an Engine in this process: Engine::EncodeBlocks over runs of blocks of at most
-// `chunk_tokens` tokens (several blocks per backend pass), each run's payloads handed to the sink
-// before the next run is encoded.
+// Encodes with an Engine in this process: one Engine::EncodeBlocks over the call's blocks (which
+// runs them in backend passes of at most EngineOptions::encode_batch_tokens; the indexer's batch
+// bounds the payloads held), then hands each payload to the sink in order.
 class LocalBlockEncoder final : public BlockEncoder {
  public:
-  // Tokens per Engine::EncodeBlocks call (a longer block goes alone): bounds the payloads held at
-  // once; one backend pass when it is at most EngineOptions::encode_batch_tokens.
-  static constexpr int64_t kDefaultChunkTokens = 4096;
-
-  // `engine` is not owned and must outlive the encoder. Every call holds at least one block.
-  explicit LocalBlockEncoder(Engine* engine, int64_t chunk_tokens = kDefaultChunkTokens)
-      : engine_(engine), chunk_tokens_(chunk_tokens) {}
+  // `engine` is not owned and must outlive the encoder.
+  explicit LocalBlockEncoder(Engine* engine) : engine_(engine) {}
 
   const ModelFingerprint& fingerprint() const override { return engine_->fingerprint(); }
   BlockKey KeyOf(absl::Span<const int32_t> tokens) const override { return engine_->KeyOf(tokens); }
@@ -57,7 +52,6 @@ class LocalBlockEncoder final : public BlockEncoder {
 
  private:
   Engine* engine_;
-  const int64_t chunk_tokens_;
 };
 
 }  // namespace kvblock

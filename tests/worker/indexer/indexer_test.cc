@@ -240,8 +240,8 @@ TEST_F(IndexerTest, LocalEncoderHandsOverEveryPayloadInOrderInBoundedRuns) {
     for (int32_t& t : b) t = static_cast<int32_t>(rng_() % 256);
     blocks.push_back(std::move(b));
   }
-  // Runs of <= 64 tokens: every payload, in order, is what the engine encodes for the block alone.
-  LocalBlockEncoder encoder(rt->engine.get(), /*chunk_tokens=*/64);
+  // Every payload, in order, is what the engine encodes for the block alone.
+  LocalBlockEncoder encoder(rt->engine.get());
   std::vector<size_t> order;
   absl::Status s = encoder.Encode(blocks, [&](size_t i, std::vector<uint8_t> payload) {
     order.push_back(i);
