@@ -448,6 +448,21 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     r.blocks = prompt_blocks[li].size();
     const std::vector<int32_t> final_block = random_tokens(o.final_block);
     int32_t first_token = -1;
+    // The final block's prefill over f.context (it starts at `position`), layer l waiting for
+    // layer_ready[l] when given, then the first token.
+    auto prefill_final = [&](cuda::ForwardSeq& f, int32_t position,
+                             absl::Span<const cudaEvent_t> layer_ready) -> absl::Status {
+      auto slots = model.AllocateSlots(o.final_block);
+      if (!slots.ok()) return slots.status();
+      f.tokens = final_block;
+      f.slots = *slots;
+      f.position = position;
+      f.logit_rows = 1;
+      absl::Status st = model.Forward({&f, 1}, layer_ready);
+      if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
+      model.FreeSlots(*slots);
+      return st;
+    };
     auto block_run = [&]() -> absl::Status {
       // The request path: hash the blocks, find them in the GPU tier, prefill the final block
       // over them (re-encoded in the attention kernel), sample the first token.
@@ -461,16 +476,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
         offset += h->meta.num_tokens;
         held.push_back(std::move(h));
       }
-      auto slots = model.AllocateSlots(o.final_block);
-      if (!slots.ok()) return slots.status();
-      f.tokens = final_block;
-      f.slots = *slots;
-      f.position = offset;
-      f.logit_rows = 1;
-      absl::Status st = model.Forward({&f, 1});
-      if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
-      model.FreeSlots(*slots);
-      return st;
+      return prefill_final(f, offset, {});
     };
     auto bm = MedianMs(o.warmup, std::max(o.runs, 10), block_run);
     if (!bm.ok()) return bm.status();
@@ -530,16 +536,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
             offset += blocks[i].size();
           }
           BENCH_RETURN_IF_ERROR(fetch.pipeline->Enqueue(copies, model.stream()));
-          auto slots = model.AllocateSlots(o.final_block);
-          if (!slots.ok()) return slots.status();
-          f.tokens = final_block;
-          f.slots = *slots;
-          f.position = offset;
-          f.logit_rows = 1;
-          absl::Status st = model.Forward({&f, 1}, fetch.pipeline->layer_events());
-          if (st.ok()) st = model.Sample(greedy, {&first_token, 1});
-          model.FreeSlots(*slots);
-          return st;
+          return prefill_final(f, offset, fetch.pipeline->layer_events());
         };
         std::vector<double> net;
         auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {

@@ -53,14 +53,18 @@ absl::Status GpuTier::InsertFromHost(const BlockKey& key, const BlockView& view,
 }
 
 GpuTier::Handle GpuTier::Get(const BlockKey& key) {
-  Handle h = Find(key);
   absl::MutexLock lock(&mu_);
+  Handle h = FindLocked(key);
   ++(h != nullptr ? stats_.hits : stats_.misses);
   return h;
 }
 
 GpuTier::Handle GpuTier::Find(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
+  return FindLocked(key);
+}
+
+GpuTier::Handle GpuTier::FindLocked(const BlockKey& key) {
   auto it = map_.find(key);
   if (it == map_.end()) return nullptr;
   lru_.splice(lru_.begin(), lru_, it->second.lru);

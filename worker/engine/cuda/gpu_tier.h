@@ -64,6 +64,8 @@ class GpuTier {
     int64_t bytes;
   };
   void EvictUntil(int64_t needed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The block, refreshed as most recently used, not counted; nullptr on a miss.
+  Handle FindLocked(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const GpuTierOptions options_;
   mutable absl::Mutex mu_;
