@@ -7,6 +7,9 @@
 //    accumulate). A CTA of 4 warps takes 64 * WM query rows of one KV head (rows = token-major
 //    (token, head in group) pairs, so GQA heads share every K/V tile; each warp owns WM 16-row
 //    fragments) and walks 64-key tiles of its key range through a two-stage cp.async pipeline.
+//    A sequence's rows are shared evenly by the fewest CTAs that hold them, in whole fragments,
+//    and a warp skips fragments past its CTA's rows: a 50-token final block with 4 query heads
+//    per KV head (200 rows) computes 112 + 88 rows, not 128 + 128.
 //    Re-encoding a segment (rope_offset != 0) rotates the CTA's queries by -rope_offset once per
 //    segment instead of every K tile by +rope_offset: no extra pass over the KV and no pass over
 //    shared K. Causal CTAs run longest-first and skip the mask on tiles below the diagonal.
@@ -195,16 +198,17 @@ __device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, flo
 
 // Starts copying the CTA's query rows into sQ (zeros for rows past the sequence). Thread `tid`
 // copies the chunk pairs (row, c) and (row, c + D/2) that RotateQ gives it.
-template <int D, int kRows>
+// Rows [row0, row0 + rows) are the CTA's; sQ gets `frag_rows` of them (zeros past `rows`).
+template <int D>
 __device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnSequence& seq,
-                                           int row0, int rows_total, int group, int kvh, bf16* sQ,
-                                           int tid) {
+                                           int row0, int rows, int frag_rows, int group, int kvh,
+                                           bf16* sQ, int tid) {
   constexpr int kStride = D + 8;
   const bf16* q = static_cast<const bf16*>(seq.q);
 #pragma unroll 1  // rolled, as IssueTileLoad
-  for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
+  for (int i = tid; i < frag_rows * (D / 16); i += kMmaThreads) {
     const int rr = i / (D / 16), c = i % (D / 16), r = row0 + rr;
-    const bool valid = r < rows_total;
+    const bool valid = rr < rows;
     const bf16* src = q;
     if (valid) src = q + (r / group) * p.q_stride + (kvh * group + r % group) * D + c * 8;
     CpAsync16(sQ + rr * kStride + c * 8, src, valid);
@@ -214,11 +218,12 @@ __device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const AttnS
 
 // Rotates the chunk pairs this thread copied in IssueQLoad by -offset (table in sCos/sSin), in
 // place, after its copies have landed.
-template <int D, int kRows>
-__device__ __forceinline__ void RotateQ(bf16* sQ, const float* sCos, const float* sSin, int tid) {
+template <int D>
+__device__ __forceinline__ void RotateQ(bf16* sQ, int frag_rows, const float* sCos,
+                                        const float* sSin, int tid) {
   constexpr int kStride = D + 8;
 #pragma unroll 1
-  for (int i = tid; i < kRows * (D / 16); i += kMmaThreads) {
+  for (int i = tid; i < frag_rows * (D / 16); i += kMmaThreads) {
     const int rr = i / (D / 16), c = i % (D / 16);
     uint4* plo = reinterpret_cast<uint4*>(sQ + rr * kStride + c * 8);
     uint4* phi = reinterpret_cast<uint4*>(sQ + rr * kStride + D / 2 + c * 8);
@@ -267,18 +272,27 @@ __global__ void __launch_bounds__(kMmaThreads)
   const AttnSequence seq = p.seqs[blockIdx.z];
   const int group = p.num_heads / p.num_kv_heads;
   const int rows_total = seq.q_len * group;
-  // Last row blocks first: under the causal mask they see the most keys, so the grid ends with
-  // short CTAs instead of a tail of long ones.
-  const int row0 = (gridDim.x - 1 - blockIdx.x) * S::kRows;
+  // The sequence's rows, shared evenly by the fewest CTAs that hold them (whole 16-row
+  // fragments each). Last row blocks first: under the causal mask they see the most keys, so the
+  // grid ends with short CTAs instead of a tail of long ones.
+  const int ctas = (rows_total + S::kRows - 1) / S::kRows;
+  const int cta = gridDim.x - 1 - blockIdx.x;
+  if (cta >= ctas) return;
+  const int cta_rows = ((rows_total + ctas - 1) / ctas + 15) / 16 * 16;
+  const int row0 = cta * cta_rows;
   if (row0 >= rows_total) return;
+  const int rows = min(cta_rows, rows_total - row0);  // this CTA's rows
+  const int frag_rows = (rows + 15) / 16 * 16;
   const int kvh = blockIdx.y / splits, split = blockIdx.y % splits;
   const int t_min = row0 / group;
-  const int t_max = (min(rows_total, row0 + S::kRows) - 1) / group;
+  const int t_max = (row0 + rows - 1) / group;
   const KeyRange range = SplitRange(seq, split, splits, t_max);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3;
   const int wrow = warp * 16 * WM;  // the warp's first row inside the CTA
+  // Fragments of this warp that hold rows (warp-uniform; the others are skipped).
+  const int frags = min(WM, max(0, (rows - wrow + 15) / 16));
 
   float oacc[WM][D / 8][4];
   float m_run[WM][2], l_run[WM][2];
@@ -316,7 +330,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         RopeTable<D>(p.inv_freq, cur.rope_offset, sCos, sSin, tid);
         __syncthreads();
       }
-      IssueQLoad<D, S::kRows>(p, seq, row0, rows_total, group, kvh, sQ, tid);
+      IssueQLoad<D>(p, seq, row0, rows, frag_rows, group, kvh, sQ, tid);
       CpAsyncCommit();
     }
     if (more) {
@@ -326,7 +340,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     CpAsyncCommit();
     CpAsyncWait<1>();  // all but the next tile's group: this thread's part of the tile and sQ
     if (new_q) {
-      if (cur.rope_offset != 0) RotateQ<D, S::kRows>(sQ, sCos, sSin, tid);
+      if (cur.rope_offset != 0) RotateQ<D>(sQ, frag_rows, sCos, sSin, tid);
       q_offset = cur.rope_offset;
       q_loaded = true;
     }
@@ -337,127 +351,137 @@ __global__ void __launch_bounds__(kMmaThreads)
     // A full tile whose last key every row of the CTA sees needs no mask.
     const bool unmasked = tile_len == kMmaKeys && k0 + kMmaKeys - 1 <= seq.causal_start + t_min;
 
-    // S = Q K^T for this warp's 16 WM rows, mask and online softmax (log2 domain), O += P V.
-    float sacc[WM][kNk][4];
-#pragma unroll
-    for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-      for (int n = 0; n < kNk; ++n)
-        sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
-    }
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t a[WM][4];
+    // S = Q K^T for this warp's 16 `frags` rows, mask and online softmax (log2 domain), O += P V.
+    // A warp without rows only loads and waits.
+    if (frags > 0) {
+      float sacc[WM][kNk][4];
 #pragma unroll
       for (int mf = 0; mf < WM; ++mf) {
-        const bf16* ptr =
-            sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
-        LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
+#pragma unroll
+        for (int n = 0; n < kNk; ++n)
+          sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
       }
 #pragma unroll
-      for (int np = 0; np < kNk / 2; ++np) {
-        const bf16* ptr = tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
-                          ((lane >> 3) & 1) * 8;
-        uint32_t b0, b1, b2, b3;
-        LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[WM][4];
 #pragma unroll
         for (int mf = 0; mf < WM; ++mf) {
-          Mma(sacc[mf][2 * np], a[mf], b0, b1);
-          Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
+          if (mf >= frags) continue;
+          const bf16* ptr =
+              sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
+          LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < kNk / 2; ++np) {
+          const bf16* ptr = tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
+                            ((lane >> 3) & 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+          for (int mf = 0; mf < WM; ++mf) {
+            if (mf >= frags) continue;
+            Mma(sacc[mf][2 * np], a[mf], b0, b1);
+            Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
+          }
         }
       }
-    }
-    if (!unmasked) {
+      if (!unmasked) {
 #pragma unroll
-      for (int mf = 0; mf < WM; ++mf) {
+        for (int mf = 0; mf < WM; ++mf) {
+          if (mf >= frags) continue;
 #pragma unroll
-        for (int hi = 0; hi < 2; ++hi) {
-          // The last key this row sees in the tile (causal limit or the tile's end).
-          const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
-          const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1;
+          for (int hi = 0; hi < 2; ++hi) {
+            // The last key this row sees in the tile (causal limit or the tile's end).
+            const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
+            const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1;
 #pragma unroll
-          for (int n = 0; n < kNk; ++n) {
+            for (int n = 0; n < kNk; ++n) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
+              for (int e = 0; e < 2; ++e) {
+                if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
+              }
             }
           }
         }
       }
-    }
-    float alphas[WM][2];  // each row's O rescaling factor
-#pragma unroll
-    for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
-            sacc[mf][n][hi * 2 + e] = s;
-            mx = fmaxf(mx, s);
-          }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m_run[mf][hi], mx);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = FastExp2(m_run[mf][hi] - m_use);
-        float sum = 0.f;
-#pragma unroll
-        for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
-            sacc[mf][n][hi * 2 + e] = pv;
-            sum += pv;
-          }
-        }
-        l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
-        m_run[mf][hi] = m_new;
-        alphas[mf][hi] = alpha;
-      }
-    }
-    // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
-    if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
+      float alphas[WM][2];  // each row's O rescaling factor
 #pragma unroll
       for (int mf = 0; mf < WM; ++mf) {
+        alphas[mf][0] = alphas[mf][1] = 1.f;
+        if (mf >= frags) continue;
 #pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-          oacc[mf][n][0] *= alphas[mf][0];
-          oacc[mf][n][1] *= alphas[mf][0];
-          oacc[mf][n][2] *= alphas[mf][1];
-          oacc[mf][n][3] *= alphas[mf][1];
+        for (int hi = 0; hi < 2; ++hi) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
+              sacc[mf][n][hi * 2 + e] = s;
+              mx = fmaxf(mx, s);
+            }
+          }
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(m_run[mf][hi], mx);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          const float alpha = FastExp2(m_run[mf][hi] - m_use);
+          float sum = 0.f;
+#pragma unroll
+          for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
+              sacc[mf][n][hi * 2 + e] = pv;
+              sum += pv;
+            }
+          }
+          l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
+          m_run[mf][hi] = m_new;
+          alphas[mf][hi] = alpha;
         }
       }
-    }
-    // O += P V, P packed from the S accumulators into A fragments.
-#pragma unroll
-    for (int kk = 0; kk < kNk / 2; ++kk) {
-      uint32_t a[WM][4];
-#pragma unroll
-      for (int mf = 0; mf < WM; ++mf) {
-        a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
-        a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
-        a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
-        a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        const int mi = lane >> 3;
-        const bf16* ptr =
-            tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
-        uint32_t b0, b1, b2, b3;
-        LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
+      // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
+      if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
 #pragma unroll
         for (int mf = 0; mf < WM; ++mf) {
-          Mma(oacc[mf][2 * dp], a[mf], b0, b1);
-          Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n) {
+            oacc[mf][n][0] *= alphas[mf][0];
+            oacc[mf][n][1] *= alphas[mf][0];
+            oacc[mf][n][2] *= alphas[mf][1];
+            oacc[mf][n][3] *= alphas[mf][1];
+          }
         }
       }
-    }
+      // O += P V, P packed from the S accumulators into A fragments.
+#pragma unroll
+      for (int kk = 0; kk < kNk / 2; ++kk) {
+        uint32_t a[WM][4];
+#pragma unroll
+        for (int mf = 0; mf < WM; ++mf) {
+          if (mf >= frags) continue;
+          a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
+          a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
+          a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
+          a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          const int mi = lane >> 3;
+          const bf16* ptr =
+              tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
+          uint32_t b0, b1, b2, b3;
+          LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+          for (int mf = 0; mf < WM; ++mf) {
+            if (mf >= frags) continue;
+            Mma(oacc[mf][2 * dp], a[mf], b0, b1);
+            Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
+          }
+        }
+      }
+    }                 // frags > 0
     __syncthreads();  // this stage and sQ may be rewritten by the next iteration
     cur = nxt;
     have = more;
@@ -474,7 +498,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int r = row0 + wrow + mf * 16 + g + hi * 8;
-      if (r >= rows_total) continue;
+      if (r >= row0 + rows) continue;  // the next CTA's row, or none
       const int t = r / group, h = kvh * group + r % group;
       const float inv = l > 0.f ? 1.f / l : 0.f;
       if (splits == 1) {
