@@ -110,6 +110,16 @@ class Backend {
     (void)block;
     return absl::FailedPreconditionError("this backend keeps no resident blocks");
   }
+  // Makes a block fetched from the store resident ahead of its append (the CUDA backend copies it
+  // into its GPU tier now), so the engine can move each block to the device as soon as it has
+  // arrived, while later blocks are still being fetched or encoded. Returns the handle (as
+  // FindResident's), or null when the backend keeps no tier or did not keep this block (it does
+  // not fit, its dtype needs converting, a copy failed): AppendBlock then does the work and
+  // reports its errors. May run concurrently with every other call.
+  virtual ResidentBlock MakeResident(const BlockView& block) {
+    (void)block;
+    return nullptr;
+  }
 
   // Copies positions [begin, begin + n) of `seq` as f32 [layers][kv_heads][n][head_dim] into k
   // and v (the payload's layout). INVALID_ARGUMENT for a range outside the sequence or wrong

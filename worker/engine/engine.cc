@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -264,10 +267,17 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   }
   out.timings.lookup_ms = MsSince(t_lookup);
 
-  // The fetch writes only its blocks' views and held bytes, fetched_bytes, fetch_ms and
-  // fetch_status; the encoding only the other blocks' entries and other fields.
+  // Each usable fetched block is handed to the backend's MakeResident on a thread of its own as
+  // soon as it has arrived, so its copy to the device overlaps the fetches and encodings still
+  // running. The fetch writes only its blocks' views and held bytes, fetched_bytes, fetch_ms and
+  // fetch_status; MakeResident's thread only their resident handles; the encoding only the other
+  // blocks' entries and other fields.
   absl::Status fetch_status;
   std::atomic<bool> stop_fetch{false};
+  std::mutex arrived_mu;
+  std::condition_variable arrived_cv;
+  std::vector<size_t> arrived;  // fetched, usable, not yet handed to MakeResident
+  bool fetch_ended = false;
   auto fetch_found = [&] {
     const Clock::time_point t0 = Clock::now();
     for (size_t i : fetch) {
@@ -281,10 +291,31 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
       out.fetched_bytes += got->bytes.size();
       blocks.views[i] =
           UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
-      if (blocks.views[i].has_value()) blocks.held[i] = *std::move(got);
+      if (!blocks.views[i].has_value()) continue;
+      blocks.held[i] = *std::move(got);
+      std::lock_guard<std::mutex> lock(arrived_mu);
+      arrived.push_back(i);
+      arrived_cv.notify_one();
     }
     out.timings.fetch_ms = MsSince(t0);
+    std::lock_guard<std::mutex> lock(arrived_mu);
+    fetch_ended = true;
+    arrived_cv.notify_one();
   };
+  auto make_resident = [&] {
+    std::unique_lock<std::mutex> lock(arrived_mu);
+    for (;;) {
+      arrived_cv.wait(lock, [&] { return !arrived.empty() || fetch_ended; });
+      if (arrived.empty()) return;
+      std::vector<size_t> batch;
+      batch.swap(arrived);
+      lock.unlock();
+      for (size_t i : batch) blocks.resident[i] = backend_->MakeResident(*blocks.views[i]);
+      lock.lock();
+    }
+  };
+  std::thread placer;
+  if (!fetch.empty()) placer = std::thread(make_resident);
   // With nothing to encode there is nothing to overlap: the fetch runs on this thread.
   std::thread fetcher;
   if (fetch.empty() || encode.empty()) {
@@ -297,6 +328,7 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   out.timings.encode_ms = MsSince(t_encode);
   if (!status.ok()) stop_fetch.store(true);
   if (fetcher.joinable()) fetcher.join();
+  if (placer.joinable()) placer.join();
   if (!status.ok()) return status;
   if (!fetch_status.ok()) return fetch_status;
   // Found blocks that were evicted or unusable: a second (usually empty) batch.

@@ -739,15 +739,33 @@ TEST_F(BackendRefusalTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchan
   }
 }
 
-// A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
-// DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
-// (as if evicted after the Lookup). Records the keys deleted.
-class GatedStore final : public BlockStore {
+// A store passing every call to `inner`; the stores below change some.
+class ForwardingStore : public BlockStore {
  public:
-  GatedStore(BlockStore* inner, absl::Duration wait) : inner_(inner), wait_(wait) {}
+  explicit ForwardingStore(BlockStore* inner) : inner_(inner) {}
   absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
     return inner_->Put(key, payload);
   }
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override { return inner_->Get(key); }
+  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
+    inner_->Lookup(keys, out);
+  }
+  absl::Status Delete(const BlockKey& key) override { return inner_->Delete(key); }
+  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
+    return inner_->DeleteModel(model);
+  }
+  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
+
+ protected:
+  BlockStore* inner_;
+};
+
+// A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
+// DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
+// (as if evicted after the Lookup). Records the keys deleted.
+class GatedStore final : public ForwardingStore {
+ public:
+  GatedStore(BlockStore* inner, absl::Duration wait) : ForwardingStore(inner), wait_(wait) {}
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
     if (!encoding.WaitForNotificationWithTimeout(wait_)) {
       return absl::DeadlineExceededError("a Get waited for the encoding of the misses in vain");
@@ -757,18 +775,11 @@ class GatedStore final : public BlockStore {
     if (got.ok() && key == corrupt) got->bytes = got->bytes.subspan(0, got->bytes.size() / 2);
     return got;
   }
-  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
-    inner_->Lookup(keys, out);
-  }
   absl::Status Delete(const BlockKey& key) override {
     absl::MutexLock lock(&mu_);
     deleted_.push_back(key);
     return inner_->Delete(key);
   }
-  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
-    return inner_->DeleteModel(model);
-  }
-  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
   std::vector<BlockKey> deleted() const {
     absl::MutexLock lock(&mu_);
     return deleted_;
@@ -778,7 +789,6 @@ class GatedStore final : public BlockStore {
   BlockKey corrupt, evicted;
 
  private:
-  BlockStore* inner_;
   absl::Duration wait_;
   mutable absl::Mutex mu_;
   std::vector<BlockKey> deleted_ ABSL_GUARDED_BY(mu_);
@@ -855,6 +865,92 @@ TEST(EngineTest, FetchOverlapsTheEncodingOfMisses) {
   GenerateRequest found_only = req;
   found_only.blocks = ref.blocks;
   EXPECT_EQ((*plain)->Generate(found_only).status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+// Records the blocks handed to MakeResident (then the CPU backend's answer: none kept) and
+// notifies `placed` at the first.
+class PlacingBackend final : public ForwardOnlyBackend {
+ public:
+  explicit PlacingBackend(std::unique_ptr<Backend> inner) : ForwardOnlyBackend(std::move(inner)) {}
+  std::string_view name() const override { return "placing"; }
+  ResidentBlock MakeResident(const BlockView& block) override {
+    {
+      absl::MutexLock lock(&mu_);
+      placed_.push_back(block.meta().key);
+    }
+    if (!placed.HasBeenNotified()) placed.Notify();
+    return inner_->MakeResident(block);
+  }
+  std::vector<BlockKey> placed_keys() const {
+    absl::MutexLock lock(&mu_);
+    return placed_;
+  }
+
+  absl::Notification placed;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<BlockKey> placed_ ABSL_GUARDED_BY(mu_);
+};
+
+// A store whose Get of `held_back` waits (up to 10 s, else DEADLINE_EXCEEDED) for `release`.
+class HoldBackStore final : public ForwardingStore {
+ public:
+  HoldBackStore(BlockStore* inner, BlockKey held_back, absl::Notification* release)
+      : ForwardingStore(inner), held_back_(held_back), release_(release) {}
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
+    if (key == held_back_ && !release_->WaitForNotificationWithTimeout(absl::Seconds(10))) {
+      return absl::DeadlineExceededError("the held-back Get waited in vain");
+    }
+    return inner_->Get(key);
+  }
+
+ private:
+  BlockKey held_back_;
+  absl::Notification* release_;
+};
+
+// Fetched blocks go to the backend's MakeResident as they arrive, not after the whole fetch:
+// the store hands out the last block only once the first has been made resident (a placement
+// after the fetch would leave that Get waiting in vain). Every fetched block is handed over once,
+// in fetch order, and the answer is the one of a request that encodes everything.
+TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 6;
+  req.return_logits = true;
+  auto reference = l.engine->Generate(req);  // encodes every block (an empty store of its own)
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  auto inner = MemoryTier::Create({.capacity_bytes = 64 << 20});
+  ASSERT_TRUE(inner.ok());
+  const std::vector<absl::Span<const int32_t>> stored(ref.blocks.begin(), ref.blocks.end());
+  auto payloads = l.engine->EncodeBlocks(stored);
+  ASSERT_TRUE(payloads.ok());
+  std::vector<BlockKey> keys;
+  for (size_t i = 0; i < ref.blocks.size(); ++i) {
+    keys.push_back(l.engine->KeyOf(ref.blocks[i]));
+    ASSERT_TRUE((*inner)->Put(keys.back(), (*payloads)[i]).ok());
+  }
+  auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
+  ASSERT_TRUE(cpu.ok());
+  auto placing = std::make_unique<PlacingBackend>(std::move(*cpu));
+  PlacingBackend* backend = placing.get();
+  HoldBackStore store(inner->get(), keys.back(), &backend->placed);
+  auto engine = Engine::Create(std::move(placing), &store, l.model.fingerprint);
+  ASSERT_TRUE(engine.ok());
+  auto r = (*engine)->Generate(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cache_hits, static_cast<int64_t>(ref.blocks.size()));
+  EXPECT_EQ(r->cache_misses, 0);
+  EXPECT_EQ(backend->placed_keys(), keys);
+  EXPECT_EQ(r->tokens, reference->tokens);
+  EXPECT_EQ(r->logits, reference->logits);
 }
 
 }  // namespace

@@ -39,10 +39,15 @@ struct State {
   State(std::unique_ptr<CudaModel> m, const cuda::GpuTierOptions& tier_options,
         const CudaBackendOptions& o)
       : model(std::move(m)), tier(tier_options), options(o) {}
+  ~State() {
+    if (upload != nullptr) cudaStreamDestroy(upload);
+  }
   absl::Mutex mu;
   std::unique_ptr<CudaModel> model ABSL_GUARDED_BY(mu);
   cuda::GpuTier tier;
   const CudaBackendOptions options;
+  // MakeResident's copies, beside the model's stream (no lock: the tier is thread-safe).
+  cudaStream_t upload = nullptr;
 };
 
 class CudaKvSequence final : public KvSequence {
@@ -88,6 +93,7 @@ class CudaBackendImpl final : public CudaBackend {
                           absl::Span<float> logits) override;
   absl::Status AppendBlock(KvSequence& seq_base, const BlockView& block) override;
   ResidentBlock FindResident(const BlockKey& key, int64_t num_tokens) override;
+  ResidentBlock MakeResident(const BlockView& block) override;
   absl::Status AppendResident(KvSequence& seq_base, const ResidentBlock& block) override;
   absl::Status ReadKv(const KvSequence& seq_base, int64_t begin, int64_t n, absl::Span<float> k,
                       absl::Span<float> v) const override;
@@ -384,6 +390,19 @@ Backend::ResidentBlock CudaBackendImpl::FindResident(const BlockKey& key, int64_
   return h;
 }
 
+Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
+  const BlockMeta& m = block.meta();
+  // Payloads the tier takes as they are: the model's geometry and dtype (AppendBlock converts
+  // the others).
+  if (m.num_layers != config_.num_layers || m.num_kv_heads != config_.num_kv_heads ||
+      m.head_dim != config_.head_dim || m.dtype != state_->options.dtype ||
+      static_cast<int64_t>(DataBytes(m)) > state_->options.gpu_tier_bytes) {
+    return nullptr;
+  }
+  if (!state_->tier.InsertFromHost(m.key, block, state_->upload).ok()) return nullptr;
+  return state_->tier.Find(m.key);  // null if already evicted by a concurrent insert
+}
+
 absl::Status CudaBackendImpl::AppendResident(KvSequence& seq_base, const ResidentBlock& block) {
   auto& seq = static_cast<CudaKvSequence&>(seq_base);
   if (block == nullptr) return absl::InvalidArgumentError("AppendResident: null block");
@@ -558,6 +577,11 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeight
   cuda::GpuTierOptions to;
   to.capacity_bytes = options.gpu_tier_bytes;
   auto state = std::make_shared<State>(std::move(*model), to, options);
+  if (absl::Status s = cuda::CudaStatus(cudaStreamCreateWithFlags(&state->upload, cudaStreamNonBlocking),
+                                        "cudaStreamCreate");
+      !s.ok()) {
+    return s;
+  }
   return std::unique_ptr<CudaBackend>(new CudaBackendImpl(std::move(state), config));
 }
 

@@ -6,6 +6,9 @@
 // kernel re-encodes to the block's offset as it loads K. A block already in the tier (same
 // BlockKey) costs no transfer at all. A block appended after the sequence has own tokens (or one
 // larger than the tier) is copied into the own slots with its K re-encoded (CudaModel::ImportKv).
+// The engine hands each block fetched from the store to MakeResident as soon as it arrives: a
+// payload in the model's dtype is copied into the tier then, on a stream of its own beside the
+// model's, while later blocks are still being fetched or encoded.
 // Own slots come from CudaModel's pool, allocated at the sequence's first Forward for the
 // capacity that the context runs leave.
 //

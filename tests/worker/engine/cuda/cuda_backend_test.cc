@@ -153,6 +153,25 @@ TEST(CudaBackend, EngineMatchesCpuBackendOnFixtures) {
         EXPECT_EQ(again.fetched_bytes, 0u);
         EXPECT_EQ(f32.cuda->GpuTierStats().hits - hits_before, fx.blocks.size());
         EXPECT_LE(RelErr(again.logits, ref.logits), 1e-4);
+        // A second GPU over the same store: every block is fetched, made resident as it
+        // arrives and read from that GPU's tier; the same answer.
+        CudaBackendOptions o;
+        o.dtype = KvDtype::kF32;
+        o.kv_pool_tokens = 8192;
+        o.gpu_tier_bytes = 64 << 20;
+        auto other = CreateCudaBackend(*fx.model.weights, fx.model.config, o);
+        ASSERT_TRUE(other.ok()) << other.status();
+        CudaBackend* other_gpu = other->get();
+        auto fetching = Engine::Create(std::unique_ptr<Backend>(std::move(*other)), f32.store.get(),
+                                       fx.model.fingerprint, EngineOptions{.kv_dtype = KvDtype::kF32});
+        ASSERT_TRUE(fetching.ok()) << fetching.status();
+        auto fetched = (*fetching)->Generate(req);
+        ASSERT_TRUE(fetched.ok()) << fetched.status();
+        EXPECT_EQ(fetched->tokens, ref.tokens);
+        EXPECT_GT(fetched->fetched_bytes, 0u);
+        EXPECT_EQ(fetched->cache_hits, static_cast<int64_t>(fx.blocks.size()));
+        EXPECT_EQ(other_gpu->GpuTierStats().blocks, fx.blocks.size());
+        EXPECT_LE(RelErr(fetched->logits, a.logits), 1e-6);
       }
     }
   }
@@ -201,11 +220,15 @@ TEST(CudaBackend, ContextRunsCopiedBlocksAndFp8PayloadsMatchCpu) {
     Backend& gb = const_cast<Backend&>(gpu.engine->backend());
     auto sa = cb.NewSequence(512), sb = gb.NewSequence(512);
     ASSERT_TRUE(sa.ok() && sb.ok());
-    // blocks[0] referenced in place, final block, then blocks[1] copied after own tokens.
+    // blocks[0] referenced in place (made resident first where the payload is in the model's
+    // dtype: MakeResident's copy, else AppendBlock's conversion), final block, then blocks[1]
+    // copied after own tokens.
     auto view0 = BlockView::Parse(payloads[0]), view1 = BlockView::Parse(payloads[1]);
     ASSERT_TRUE(view0.ok() && view1.ok());
     ASSERT_TRUE(cb.AppendBlock(**sa, *view0).ok());
-    ASSERT_TRUE(gb.AppendBlock(**sb, *view0).ok());
+    const Backend::ResidentBlock resident = gb.MakeResident(*view0);
+    EXPECT_EQ(resident != nullptr, payload == KvDtype::kF32);
+    ASSERT_TRUE((resident != nullptr ? gb.AppendResident(**sb, resident) : gb.AppendBlock(**sb, *view0)).ok());
     const int64_t vocab = fx.model.config.vocab_size;
     std::vector<float> la(vocab), lb(vocab);
     ASSERT_TRUE(cb.Forward(**sa, fx.final_block, 1, absl::MakeSpan(la)).ok());
