@@ -250,6 +250,139 @@ __device__ __forceinline__ bool AnyNotOne(const float (&alphas)[WM][2]) {
   return any;
 }
 
+// One 64-key tile for the first NF of a warp's WM query fragments (rows wrow ..): S = Q K^T, the
+// causal mask unless `unmasked`, online softmax (log2 domain), O += P V. NF is a template
+// argument so that a warp with fewer rows than WM fragments runs branch-free MMA sequences.
+template <int D, int WM, int NF>
+__device__ __forceinline__ void AttendTile(const bf16* sQ, const bf16* tK, const bf16* tV, int wrow,
+                                           int lane, bool unmasked, int row0, int group,
+                                           int causal_start, int k0, int tile_len, float scale_log2,
+                                           float (&oacc)[WM][D / 8][4], float (&m_run)[WM][2],
+                                           float (&l_run)[WM][2]) {
+  constexpr int kStride = MmaShape<D, WM>::kStride;
+  constexpr int kNk = kMmaKeys / 8;  // 8-key MMA column blocks per tile
+  const int g = lane >> 2, tq = lane & 3;
+  float sacc[NF][kNk][4];
+#pragma unroll
+  for (int mf = 0; mf < NF; ++mf) {
+#pragma unroll
+    for (int n = 0; n < kNk; ++n)
+      sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
+  }
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    uint32_t a[NF][4];
+#pragma unroll
+    for (int mf = 0; mf < NF; ++mf) {
+      const bf16* ptr = sQ + (wrow + mf * 16 + (lane & 15)) * kStride + ks * 16 + (lane >> 4) * 8;
+      LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
+    }
+#pragma unroll
+    for (int np = 0; np < kNk / 2; ++np) {
+      const bf16* ptr =
+          tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * kStride + ks * 16 + ((lane >> 3) & 1) * 8;
+      uint32_t b0, b1, b2, b3;
+      LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+      for (int mf = 0; mf < NF; ++mf) {
+        Mma(sacc[mf][2 * np], a[mf], b0, b1);
+        Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
+      }
+    }
+  }
+  if (!unmasked) {
+#pragma unroll
+    for (int mf = 0; mf < NF; ++mf) {
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        // The last key this row sees in the tile (causal limit or the tile's end).
+        const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
+        const int last = min(tile_len, causal_start + t - k0 + 1) - 1;
+#pragma unroll
+        for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
+          }
+        }
+      }
+    }
+  }
+  float alphas[NF][2];  // each row's O rescaling factor
+#pragma unroll
+  for (int mf = 0; mf < NF; ++mf) {
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
+          sacc[mf][n][hi * 2 + e] = s;
+          mx = fmaxf(mx, s);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[mf][hi], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = FastExp2(m_run[mf][hi] - m_use);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kNk; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
+          sacc[mf][n][hi * 2 + e] = pv;
+          sum += pv;
+        }
+      }
+      l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
+      m_run[mf][hi] = m_new;
+      alphas[mf][hi] = alpha;
+    }
+  }
+  // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
+  if (__any_sync(0xffffffffu, AnyNotOne<NF>(alphas))) {
+#pragma unroll
+    for (int mf = 0; mf < NF; ++mf) {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        oacc[mf][n][0] *= alphas[mf][0];
+        oacc[mf][n][1] *= alphas[mf][0];
+        oacc[mf][n][2] *= alphas[mf][1];
+        oacc[mf][n][3] *= alphas[mf][1];
+      }
+    }
+  }
+  // O += P V, P packed from the S accumulators into A fragments.
+#pragma unroll
+  for (int kk = 0; kk < kNk / 2; ++kk) {
+    uint32_t a[NF][4];
+#pragma unroll
+    for (int mf = 0; mf < NF; ++mf) {
+      a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
+      a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
+      a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
+      a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      const int mi = lane >> 3;
+      const bf16* ptr =
+          tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * kStride + dp * 16 + (mi >> 1) * 8;
+      uint32_t b0, b1, b2, b3;
+      LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
+#pragma unroll
+      for (int mf = 0; mf < NF; ++mf) {
+        Mma(oacc[mf][2 * dp], a[mf], b0, b1);
+        Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
+      }
+    }
+  }
+}
+
 // Writes one row's result: straight to `o` (normalized, storage type) without splits, else the
 // normalized partial and (m, l) to the workspace.
 struct PartialOut {
@@ -261,7 +394,6 @@ template <int D, int WM>
 __global__ void __launch_bounds__(kMmaThreads)
     MmaAttentionKernel(AttentionParams p, int splits, PartialOut ws) {
   using S = MmaShape<D, WM>;
-  constexpr int kNk = kMmaKeys / 8;  // 8-key MMA column blocks per tile
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + S::kRows * S::kStride;      // two stages
@@ -351,137 +483,14 @@ __global__ void __launch_bounds__(kMmaThreads)
     // A full tile whose last key every row of the CTA sees needs no mask.
     const bool unmasked = tile_len == kMmaKeys && k0 + kMmaKeys - 1 <= seq.causal_start + t_min;
 
-    // S = Q K^T for this warp's 16 `frags` rows, mask and online softmax (log2 domain), O += P V.
     // A warp without rows only loads and waits.
-    if (frags > 0) {
-      float sacc[WM][kNk][4];
-#pragma unroll
-      for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-        for (int n = 0; n < kNk; ++n)
-          sacc[mf][n][0] = sacc[mf][n][1] = sacc[mf][n][2] = sacc[mf][n][3] = 0.f;
-      }
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t a[WM][4];
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-          if (mf >= frags) continue;
-          const bf16* ptr =
-              sQ + (wrow + mf * 16 + (lane & 15)) * S::kStride + ks * 16 + (lane >> 4) * 8;
-          LdMatrixX4(SmemAddr(ptr), a[mf][0], a[mf][1], a[mf][2], a[mf][3]);
-        }
-#pragma unroll
-        for (int np = 0; np < kNk / 2; ++np) {
-          const bf16* ptr = tK + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * S::kStride + ks * 16 +
-                            ((lane >> 3) & 1) * 8;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4(SmemAddr(ptr), b0, b1, b2, b3);
-#pragma unroll
-          for (int mf = 0; mf < WM; ++mf) {
-            if (mf >= frags) continue;
-            Mma(sacc[mf][2 * np], a[mf], b0, b1);
-            Mma(sacc[mf][2 * np + 1], a[mf], b2, b3);
-          }
-        }
-      }
-      if (!unmasked) {
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-          if (mf >= frags) continue;
-#pragma unroll
-          for (int hi = 0; hi < 2; ++hi) {
-            // The last key this row sees in the tile (causal limit or the tile's end).
-            const int t = (row0 + wrow + mf * 16 + g + hi * 8) / group;
-            const int last = min(tile_len, seq.causal_start + t - k0 + 1) - 1;
-#pragma unroll
-            for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                if (n * 8 + tq * 2 + e > last) sacc[mf][n][hi * 2 + e] = -INFINITY;
-              }
-            }
-          }
-        }
-      }
-      float alphas[WM][2];  // each row's O rescaling factor
-#pragma unroll
-      for (int mf = 0; mf < WM; ++mf) {
-        alphas[mf][0] = alphas[mf][1] = 1.f;
-        if (mf >= frags) continue;
-#pragma unroll
-        for (int hi = 0; hi < 2; ++hi) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float s = sacc[mf][n][hi * 2 + e] * scale_log2;
-              sacc[mf][n][hi * 2 + e] = s;
-              mx = fmaxf(mx, s);
-            }
-          }
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(m_run[mf][hi], mx);
-          const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          const float alpha = FastExp2(m_run[mf][hi] - m_use);
-          float sum = 0.f;
-#pragma unroll
-          for (int n = 0; n < kNk; ++n) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float pv = FastExp2(sacc[mf][n][hi * 2 + e] - m_use);
-              sacc[mf][n][hi * 2 + e] = pv;
-              sum += pv;
-            }
-          }
-          l_run[mf][hi] = l_run[mf][hi] * alpha + sum;
-          m_run[mf][hi] = m_new;
-          alphas[mf][hi] = alpha;
-        }
-      }
-      // Rescale O only where a row's maximum moved: after the first tiles it rarely does.
-      if (__any_sync(0xffffffffu, AnyNotOne<WM>(alphas))) {
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-#pragma unroll
-          for (int n = 0; n < D / 8; ++n) {
-            oacc[mf][n][0] *= alphas[mf][0];
-            oacc[mf][n][1] *= alphas[mf][0];
-            oacc[mf][n][2] *= alphas[mf][1];
-            oacc[mf][n][3] *= alphas[mf][1];
-          }
-        }
-      }
-      // O += P V, P packed from the S accumulators into A fragments.
-#pragma unroll
-      for (int kk = 0; kk < kNk / 2; ++kk) {
-        uint32_t a[WM][4];
-#pragma unroll
-        for (int mf = 0; mf < WM; ++mf) {
-          if (mf >= frags) continue;
-          a[mf][0] = PackBf16(sacc[mf][2 * kk][0], sacc[mf][2 * kk][1]);
-          a[mf][1] = PackBf16(sacc[mf][2 * kk][2], sacc[mf][2 * kk][3]);
-          a[mf][2] = PackBf16(sacc[mf][2 * kk + 1][0], sacc[mf][2 * kk + 1][1]);
-          a[mf][3] = PackBf16(sacc[mf][2 * kk + 1][2], sacc[mf][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          const int mi = lane >> 3;
-          const bf16* ptr =
-              tV + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * S::kStride + dp * 16 + (mi >> 1) * 8;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4Trans(SmemAddr(ptr), b0, b1, b2, b3);
-#pragma unroll
-          for (int mf = 0; mf < WM; ++mf) {
-            if (mf >= frags) continue;
-            Mma(oacc[mf][2 * dp], a[mf], b0, b1);
-            Mma(oacc[mf][2 * dp + 1], a[mf], b2, b3);
-          }
-        }
-      }
-    }                 // frags > 0
+    if (frags == WM) {
+      AttendTile<D, WM, WM>(sQ, tK, tV, wrow, lane, unmasked, row0, group, seq.causal_start, k0,
+                            tile_len, scale_log2, oacc, m_run, l_run);
+    } else if (frags > 0) {  // WM == 2, one fragment
+      AttendTile<D, WM, 1>(sQ, tK, tV, wrow, lane, unmasked, row0, group, seq.causal_start, k0,
+                           tile_len, scale_log2, oacc, m_run, l_run);
+    }
     __syncthreads();  // this stage and sQ may be rewritten by the next iteration
     cur = nxt;
     have = more;
@@ -630,30 +639,43 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
   }
 }
 
-// Merges the splits' partials of one (sequence, token, head).
+// Merges the splits' partials of one (sequence, token, head). The splits' weights
+// l_s * 2^(m_s - max m) go to shared memory first (dynamic, one float per split), so each
+// thread's sum over the splits is independent loads, unrolled, instead of a chain of dependent
+// ones.
 template <typename T>
 __global__ void CombineKernel(AttentionParams p, int splits, PartialOut ws) {
+  extern __shared__ float sW[];  // [splits]
   const AttnSequence seq = p.seqs[blockIdx.z];
   const int t = blockIdx.y, h = blockIdx.x;
   if (t >= seq.q_len) return;
   const int D = p.head_dim;
-  auto index = [&](int s) {
-    return ((static_cast<int64_t>(blockIdx.z) * splits + s) * p.max_q_len + t) * p.num_heads + h;
-  };
-  float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, ws.ml[index(s) * 2]);
+  const int64_t first =
+      (static_cast<int64_t>(blockIdx.z) * splits * p.max_q_len + t) * p.num_heads + h;
+  const int64_t step = static_cast<int64_t>(p.max_q_len) * p.num_heads;  // from split s to s + 1
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int s = threadIdx.x; s < splits; s += 32) m = fmaxf(m, ws.ml[(first + s * step) * 2]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int s = threadIdx.x; s < splits; s += 32) {
+      const float ms = ws.ml[(first + s * step) * 2], ls = ws.ml[(first + s * step) * 2 + 1];
+      sW[s] = ls > 0.f ? ls * exp2f(ms - m) : 0.f;
+    }
+  }
+  __syncthreads();
+  float den = 0.f;
+  for (int s = 0; s < splits; ++s) den += sW[s];
+  const float inv = den > 0.f ? 1.f / den : 0.f;
   T* o = static_cast<T*>(seq.o) + t * p.o_stride + h * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float num = 0.f, den = 0.f;
+    float num = 0.f;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) {
-      const int64_t idx = index(s);
-      const float ms = ws.ml[idx * 2], ls = ws.ml[idx * 2 + 1];
-      if (ls <= 0.f) continue;
-      const float w = ls * exp2f(ms - m);
-      num += w * ws.o[idx * D + d];
-      den += w;
+      const float v = ws.o[(first + s * step) * D + d];
+      num += sW[s] == 0.f ? 0.f : sW[s] * v;  // a split that saw no key contributes nothing
     }
-    o[d] = FromF<T>(den > 0.f ? num / den : 0.f);
+    o[d] = FromF<T>(num * inv);
   }
 }
 
@@ -762,7 +784,9 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
   if (err != cudaSuccess || splits <= 1) return err;
   dim3 grid(p.num_heads, p.max_q_len, p.num_seqs);
   const int threads = p.head_dim >= 128 ? 128 : (p.head_dim >= 64 ? 64 : 32);
-  KVBLOCK_DISPATCH_DTYPE(p.dtype, T, CombineKernel<T><<<grid, threads, 0, stream>>>(p, splits, ws));
+  const size_t smem = static_cast<size_t>(splits) * sizeof(float);
+  KVBLOCK_DISPATCH_DTYPE(p.dtype, T,
+                         CombineKernel<T><<<grid, threads, smem, stream>>>(p, splits, ws));
   return cudaGetLastError();
 }
 
