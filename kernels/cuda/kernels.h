@@ -90,10 +90,28 @@ absl::Status Attention(const AttentionParams& p, const AttentionPlan& plan, void
 absl::Status Sample(const float* logits, int32_t rows, int32_t vocab, int64_t row_stride,
                     const SamplingParams* params, int32_t* out_tokens, cudaStream_t stream);
 
-// cuBLAS handle bound to one stream, for the projections. Not thread-safe: one per stream.
+namespace internal {
+struct SkinnyGemmSetup;
+}
+
+// Which GEMM Blas::Linear runs. kAuto: the skinny weight-streaming kernel
+// (kernels/cuda/skinny_gemm.cu) for bf16 inputs with m <= Blas::kSkinnyAutoMaxM when its
+// preconditions hold, cuBLAS otherwise. kCublas / kSkinny force one (kSkinny returns
+// INVALID_ARGUMENT for a call it does not support); for tests and benchmarks.
+enum class LinearImpl : uint8_t { kAuto, kCublas, kSkinny };
+
+// The projections of one stream: a cuBLAS handle bound to it and the skinny kernel's fixed
+// workspace (allocated once at Create, so CUDA graphs may capture Linear). Not thread-safe: one
+// per stream.
 class Blas {
  public:
-  // INTERNAL if cuBLAS cannot be initialised (no device, driver mismatch).
+  // Rows up to which kAuto takes the skinny kernel. It reads W at a higher share of the HBM
+  // rate than cuBLAS at every Llama-3-8B projection shape up to m = 64 on an H200
+  // (docs/benchmarks.md, "GPU: skinny weight-streaming GEMM"); 64 is also its largest m.
+  static constexpr int32_t kSkinnyAutoMaxM = 64;
+
+  // INTERNAL if cuBLAS cannot be initialised (no device, driver mismatch) or the workspace
+  // cannot be allocated. Binds to the current device.
   static absl::StatusOr<std::unique_ptr<Blas>> Create(cudaStream_t stream);
   ~Blas();
   Blas(const Blas&) = delete;
@@ -102,12 +120,17 @@ class Blas {
   // y[m][n] = x[m][k] * w[n][k]^T (+ beta * y): the row-major "linear" of HF weight layouts.
   // x and w have `in`; y has `out` (f32 output from bf16 inputs is allowed, for logits).
   // ldx/ldy: elements between rows of x / y (0 = k / n). f32 inputs use exact f32 math.
+  // bf16 results are deterministic for a given device and `impl` (no float atomics).
   absl::Status Linear(DType in, const void* x, int64_t ldx, const void* w, int32_t m, int32_t n,
-                      int32_t k, DType out, void* y, int64_t ldy, float beta = 0.f);
+                      int32_t k, DType out, void* y, int64_t ldy, float beta = 0.f,
+                      LinearImpl impl = LinearImpl::kAuto);
 
  private:
-  explicit Blas(cublasHandle_t h) : handle_(h) {}
+  Blas(cublasHandle_t h, cudaStream_t stream);
   cublasHandle_t handle_;
+  cudaStream_t stream_;
+  std::unique_ptr<internal::SkinnyGemmSetup> skinny_;
+  void* skinny_workspace_ = nullptr;
 };
 
 }  // namespace kvblock::cuda
