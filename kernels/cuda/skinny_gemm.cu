@@ -5,7 +5,9 @@
 // kBN rows x kBK columns (16 KB); the units are ordered n-tile-major (all k-tiles of n-tile 0,
 // then n-tile 1, ...) and CTA g of G takes units [g*U/G, (g+1)*U/G). A CTA therefore holds at
 // most two partial n-tiles (its first and last); the tiles in between are complete and written
-// directly. Loads for the next kStages-1 units are always in flight, across n-tile boundaries.
+// directly. Loads for the next units (a pipeline as deep as shared memory allows) are always in
+// flight, across n-tile boundaries; the loop keeps (n-tile, k-tile) cursors (no 64-bit divisions
+// per unit).
 //
 // 8 warps: 4 along n (32 W rows each) x 2 along k (32 columns of each 64-column stage each); the
 // two k halves are added in shared memory when an n-tile's segment ends. Shared-memory tiles are
@@ -18,11 +20,25 @@ namespace {
 
 constexpr int kBN = 128;            // W rows (outputs) per tile
 constexpr int kBK = 64;             // k per pipeline stage: one 128-byte row per W row
-constexpr int kStages = 6;          // W tiles in flight per CTA: 5 x 16 KB while one computes
 constexpr int kThreads = 256;
 constexpr int kRedStride = kBN + 4;  // f32 row stride of the reduction tile (no bank conflicts)
 constexpr int kSlotFloats = kSkinnyMaxM * kBN;  // one split-tile partial in the workspace
 constexpr int kMaxTiles = 8192;                 // n-tiles with counters: n <= 1,048,576
+constexpr int kSmemLimit = 227 * 1024;          // opt-in shared memory per CTA (sm_90)
+
+// Shared-memory plan of the instantiation for rows padded to MT * 8: one CTA per SM, with as
+// many pipeline stages as fit beside the reduction tile. Only bytes in flight keep HBM busy, so
+// the pipeline takes all the space (8 stages = 128 KB of W at MT = 8, 13 stages at MT = 1).
+template <int MT>
+struct Plan {
+  static constexpr int kWBytes = kBN * kBK * 2;
+  static constexpr int kStageBytes = kWBytes + MT * 8 * kBK * 2;
+  static constexpr int kRedBytes = MT * 8 * kRedStride * 4;
+  static constexpr int kStages = (kSmemLimit - 256 - kRedBytes) / kStageBytes;
+  static constexpr int kSmem = kStages * kStageBytes + kRedBytes;
+  static constexpr int kPerThread = MT * 8 * kBN / kThreads;  // tile elements per thread
+  static_assert(kStages >= 3 && kPerThread * kThreads == MT * 8 * kBN);
+};
 
 struct Params {
   const bf16* x;
@@ -37,11 +53,6 @@ struct Params {
   int grid;
   float beta;
 };
-
-template <int MT>
-constexpr int SmemBytes() {
-  return kStages * (kBN + MT * 8) * kBK * 2 + MT * 8 * kRedStride * 4;
-}
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -97,10 +108,11 @@ __device__ __forceinline__ float* Slot(const Params& p, int g, int64_t tile_begi
   return p.partials + (int64_t{g} * 2 + which) * kSlotFloats;
 }
 
+// Issues the copies of unit (tile, kt): W rows tile*kBN.., x rows 0..MT*8, columns kt*kBK...
 template <int MT>
-__device__ __forceinline__ void LoadUnit(const Params& p, int64_t u, uint32_t w_s, uint32_t x_s) {
-  const int tile = static_cast<int>(u / p.k_tiles);
-  const int k0 = static_cast<int>(u % p.k_tiles) * kBK;
+__device__ __forceinline__ void LoadUnit(const Params& p, int tile, int kt, uint32_t w_s,
+                                         uint32_t x_s) {
+  const int k0 = kt * kBK;
   const int n0 = tile * kBN;
 #pragma unroll
   for (int it = 0; it < kBN * 8 / kThreads; ++it) {
@@ -151,27 +163,33 @@ __device__ __forceinline__ void ComputeStage(uint32_t w_s, uint32_t x_s, int wn,
   }
 }
 
-// y[r][n0 + c] = value(r, c) (+ beta * y) for r < m, n0 + c < n.
-template <typename OutT, typename Value>
-__device__ __forceinline__ void StoreTile(const Params& p, int n0, Value value) {
+// Tile element e (0 <= e < kPerThread) of this thread: row idx / kBN, column idx % kBN.
+__device__ __forceinline__ int TileIndex(int e) { return threadIdx.x + e * kThreads; }
+
+// y[r][n0 + c] = v (+ beta * y) for this thread's elements with r < m, n0 + c < n.
+template <int MT, typename OutT>
+__device__ __forceinline__ void StoreTile(const Params& p, int n0,
+                                          const float (&v)[Plan<MT>::kPerThread]) {
   OutT* y = static_cast<OutT*>(p.y);
-  for (int idx = threadIdx.x; idx < p.m * kBN; idx += kThreads) {
-    const int r = idx / kBN, c = idx % kBN;
-    if (n0 + c >= p.n) continue;
-    float v = value(r, c);
+#pragma unroll
+  for (int e = 0; e < Plan<MT>::kPerThread; ++e) {
+    const int r = TileIndex(e) / kBN, c = TileIndex(e) % kBN;
+    if (r >= p.m || n0 + c >= p.n) continue;
     OutT* dst = y + r * p.ldy + n0 + c;
-    if (p.beta != 0.f) v += p.beta * ToF(*dst);
-    *dst = FromF<OutT>(v);
+    float out = v[e];
+    if (p.beta != 0.f) out += p.beta * ToF(*dst);
+    *dst = FromF<OutT>(out);
   }
 }
 
-// Ends this CTA's segment of one n-tile (units seg_begin up to the current one): adds the two
-// k-halves of the accumulators in shared memory (and zeroes them), then writes the tile, or
+// Ends this CTA's segment of n-tile `tile` (the k-tiles since the last segment ended): adds the
+// two k-halves of the accumulators in shared memory (and zeroes them), then writes the tile, or
 // stores it as a partial and, if this CTA is the tile's last to arrive, sums all the tile's
 // partials in CTA order and writes it.
 template <int MT, typename OutT>
-__device__ __forceinline__ void FinishSegment(const Params& p, int64_t seg_begin, int wn, int wk,
-                                              int lane, float (&acc)[2][MT][4], float* red) {
+__device__ __forceinline__ void FinishSegment(const Params& p, int tile, int wn, int wk, int lane,
+                                              float (&acc)[2][MT][4], float* red) {
+  constexpr int kPer = Plan<MT>::kPerThread;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     if (wk == half) {
@@ -194,16 +212,19 @@ __device__ __forceinline__ void FinishSegment(const Params& p, int64_t seg_begin
     }
     __syncthreads();
   }
-  const int tile = static_cast<int>(seg_begin / p.k_tiles);
+  float v[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) v[e] = red[(TileIndex(e) / kBN) * kRedStride + TileIndex(e) % kBN];
   const int64_t tile_begin = int64_t{tile} * p.k_tiles;
   const int n0 = tile * kBN;
   const int first = OwnerOf(p, tile_begin), last = OwnerOf(p, tile_begin + p.k_tiles - 1);
   if (first == last) {
-    StoreTile<OutT>(p, n0, [&](int r, int c) { return red[r * kRedStride + c]; });
+    StoreTile<MT, OutT>(p, n0, v);
   } else {
     float* slot = Slot(p, blockIdx.x, tile_begin);
-    for (int idx = threadIdx.x; idx < p.m * kBN; idx += kThreads) {
-      slot[idx] = red[(idx / kBN) * kRedStride + idx % kBN];
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      if (TileIndex(e) / kBN < p.m) slot[TileIndex(e)] = v[e];
     }
     __threadfence();  // partials visible device-wide before the arrival is counted
     __syncthreads();
@@ -216,31 +237,43 @@ __device__ __forceinline__ void FinishSegment(const Params& p, int64_t seg_begin
     __syncthreads();
     if (is_last) {
       __threadfence();
-      StoreTile<OutT>(p, n0, [&](int r, int c) {
-        float v = 0.f;
-        for (int g = first; g <= last; ++g) v += __ldcg(Slot(p, g, tile_begin) + r * kBN + c);
-        return v;
-      });
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) v[e] = 0.f;
+      for (int g = first; g <= last; ++g) {  // CTA order: the same sum whoever arrives last
+        const float* part = Slot(p, g, tile_begin);
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) {
+          if (TileIndex(e) / kBN < p.m) v[e] += __ldcg(part + TileIndex(e));
+        }
+      }
+      StoreTile<MT, OutT>(p, n0, v);
     }
   }
   __syncthreads();  // `red` and `is_last` are reused by the next segment
 }
 
 template <int MT, typename OutT>
-__global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) SkinnyGemmKernel(Params p) {
+__global__ void __launch_bounds__(kThreads, 1) SkinnyGemmKernel(Params p) {
+  using P = Plan<MT>;
   extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int kWBytes = kBN * kBK * 2, kStageBytes = kWBytes + MT * 8 * kBK * 2;
-  float* red = reinterpret_cast<float*>(smem + kStages * kStageBytes);
+  float* red = reinterpret_cast<float*>(smem + P::kStages * P::kStageBytes);
   const uint32_t base = SmemAddr(smem);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wn = warp & 3, wk = warp >> 2;
-  const int64_t begin = UnitBegin(p, blockIdx.x), end = UnitBegin(p, blockIdx.x + 1);
+  const int64_t begin = UnitBegin(p, blockIdx.x);
+  const int count = static_cast<int>(UnitBegin(p, blockIdx.x + 1) - begin);
+  // Cursors (n-tile, k-tile) of the next unit to load and of the next to compute.
+  int load_tile = static_cast<int>(begin / p.k_tiles), load_kt = static_cast<int>(begin % p.k_tiles);
+  int tile = load_tile, kt = load_kt;
+  auto load = [&](int stage) {
+    const uint32_t w_s = base + stage * P::kStageBytes;
+    LoadUnit<MT>(p, load_tile, load_kt, w_s, w_s + P::kWBytes);
+    if (++load_kt == p.k_tiles) load_kt = 0, ++load_tile;
+  };
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (begin + s < end) {
-      LoadUnit<MT>(p, begin + s, base + s * kStageBytes, base + s * kStageBytes + kWBytes);
-    }
+  for (int s = 0; s < P::kStages - 1; ++s) {
+    if (s < count) load(s);
     CpAsyncCommit();
   }
   float acc[2][MT][4];
@@ -249,21 +282,18 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) SkinnyGemmKernel(Pa
 #pragma unroll
     for (int j = 0; j < MT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
   }
-  int64_t seg_begin = begin;
-  for (int64_t u = begin; u < end; ++u) {
-    CpAsyncWait<kStages - 2>();  // unit u has landed (for this thread)
-    __syncthreads();             // ... for all threads; and stage (u - 1) is free to refill
-    const int64_t next = u + kStages - 1;
-    if (next < end) {
-      const int s = static_cast<int>((next - begin) % kStages);
-      LoadUnit<MT>(p, next, base + s * kStageBytes, base + s * kStageBytes + kWBytes);
-    }
+  int stage = 0;  // of unit i; unit i + kStages - 1 goes to the stage unit i - 1 used
+  for (int i = 0; i < count; ++i) {
+    CpAsyncWait<P::kStages - 2>();  // unit i has landed (for this thread)
+    __syncthreads();                // ... for all threads; and unit i - 1's stage is free
+    if (i + P::kStages - 1 < count) load(stage == 0 ? P::kStages - 1 : stage - 1);
     CpAsyncCommit();
-    const int s = static_cast<int>((u - begin) % kStages);
-    ComputeStage<MT>(base + s * kStageBytes, base + s * kStageBytes + kWBytes, wn, wk, lane, acc);
-    if (u + 1 == end || (u + 1) % p.k_tiles == 0) {
-      FinishSegment<MT, OutT>(p, seg_begin, wn, wk, lane, acc, red);
-      seg_begin = u + 1;
+    const uint32_t w_s = base + stage * P::kStageBytes;
+    ComputeStage<MT>(w_s, w_s + P::kWBytes, wn, wk, lane, acc);
+    if (++stage == P::kStages) stage = 0;
+    if (++kt == p.k_tiles || i + 1 == count) {
+      FinishSegment<MT, OutT>(p, tile, wn, wk, lane, acc, red);
+      if (kt == p.k_tiles) kt = 0, ++tile;
     }
   }
 }
@@ -275,8 +305,8 @@ struct Kernel {
 };
 template <int MT>
 Kernel KernelPair(bool f32_out) {
-  return f32_out ? Kernel{SkinnyGemmKernel<MT, float>, SmemBytes<MT>()}
-                 : Kernel{SkinnyGemmKernel<MT, bf16>, SmemBytes<MT>()};
+  return f32_out ? Kernel{SkinnyGemmKernel<MT, float>, Plan<MT>::kSmem}
+                 : Kernel{SkinnyGemmKernel<MT, bf16>, Plan<MT>::kSmem};
 }
 const Kernel kKernels[kSkinnyVariants] = {KernelPair<1>(false), KernelPair<1>(true),
                                           KernelPair<2>(false), KernelPair<2>(true),
