@@ -1,17 +1,19 @@
 // Weight-streaming bf16 GEMM for few rows (design in kernels/cuda/internal/skinny_gemm.h).
 //
-// The product is computed transposed, y^T = W * x^T, so W's rows fill the 16-row A operand of
-// mma.sync.m16n8k16 and x's (up to 64) rows are the 8-column B tiles. Work unit = one W tile of
-// kBN rows x kBK columns (16 KB); the units are ordered n-tile-major (all k-tiles of n-tile 0,
-// then n-tile 1, ...) and CTA g of G takes units [g*U/G, (g+1)*U/G). A CTA therefore holds at
-// most two partial n-tiles (its first and last); the tiles in between are complete and written
-// directly. Loads for the next units (a pipeline as deep as shared memory allows) are always in
-// flight, across n-tile boundaries; the loop keeps (n-tile, k-tile) cursors (no 64-bit divisions
-// per unit).
+// The product is computed transposed, y^T = W * x^T, so W's rows are the 64-row A operand of
+// Hopper's warpgroup MMA (wgmma.m64nNk16, operands read from shared memory) and x's rows, padded
+// to N = 8/16/32/64, the B operand. Work unit = one W tile of kBN rows x kBK columns (16 KB); the
+// units are ordered n-tile-major (all k-tiles of n-tile 0, then n-tile 1, ...) and CTA g of G
+// takes units [g*U/G, (g+1)*U/G). A CTA therefore holds at most two partial n-tiles (its first
+// and last); the tiles in between are complete and written directly. Loads for the next units
+// (a cp.async pipeline as deep as shared memory allows) are always in flight, across n-tile
+// boundaries; the loop keeps (n-tile, k-tile) cursors (no 64-bit divisions per unit).
 //
-// 8 warps: 4 along n (32 W rows each) x 2 along k (32 columns of each 64-column stage each); the
-// two k halves are added in shared memory when an n-tile's segment ends. Shared-memory tiles are
-// 128-byte rows whose 16-byte chunks are XOR-swizzled by row, so ldmatrix is conflict-free.
+// Two warpgroups, each 64 of the tile's 128 W rows over the whole stage. Shared-memory tiles are
+// 128-byte rows in 1024-byte groups of 8 whose 16-byte chunks are XOR-swizzled by row: the
+// 128-byte-swizzle K-major layout wgmma descriptors name (and conflict-free for cp.async).
+// Built for sm_90a only (kernels/cuda/CMakeLists.txt); elsewhere SetUpSkinnyGemm finds no
+// runnable instantiation and Blas::Linear uses cuBLAS.
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/skinny_gemm.h"
 
@@ -32,12 +34,14 @@ constexpr int kSmemLimit = 227 * 1024;          // opt-in shared memory per CTA 
 template <int MT>
 struct Plan {
   static constexpr int kWBytes = kBN * kBK * 2;
-  static constexpr int kStageBytes = kWBytes + MT * 8 * kBK * 2;
+  static constexpr int kStageBytes = kWBytes + MT * 8 * kBK * 2;  // a multiple of 1024
   static constexpr int kRedBytes = MT * 8 * kRedStride * 4;
-  static constexpr int kStages = (kSmemLimit - 256 - kRedBytes) / kStageBytes;
-  static constexpr int kSmem = kStages * kStageBytes + kRedBytes;
+  static constexpr int kAlign = 1024;  // swizzle atoms start 1024-byte aligned
+  static constexpr int kStages = (kSmemLimit - 256 - kAlign - kRedBytes) / kStageBytes;
+  static constexpr int kSmem = kAlign + kStages * kStageBytes + kRedBytes;
   static constexpr int kPerThread = MT * 8 * kBN / kThreads;  // tile elements per thread
   static_assert(kStages >= 3 && kPerThread * kThreads == MT * 8 * kBN);
+  static_assert(kStageBytes % kAlign == 0 && kWBytes % kAlign == 0);
 };
 
 struct Params {
@@ -69,23 +73,71 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-__device__ __forceinline__ void Ldmatrix4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
+// Shared-memory matrix descriptor of a K-major, 128-byte-swizzled tile starting at `addr`
+// (1024-byte aligned): 8-row groups 1024 bytes apart (stride byte offset), leading byte offset
+// unused by this layout (1), swizzle mode 1 = 128 bytes. Adding 2 advances 32 bytes = 16 k.
+__device__ __forceinline__ uint64_t Descriptor(uint32_t addr) {
+  return uint64_t{(addr & 0x3FFFF) >> 4} | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
 }
-__device__ __forceinline__ void Ldmatrix2(uint32_t addr, uint32_t& r0, uint32_t& r1) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-               : "=r"(r0), "=r"(r1)
-               : "r"(addr));
-}
-__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
+
+// d += A (64 x 16 at descriptor a) * B (16 x N at descriptor b), N = 8 * (number of d / 4).
+__device__ __forceinline__ void Wgmma(float (&d)[4], uint64_t a, uint64_t b) {
   asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3"
+      "}, %4, %5, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "l"(a), "l"(b), "r"(1));
+}
+__device__ __forceinline__ void Wgmma(float (&d)[8], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7])
+      : "l"(a), "l"(b), "r"(1));
+}
+__device__ __forceinline__ void Wgmma(float (&d)[16], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1));
+}
+__device__ __forceinline__ void Wgmma(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaWaitAll() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Makes this thread's completed cp.async writes visible to the async proxy (wgmma's reads).
+__device__ __forceinline__ void FenceProxyAsync() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
 // Byte offset of 16-byte chunk `chunk` (8 elements) of `row` in a [rows][kBK] bf16 tile.
@@ -129,38 +181,16 @@ __device__ __forceinline__ void LoadUnit(const Params& p, int tile, int kt, uint
   }
 }
 
-// acc[i][j] += W rows (warp's 32, as two 16-row A tiles i) x x rows (8-row B tiles j) over this
-// warp's 32 columns of the stage.
+// acc += this warpgroup's 64 W rows x the x rows over the stage's kBK columns (4 k-steps).
 template <int MT>
-__device__ __forceinline__ void ComputeStage(uint32_t w_s, uint32_t x_s, int wn, int wk, int lane,
-                                             float (&acc)[2][MT][4]) {
+__device__ __forceinline__ void ComputeStage(uint32_t w_s, uint32_t x_s, int wg,
+                                             float (&acc)[MT * 4]) {
+  const uint64_t a = Descriptor(w_s + wg * 64 * kBK * 2), b = Descriptor(x_s);
+  WgmmaFence();
 #pragma unroll
-  for (int kk = 0; kk < 2; ++kk) {
-    const int chunk = (wk * 2 + kk) * 2;  // first 8-column chunk of this 16-column slice
-    uint32_t a[2][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      Ldmatrix4(w_s + Swizzle(wn * 32 + i * 16 + (lane & 15), chunk + (lane >> 4)), a[i]);
-    }
-    if constexpr (MT == 1) {
-      uint32_t b0, b1;
-      Ldmatrix2(x_s + Swizzle(lane & 7, chunk + ((lane >> 3) & 1)), b0, b1);
-#pragma unroll
-      for (int i = 0; i < 2; ++i) Mma(acc[i][0], a[i], b0, b1);
-    } else {
-#pragma unroll
-      for (int j = 0; j < MT; j += 2) {
-        uint32_t b[4];
-        Ldmatrix4(x_s + Swizzle(j * 8 + ((lane >> 4) << 3) + (lane & 7), chunk + ((lane >> 3) & 1)),
-                  b);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          Mma(acc[i][j], a[i], b[0], b[1]);
-          Mma(acc[i][j + 1], a[i], b[2], b[3]);
-        }
-      }
-    }
-  }
+  for (int kk = 0; kk < kBK / 16; ++kk) Wgmma(acc, a + 2 * kk, b + 2 * kk);
+  WgmmaCommit();
+  WgmmaWaitAll();  // the stage is refilled after the next barrier; acc is read at segment ends
 }
 
 // Tile element e (0 <= e < kPerThread) of this thread: row idx / kBN, column idx % kBN.
@@ -182,36 +212,26 @@ __device__ __forceinline__ void StoreTile(const Params& p, int n0,
   }
 }
 
-// Ends this CTA's segment of n-tile `tile` (the k-tiles since the last segment ended): adds the
-// two k-halves of the accumulators in shared memory (and zeroes them), then writes the tile, or
-// stores it as a partial and, if this CTA is the tile's last to arrive, sums all the tile's
-// partials in CTA order and writes it.
+// Ends this CTA's segment of n-tile `tile` (the k-tiles since the last segment ended): moves
+// the accumulators to shared memory (and zeroes them), then writes the tile, or stores it as a
+// partial and, if this CTA is the tile's last to arrive, sums all the tile's partials in CTA
+// order and writes it.
 template <int MT, typename OutT>
-__device__ __forceinline__ void FinishSegment(const Params& p, int tile, int wn, int wk, int lane,
-                                              float (&acc)[2][MT][4], float* red) {
+__device__ __forceinline__ void FinishSegment(const Params& p, int tile, int warp, int lane,
+                                              float (&acc)[MT * 4], float* red) {
   constexpr int kPer = Plan<MT>::kPerThread;
+  // wgmma's accumulator layout: warp w of warpgroup g holds rows g*64 + (w%4)*16 + lane/4 (+8),
+  // columns 8j + 2*(lane%4) (+1) of each 8-column block j; rows are W rows (n), columns x rows.
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    if (wk == half) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < MT; ++j) {
-          const int n = wn * 32 + i * 16 + (lane >> 2), m = j * 8 + 2 * (lane & 3);
-          float* r0 = red + m * kRedStride + n;
-          float* r1 = r0 + kRedStride;
-          if (half == 0) {
-            r0[0] = acc[i][j][0], r1[0] = acc[i][j][1], r0[8] = acc[i][j][2], r1[8] = acc[i][j][3];
-          } else {
-            r0[0] += acc[i][j][0], r1[0] += acc[i][j][1], r0[8] += acc[i][j][2],
-                r1[8] += acc[i][j][3];
-          }
-          acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
-        }
-      }
-    }
-    __syncthreads();
+  for (int j = 0; j < MT; ++j) {
+    const int n = (warp >> 2) * 64 + (warp & 3) * 16 + (lane >> 2), m = j * 8 + 2 * (lane & 3);
+    float* r0 = red + m * kRedStride + n;
+    float* r1 = r0 + kRedStride;
+    r0[0] = acc[j * 4], r1[0] = acc[j * 4 + 1], r0[8] = acc[j * 4 + 2], r1[8] = acc[j * 4 + 3];
   }
+#pragma unroll
+  for (int e = 0; e < MT * 4; ++e) acc[e] = 0.f;
+  __syncthreads();
   float v[kPer];
 #pragma unroll
   for (int e = 0; e < kPer; ++e) v[e] = red[(TileIndex(e) / kBN) * kRedStride + TileIndex(e) % kBN];
@@ -255,11 +275,12 @@ __device__ __forceinline__ void FinishSegment(const Params& p, int tile, int wn,
 template <int MT, typename OutT>
 __global__ void __launch_bounds__(kThreads, 1) SkinnyGemmKernel(Params p) {
   using P = Plan<MT>;
-  extern __shared__ __align__(128) unsigned char smem[];
-  float* red = reinterpret_cast<float*>(smem + P::kStages * P::kStageBytes);
-  const uint32_t base = SmemAddr(smem);
+  extern __shared__ unsigned char smem[];
+  const uint32_t raw = SmemAddr(smem);
+  const uint32_t pad = (P::kAlign - raw % P::kAlign) % P::kAlign;
+  const uint32_t base = raw + pad;
+  float* red = reinterpret_cast<float*>(smem + pad + P::kStages * P::kStageBytes);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wn = warp & 3, wk = warp >> 2;
   const int64_t begin = UnitBegin(p, blockIdx.x);
   const int count = static_cast<int>(UnitBegin(p, blockIdx.x + 1) - begin);
   // Cursors (n-tile, k-tile) of the next unit to load and of the next to compute.
@@ -276,23 +297,21 @@ __global__ void __launch_bounds__(kThreads, 1) SkinnyGemmKernel(Params p) {
     if (s < count) load(s);
     CpAsyncCommit();
   }
-  float acc[2][MT][4];
+  float acc[MT * 4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-#pragma unroll
-    for (int j = 0; j < MT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
-  }
+  for (int e = 0; e < MT * 4; ++e) acc[e] = 0.f;
   int stage = 0;  // of unit i; unit i + kStages - 1 goes to the stage unit i - 1 used
   for (int i = 0; i < count; ++i) {
     CpAsyncWait<P::kStages - 2>();  // unit i has landed (for this thread)
-    __syncthreads();                // ... for all threads; and unit i - 1's stage is free
+    FenceProxyAsync();
+    __syncthreads();  // ... for all threads; and unit i - 1's stage is free
     if (i + P::kStages - 1 < count) load(stage == 0 ? P::kStages - 1 : stage - 1);
     CpAsyncCommit();
     const uint32_t w_s = base + stage * P::kStageBytes;
-    ComputeStage<MT>(w_s, w_s + P::kWBytes, wn, wk, lane, acc);
+    ComputeStage<MT>(w_s, w_s + P::kWBytes, warp >> 2, acc);
     if (++stage == P::kStages) stage = 0;
     if (++kt == p.k_tiles || i + 1 == count) {
-      FinishSegment<MT, OutT>(p, tile, wn, wk, lane, acc, red);
+      FinishSegment<MT, OutT>(p, tile, warp, lane, acc, red);
       if (kt == p.k_tiles) kt = 0, ++tile;
     }
   }
@@ -344,11 +363,13 @@ cudaError_t SetUpSkinnyGemm(SkinnyGemmSetup* setup) {
     setup->ctas_per_sm[v] = 0;
     const Kernel& k = kKernels[v];
     if (k.smem > max_smem) continue;  // this device cannot run it: cuBLAS takes those shapes
-    if (cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn),
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem);
-        e != cudaSuccess) {
-      return e;
+    const cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(k.fn),
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem);
+    if (e == cudaErrorInvalidDeviceFunction || e == cudaErrorNoKernelImageForDevice) {
+      cudaGetLastError();  // not built for this device (sm_90a only): cuBLAS takes its calls
+      continue;
     }
+    if (e != cudaSuccess) return e;
     if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
             &setup->ctas_per_sm[v], reinterpret_cast<const void*>(k.fn), kThreads, k.smem);
         e != cudaSuccess) {
