@@ -206,15 +206,12 @@ absl::Status Blas::Linear(DType in, const void* x, int64_t ldx, const void* w, i
   if (ldx == 0) ldx = k;
   if (ldy == 0) ldy = n;
   if (ldx < k || ldy < n) return absl::InvalidArgumentError("Linear: leading dimension too small");
-  const bool skinny_ok =
-      in == DType::kBF16 && internal::SkinnyGemmSupports(*skinny_, x, ldx, w, m, n, k, out);
-  if (impl == LinearImpl::kSkinny && !skinny_ok) {
-    return absl::InvalidArgumentError(
-        "Linear: the skinny kernel needs bf16 inputs, m <= 64, k and ldx multiples of 8 and "
-        "16-byte aligned x and w");
-  }
-  if (skinny_ok && (impl == LinearImpl::kSkinny ||
-                    (impl == LinearImpl::kAuto && m <= kSkinnyAutoMaxM))) {
+  if (impl == LinearImpl::kSkinny) {
+    if (in != DType::kBF16 || !internal::SkinnyGemmSupports(*skinny_, x, ldx, w, m, n, k, out)) {
+      return absl::InvalidArgumentError(
+          "Linear: the skinny kernel needs a Hopper GPU, bf16 inputs, m <= 64, k and ldx "
+          "multiples of 8 and 16-byte aligned x and w");
+    }
     return CudaStatus(internal::LaunchSkinnyGemm(*skinny_, skinny_workspace_, x, ldx, w, m, n, k,
                                                  out, y, ldy, beta, stream_),
                       "SkinnyGemm");

@@ -94,22 +94,19 @@ namespace internal {
 struct SkinnyGemmSetup;
 }
 
-// Which GEMM Blas::Linear runs. kAuto: the skinny weight-streaming kernel
-// (kernels/cuda/skinny_gemm.cu) for bf16 inputs with m <= Blas::kSkinnyAutoMaxM when its
-// preconditions hold, cuBLAS otherwise. kCublas / kSkinny force one (kSkinny returns
-// INVALID_ARGUMENT for a call it does not support); for tests and benchmarks.
-enum class LinearImpl : uint8_t { kAuto, kCublas, kSkinny };
+// Which GEMM Blas::Linear runs. kCublas (the default): cublasGemmEx. kSkinny: the
+// weight-streaming kernel for few rows (kernels/cuda/skinny_gemm.cu; bf16 inputs, m <= 64,
+// Hopper only), INVALID_ARGUMENT for a call it does not support. kSkinny is opt-in, not the
+// default for small m: on an H200 it reads W at 0.5-0.9 of the HBM copy rate, near cuBLAS alone
+// but slower inside the model (block mode 32K 12.2 vs 10.1 ms; docs/benchmarks.md, "GPU: skinny
+// weight-streaming GEMM").
+enum class LinearImpl : uint8_t { kCublas, kSkinny };
 
 // The projections of one stream: a cuBLAS handle bound to it and the skinny kernel's fixed
 // workspace (allocated once at Create, so CUDA graphs may capture Linear). Not thread-safe: one
 // per stream.
 class Blas {
  public:
-  // Rows up to which kAuto takes the skinny kernel. It reads W at a higher share of the HBM
-  // rate than cuBLAS at every Llama-3-8B projection shape up to m = 64 on an H200
-  // (docs/benchmarks.md, "GPU: skinny weight-streaming GEMM"); 64 is also its largest m.
-  static constexpr int32_t kSkinnyAutoMaxM = 64;
-
   // INTERNAL if cuBLAS cannot be initialised (no device, driver mismatch) or the workspace
   // cannot be allocated. Binds to the current device.
   static absl::StatusOr<std::unique_ptr<Blas>> Create(cudaStream_t stream);
@@ -120,10 +117,10 @@ class Blas {
   // y[m][n] = x[m][k] * w[n][k]^T (+ beta * y): the row-major "linear" of HF weight layouts.
   // x and w have `in`; y has `out` (f32 output from bf16 inputs is allowed, for logits).
   // ldx/ldy: elements between rows of x / y (0 = k / n). f32 inputs use exact f32 math.
-  // bf16 results are deterministic for a given device and `impl` (no float atomics).
+  // kSkinny results are bit-identical for identical inputs on one device (no float atomics).
   absl::Status Linear(DType in, const void* x, int64_t ldx, const void* w, int32_t m, int32_t n,
                       int32_t k, DType out, void* y, int64_t ldy, float beta = 0.f,
-                      LinearImpl impl = LinearImpl::kAuto);
+                      LinearImpl impl = LinearImpl::kCublas);
 
  private:
   Blas(cublasHandle_t h, cudaStream_t stream);

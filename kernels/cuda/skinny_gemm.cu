@@ -13,15 +13,15 @@
 // 128-byte rows in 1024-byte groups of 8 whose 16-byte chunks are XOR-swizzled by row: the
 // 128-byte-swizzle K-major layout wgmma descriptors name (and conflict-free for cp.async).
 // Built for sm_90a only (kernels/cuda/CMakeLists.txt); elsewhere SetUpSkinnyGemm finds no
-// runnable instantiation and Blas::Linear uses cuBLAS.
+// runnable instantiation and Blas::Linear refuses LinearImpl::kSkinny.
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/skinny_gemm.h"
 
 namespace kvblock::cuda::internal {
 namespace {
 
-constexpr int kBN = 128;            // W rows (outputs) per tile
-constexpr int kBK = 64;             // k per pipeline stage: one 128-byte row per W row
+constexpr int kBN = 128;  // W rows (outputs) per tile
+constexpr int kBK = 64;   // k per pipeline stage: one 128-byte row per W row
 constexpr int kThreads = 256;
 constexpr int kRedStride = kBN + 4;  // f32 row stride of the reduction tile (no bank conflicts)
 constexpr int kSlotFloats = kSkinnyMaxM * kBN;  // one split-tile partial in the workspace
@@ -97,8 +97,8 @@ __device__ __forceinline__ void Wgmma(float (&d)[8], uint64_t a, uint64_t b) {
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7"
       "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7])
       : "l"(a), "l"(b), "r"(1));
 }
 __device__ __forceinline__ void Wgmma(float (&d)[16], uint64_t a, uint64_t b) {
@@ -107,9 +107,9 @@ __device__ __forceinline__ void Wgmma(float (&d)[16], uint64_t a, uint64_t b) {
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
       "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
       : "l"(a), "l"(b), "r"(1));
 }
 __device__ __forceinline__ void Wgmma(float (&d)[32], uint64_t a, uint64_t b) {
@@ -119,16 +119,17 @@ __device__ __forceinline__ void Wgmma(float (&d)[32], uint64_t a, uint64_t b) {
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
       "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(a), "l"(b), "r"(1));
 }
 
-__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void WgmmaCommit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
@@ -284,7 +285,8 @@ __global__ void __launch_bounds__(kThreads, 1) SkinnyGemmKernel(Params p) {
   const int64_t begin = UnitBegin(p, blockIdx.x);
   const int count = static_cast<int>(UnitBegin(p, blockIdx.x + 1) - begin);
   // Cursors (n-tile, k-tile) of the next unit to load and of the next to compute.
-  int load_tile = static_cast<int>(begin / p.k_tiles), load_kt = static_cast<int>(begin % p.k_tiles);
+  int load_tile = static_cast<int>(begin / p.k_tiles),
+      load_kt = static_cast<int>(begin % p.k_tiles);
   int tile = load_tile, kt = load_kt;
   auto load = [&](int stage) {
     const uint32_t w_s = base + stage * P::kStageBytes;
@@ -327,10 +329,9 @@ Kernel KernelPair(bool f32_out) {
   return f32_out ? Kernel{SkinnyGemmKernel<MT, float>, Plan<MT>::kSmem}
                  : Kernel{SkinnyGemmKernel<MT, bf16>, Plan<MT>::kSmem};
 }
-const Kernel kKernels[kSkinnyVariants] = {KernelPair<1>(false), KernelPair<1>(true),
-                                          KernelPair<2>(false), KernelPair<2>(true),
-                                          KernelPair<4>(false), KernelPair<4>(true),
-                                          KernelPair<8>(false), KernelPair<8>(true)};
+const Kernel kKernels[kSkinnyVariants] = {
+    KernelPair<1>(false), KernelPair<1>(true), KernelPair<2>(false), KernelPair<2>(true),
+    KernelPair<4>(false), KernelPair<4>(true), KernelPair<8>(false), KernelPair<8>(true)};
 
 // Rows padded to 8 / 16 / 32 / 64 (MT = 1, 2, 4, 8 tiles of 8), times the output type.
 int Variant(int32_t m, DType out) {
@@ -349,7 +350,8 @@ int MaxCtas(const SkinnyGemmSetup& setup) {
 cudaError_t SetUpSkinnyGemm(SkinnyGemmSetup* setup) {
   int device = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  if (cudaError_t e = cudaDeviceGetAttribute(&setup->num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (cudaError_t e =
+          cudaDeviceGetAttribute(&setup->num_sms, cudaDevAttrMultiProcessorCount, device);
       e != cudaSuccess) {
     return e;
   }
@@ -391,8 +393,7 @@ bool SkinnyGemmSupports(const SkinnyGemmSetup& setup, const void* x, int64_t ldx
                         int32_t m, int32_t n, int32_t k, DType out) {
   return m >= 1 && m <= kSkinnyMaxM && n >= 1 && k >= 8 && k % 8 == 0 && ldx % 8 == 0 &&
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
-         (int64_t{n} + kBN - 1) / kBN <= kMaxTiles &&
-         setup.ctas_per_sm[Variant(m, out)] > 0;
+         (int64_t{n} + kBN - 1) / kBN <= kMaxTiles && setup.ctas_per_sm[Variant(m, out)] > 0;
 }
 
 cudaError_t LaunchSkinnyGemm(const SkinnyGemmSetup& setup, void* workspace, const void* x,
@@ -404,8 +405,8 @@ cudaError_t LaunchSkinnyGemm(const SkinnyGemmSetup& setup, void* workspace, cons
   p.w = static_cast<const bf16*>(w);
   p.y = y;
   p.partials = static_cast<float*>(workspace);
-  p.counters = reinterpret_cast<unsigned*>(static_cast<char*>(workspace) +
-                                           SkinnyGemmCounterOffset(setup));
+  p.counters =
+      reinterpret_cast<unsigned*>(static_cast<char*>(workspace) + SkinnyGemmCounterOffset(setup));
   p.ldx = ldx;
   p.ldy = ldy;
   p.m = m;

@@ -1,6 +1,7 @@
 // The weight-streaming bf16 GEMM for few rows (kernels/cuda/skinny_gemm.cu), behind
-// Blas::Linear: y[m][n] = x[m][k] * w[n][k]^T (+ beta * y) for m <= kSkinnyMaxM. Internal: callers
-// use Blas::Linear (kernels/cuda/kernels.h), which owns the setup and the workspace.
+// Blas::Linear(..., LinearImpl::kSkinny): y[m][n] = x[m][k] * w[n][k]^T (+ beta * y) for
+// m <= kSkinnyMaxM. Internal: callers use Blas::Linear (kernels/cuda/kernels.h), which owns the
+// setup and the workspace.
 //
 // Every CTA streams an equal share of W's 128 x 64 tiles (stream-K over the flattened (n-tile,
 // k-tile) space, so all SMs read the same number of weight bytes whatever the shape) through a

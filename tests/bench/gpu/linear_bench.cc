@@ -3,7 +3,7 @@
 // and the rate at which it reads W (GB/s, W bytes only: x and y are < 1% of them), as a share
 // of the HBM rate of a device-to-device copy measured in the same run (read + write bytes).
 // Enough weight copies are cycled that every launch reads W from HBM, not from the 50 MB L2.
-// Exit 77 without a GPU (ctest skip).
+// Exit 77 without a Hopper GPU (ctest skip).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -39,7 +39,7 @@ namespace {
 
 struct Options {
   std::vector<int> rows = {1, 16, 50, 64};  // m of every shape
-  std::string shapes = "qkv,o,gate_up,down,lm_head";
+  std::vector<std::string> shapes = {"qkv", "o", "gate_up", "down", "lm_head"};
   int runs = 20;                           // timed launches per case (median reported)
   int warmup = 3;                          // untimed launches first
   int64_t min_bytes = int64_t{256} << 20;  // weight copies cycled until they exceed this (> L2)
@@ -92,6 +92,10 @@ int Run(const Options& o) {
   }
   cudaDeviceProp prop{};
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+  if (prop.major != 9) {
+    std::printf("SKIP: the skinny kernel is built for Hopper (sm_90a) only\n");
+    return 77;
+  }
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreate(&stream));
   absl::StatusOr<std::unique_ptr<Blas>> blas = Blas::Create(stream);
@@ -108,8 +112,8 @@ int Run(const Options& o) {
   BENCH_CUDA(cudaFree(src));
   BENCH_CUDA(cudaFree(dst));
   const double hbm_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
-  std::printf("linear_bench: %s, %d SMs; bf16 weights, f32 accumulation; median of %d\n",
-              prop.name, prop.multiProcessorCount, o.runs);
+  std::printf("linear_bench: %s, %d SMs; bf16 weights, f32 accumulation; median of %d\n", prop.name,
+              prop.multiProcessorCount, o.runs);
   std::printf("HBM device copy (read + write): %.0f GB/s\n", hbm_gbs);
   std::printf(
       "| shape | n | k | m | cuBLAS ms | skinny ms | cuBLAS GB/s | skinny GB/s | cuBLAS / HBM | "
@@ -117,10 +121,11 @@ int Run(const Options& o) {
 
   const int max_m = *std::max_element(o.rows.begin(), o.rows.end());
   for (const Shape& s : kShapes) {
-    if (o.shapes.find(s.name) == std::string::npos) continue;
+    if (std::find(o.shapes.begin(), o.shapes.end(), s.name) == o.shapes.end()) continue;
     const int64_t w_elems = int64_t{s.n} * s.k;
     const int64_t w_bytes = w_elems * 2;
-    const int copies = static_cast<int>(std::clamp<int64_t>((o.min_bytes + w_bytes - 1) / w_bytes, 1, 16));
+    const int copies =
+        static_cast<int>(std::clamp<int64_t>((o.min_bytes + w_bytes - 1) / w_bytes, 1, 16));
     std::vector<void*> w(copies);
     for (int c = 0; c < copies; ++c) {
       w[c] = Alloc(w_bytes);
@@ -133,8 +138,8 @@ int Run(const Options& o) {
       double ms[2];
       for (LinearImpl impl : {LinearImpl::kCublas, LinearImpl::kSkinny}) {
         ms[impl == LinearImpl::kSkinny] = MedianMs(o, stream, [&](int i) {
-          BENCH_OK((*blas)->Linear(DType::kBF16, x, 0, w[i % copies], m, s.n, s.k, s.out, y, 0,
-                                   0.f, impl));
+          BENCH_OK((*blas)->Linear(DType::kBF16, x, 0, w[i % copies], m, s.n, s.k, s.out, y, 0, 0.f,
+                                   impl));
         });
       }
       const double gbs[2] = {w_bytes / (ms[0] * 1e-3) / 1e9, w_bytes / (ms[1] * 1e-3) / 1e9};
@@ -157,8 +162,10 @@ int Run(const Options& o) {
 int main(int argc, char** argv) {
   kvblock::cuda::Options o;
   CLI::App app{"Blas::Linear benchmark: skinny kernel vs cuBLAS at the Llama-3-8B shapes"};
-  app.add_option("--rows", o.rows, "m values (rows of x), each <= 64")->check(CLI::Range(1, 64));
-  app.add_option("--shapes", o.shapes, "qkv, o, gate_up, down, lm_head (comma separated)");
+  app.add_option("--rows", o.rows, "m values (rows of x), each <= 64")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 64));
+  app.add_option("--shapes", o.shapes, "of qkv, o, gate_up, down, lm_head")->delimiter(',');
   app.add_option("--runs", o.runs, "timed launches per case")->check(CLI::PositiveNumber);
   app.add_option("--warmup", o.warmup, "untimed launches per case")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
