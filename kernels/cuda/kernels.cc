@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/internal/launch.h"
-#include "kernels/cuda/internal/skinny_gemm.h"
 
 namespace kvblock::cuda {
 namespace {
@@ -164,41 +163,18 @@ absl::Status Sample(const float* logits, int32_t rows, int32_t vocab, int64_t ro
       internal::LaunchSample(logits, rows, vocab, row_stride, params, out_tokens, stream), "Sample");
 }
 
-Blas::Blas(cublasHandle_t h, cudaStream_t stream)
-    : handle_(h), stream_(stream), skinny_(std::make_unique<internal::SkinnyGemmSetup>()) {}
-
 absl::StatusOr<std::unique_ptr<Blas>> Blas::Create(cudaStream_t stream) {
   cublasHandle_t h = nullptr;
   if (auto s = CublasStatus(cublasCreate(&h), "cublasCreate"); !s.ok()) return s;
-  std::unique_ptr<Blas> blas(new Blas(h, stream));
+  std::unique_ptr<Blas> blas(new Blas(h));
   if (auto s = CublasStatus(cublasSetStream(h, stream), "cublasSetStream"); !s.ok()) return s;
-  if (auto s = CudaStatus(internal::SetUpSkinnyGemm(blas->skinny_.get()), "SetUpSkinnyGemm");
-      !s.ok()) {
-    return s;
-  }
-  const size_t bytes = internal::SkinnyGemmWorkspaceBytes(*blas->skinny_);
-  const size_t counters = internal::SkinnyGemmCounterOffset(*blas->skinny_);
-  if (auto s = CudaStatus(cudaMalloc(&blas->skinny_workspace_, bytes), "cudaMalloc(skinny)");
-      !s.ok()) {
-    return s;
-  }
-  if (auto s = CudaStatus(cudaMemsetAsync(static_cast<char*>(blas->skinny_workspace_) + counters,
-                                          0, bytes - counters, stream),
-                          "cudaMemsetAsync(skinny counters)");
-      !s.ok()) {
-    return s;
-  }
   return blas;
 }
 
-Blas::~Blas() {
-  cudaFree(skinny_workspace_);
-  cublasDestroy(handle_);
-}
+Blas::~Blas() { cublasDestroy(handle_); }
 
 absl::Status Blas::Linear(DType in, const void* x, int64_t ldx, const void* w, int32_t m,
-                          int32_t n, int32_t k, DType out, void* y, int64_t ldy, float beta,
-                          LinearImpl impl) {
+                          int32_t n, int32_t k, DType out, void* y, int64_t ldy, float beta) {
   if (auto s = Positive({m, n, k}, "Linear"); !s.ok()) return s;
   if (in == DType::kF32 && out != DType::kF32) {
     return absl::InvalidArgumentError("Linear: f32 inputs need an f32 output");
@@ -206,16 +182,6 @@ absl::Status Blas::Linear(DType in, const void* x, int64_t ldx, const void* w, i
   if (ldx == 0) ldx = k;
   if (ldy == 0) ldy = n;
   if (ldx < k || ldy < n) return absl::InvalidArgumentError("Linear: leading dimension too small");
-  if (impl == LinearImpl::kSkinny) {
-    if (in != DType::kBF16 || !internal::SkinnyGemmSupports(*skinny_, x, ldx, w, m, n, k, out)) {
-      return absl::InvalidArgumentError(
-          "Linear: the skinny kernel needs a Hopper GPU, bf16 inputs, m <= 64, k and ldx "
-          "multiples of 8 and 16-byte aligned x and w");
-    }
-    return CudaStatus(internal::LaunchSkinnyGemm(*skinny_, skinny_workspace_, x, ldx, w, m, n, k,
-                                                 out, y, ldy, beta, stream_),
-                      "SkinnyGemm");
-  }
   const cudaDataType_t tin = in == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
   const cudaDataType_t tout = out == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
   const float alpha = 1.f;

@@ -90,25 +90,10 @@ absl::Status Attention(const AttentionParams& p, const AttentionPlan& plan, void
 absl::Status Sample(const float* logits, int32_t rows, int32_t vocab, int64_t row_stride,
                     const SamplingParams* params, int32_t* out_tokens, cudaStream_t stream);
 
-namespace internal {
-struct SkinnyGemmSetup;
-}
-
-// Which GEMM Blas::Linear runs. kCublas (the default): cublasGemmEx. kSkinny: the
-// weight-streaming kernel for few rows (kernels/cuda/skinny_gemm.cu; bf16 inputs, m <= 64,
-// Hopper only), INVALID_ARGUMENT for a call it does not support. kSkinny is opt-in, not the
-// default for small m: on an H200 it reads W at 0.5-0.9 of the HBM copy rate, near cuBLAS alone
-// but slower inside the model (block mode 32K 12.2 vs 10.1 ms; docs/benchmarks.md, "GPU: skinny
-// weight-streaming GEMM").
-enum class LinearImpl : uint8_t { kCublas, kSkinny };
-
-// The projections of one stream: a cuBLAS handle bound to it and the skinny kernel's fixed
-// workspace (allocated once at Create, so CUDA graphs may capture Linear). Not thread-safe: one
-// per stream.
+// cuBLAS handle bound to one stream, for the projections. Not thread-safe: one per stream.
 class Blas {
  public:
-  // INTERNAL if cuBLAS cannot be initialised (no device, driver mismatch) or the workspace
-  // cannot be allocated. Binds to the current device.
+  // INTERNAL if cuBLAS cannot be initialised (no device, driver mismatch).
   static absl::StatusOr<std::unique_ptr<Blas>> Create(cudaStream_t stream);
   ~Blas();
   Blas(const Blas&) = delete;
@@ -117,17 +102,12 @@ class Blas {
   // y[m][n] = x[m][k] * w[n][k]^T (+ beta * y): the row-major "linear" of HF weight layouts.
   // x and w have `in`; y has `out` (f32 output from bf16 inputs is allowed, for logits).
   // ldx/ldy: elements between rows of x / y (0 = k / n). f32 inputs use exact f32 math.
-  // kSkinny results are bit-identical for identical inputs on one device (no float atomics).
   absl::Status Linear(DType in, const void* x, int64_t ldx, const void* w, int32_t m, int32_t n,
-                      int32_t k, DType out, void* y, int64_t ldy, float beta = 0.f,
-                      LinearImpl impl = LinearImpl::kCublas);
+                      int32_t k, DType out, void* y, int64_t ldy, float beta = 0.f);
 
  private:
-  Blas(cublasHandle_t h, cudaStream_t stream);
+  explicit Blas(cublasHandle_t h) : handle_(h) {}
   cublasHandle_t handle_;
-  cudaStream_t stream_;
-  std::unique_ptr<internal::SkinnyGemmSetup> skinny_;
-  void* skinny_workspace_ = nullptr;
 };
 
 }  // namespace kvblock::cuda
