@@ -504,9 +504,9 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs, absl::Span<co
     return blas_->Linear(dt, gathered_.get(), 0, lm_head_, logit_rows_, s.vocab, H, DType::kF32,
                          logits_.get(), 0);
   };
-  const bool decode = layer_ready.empty() && T == S;
-  if (!options_.decode_graphs || !decode) return run();
-  const GraphKey key{S, runs, rows, plan->splits};
+  const bool graphed = layer_ready.empty() && (T == S ? options_.decode_graphs : options_.prefill_graphs);
+  if (!graphed) return run();
+  const GraphKey key{S, T, max_q, runs, rows, plan->splits};
   auto it = std::find_if(graphs_.begin(), graphs_.end(), [&](const Graph& g) { return g.key == key; });
   if (it == graphs_.end()) {
     // The first pass of a shape runs eagerly (cuBLAS settles its workspace and algorithms);
@@ -540,9 +540,10 @@ void CudaModel::ClearGraphs() {
   graphs_.clear();
 }
 
-void CudaModel::SetDecodeGraphs(bool on) {
-  options_.decode_graphs = on;
-  if (!on) ClearGraphs();
+void CudaModel::SetGraphs(bool decode, bool prefill) {
+  options_.decode_graphs = decode;
+  options_.prefill_graphs = prefill;
+  ClearGraphs();
 }
 
 absl::Status CudaModel::Sample(absl::Span<const SamplingParams> params, absl::Span<int32_t> tokens) {

@@ -64,9 +64,14 @@ struct CudaModelOptions {
   // Most logits rows over all sequences of one Forward (f32 [rows][vocab] buffer). Default: 64.
   int32_t max_logit_rows = 64;
   // Decode passes (one new token per sequence, no layer_ready events) run as CUDA graphs: one
-  // per shape (sequences, context runs, logit rows, attention splits), recorded at the shape's
-  // second pass and replayed after, instead of ~10 launches per layer. Default: true.
+  // per shape (sequences, tokens, longest sequence, context runs, logit rows, attention
+  // splits), recorded at the shape's second pass and replayed after, instead of ~10 launches
+  // per layer. Default: true.
   bool decode_graphs = true;
+  // The same for every other pass without layer_ready events (prefills). It pays where request
+  // shapes repeat (fixed prompt templates, benchmarks); where they do not, each shape's second
+  // pass costs a capture. Default: false.
+  bool prefill_graphs = false;
 
   // INVALID_ARGUMENT for non-positive sizes.
   absl::Status Validate() const;
@@ -156,8 +161,8 @@ class CudaModel {
 
   // Waits for everything enqueued.
   absl::Status Synchronize();
-  // Turns decode graphs on or off (off drops the recorded ones).
-  void SetDecodeGraphs(bool on);
+  // Turns decode and prefill graphs on or off (see CudaModelOptions; dropping the recorded ones).
+  void SetGraphs(bool decode, bool prefill);
   // Forward passes that replayed a recorded graph.
   int64_t graph_replays() const { return graph_replays_; }
 
@@ -186,7 +191,7 @@ class CudaModel {
     void* down_bias;
   };
   struct GraphKey {
-    int64_t seqs, runs, rows;
+    int64_t seqs, tokens, max_q, runs, rows;
     int32_t splits;
     friend bool operator==(const GraphKey&, const GraphKey&) = default;
   };

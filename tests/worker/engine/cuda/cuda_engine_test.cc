@@ -351,7 +351,7 @@ TEST(CudaEngine, DecodeGraphsReplayTheSameSteps) {
     const int vocab = model->spec().vocab;
     // All steps' logits of kBatch sequences (even ones over the blocks), prefilled afresh.
     auto decode = [&](bool graphs) {
-      model->SetDecodeGraphs(graphs);
+      model->SetGraphs(graphs, false);
       std::vector<float> all;
       std::vector<SlotRange> slots;
       std::vector<ForwardSeq> seqs(kBatch);
@@ -392,6 +392,62 @@ TEST(CudaEngine, DecodeGraphsReplayTheSameSteps) {
     // Step 0 runs eagerly, step 1 is recorded; it and every later step launch the graph.
     EXPECT_EQ(model->graph_replays() - before, kSteps - 1);
     EXPECT_LE(RelErr(replayed, eager.data(), eager.size()), 1e-6);
+  }
+}
+
+// Block-mode prefills of one shape replayed as a CUDA graph compute each pass's own inputs
+// (tokens, context runs and their offsets: the tables the graph reads are rewritten before every
+// launch): the same logits as eager passes over the same inputs, which differ from pass to pass.
+TEST(CudaEngine, PrefillGraphsReplayFreshInputs) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  Fixture fx = LoadFixture(dirs.front());
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(dt == DType::kF32 ? "f32" : "bf16");
+    std::unique_ptr<CudaModel> model = MakeModel(fx, dt, 4096);
+    ASSERT_NE(model, nullptr);
+    std::vector<GpuBlock> stored;
+    std::vector<KvRun> context;
+    ASSERT_NO_FATAL_FAILURE(EncodeBlocks(*model, fx.blocks, &stored, &context));
+    const int vocab = model->spec().vocab;
+    constexpr int kPasses = 4;
+    // Pass p: the final block's tokens shifted by p, the cached blocks rotated by p places.
+    auto prefill = [&](int pass) {
+      std::vector<int32_t> tokens = fx.final_block;
+      for (int32_t& t : tokens) t = (t + pass) % vocab;
+      ForwardSeq f;
+      int32_t at = 0;
+      for (size_t i = 0; i < context.size(); ++i) {
+        KvRun run = context[(i + pass) % context.size()];
+        run.rope_offset = at;
+        at += run.num_tokens;
+        f.context.push_back(run);
+      }
+      std::vector<float> logits(vocab);
+      auto sl = model->AllocateSlots(64);
+      EXPECT_TRUE(sl.ok());
+      if (!sl.ok()) return logits;
+      f.tokens = tokens;
+      f.slots = *sl;
+      f.position = at;
+      f.logit_rows = 1;
+      EXPECT_TRUE(model->Forward({&f, 1}).ok());
+      EXPECT_TRUE(model->CopyLogits(absl::MakeSpan(logits)).ok());
+      model->FreeSlots(*sl);
+      return logits;
+    };
+    std::vector<std::vector<float>> eager;
+    model->SetGraphs(true, false);
+    for (int p = 0; p < kPasses; ++p) eager.push_back(prefill(p));
+    EXPECT_GT(RelErr(eager[1], eager[0].data(), eager[0].size()), 1e-3);  // the inputs differ
+    model->SetGraphs(true, true);
+    const int64_t before = model->graph_replays();
+    for (int p = 0; p < kPasses; ++p) {
+      const std::vector<float> got = prefill(p);
+      EXPECT_LE(RelErr(got, eager[p].data(), eager[p].size()), 1e-6) << "pass " << p;
+    }
+    // Pass 0 runs eagerly, pass 1 is recorded; it and every later pass launch the graph.
+    EXPECT_EQ(model->graph_replays() - before, kPasses - 1);
   }
 }
 
