@@ -60,6 +60,10 @@ absl::Status CacheClientOptions::Validate() const {
     return absl::InvalidArgumentError("chunk_bytes must be in [4 KiB, 4 MiB - 64 KiB]");
   }
   if (max_keys_per_call == 0) return absl::InvalidArgumentError("max_keys_per_call must be >= 1");
+  if (data_plane_lanes == 0 || data_plane_lanes > UcxClientOptions::kMaxLanes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data_plane_lanes must be in [1, ", UcxClientOptions::kMaxLanes, "]"));
+  }
   return absl::OkStatus();
 }
 
@@ -122,7 +126,9 @@ absl::Status CacheClient::Init() {
     nodes_.push_back(std::move(node));
   }
   if (options_.use_data_plane) {
-    absl::StatusOr<std::unique_ptr<UcxClient>> ucx = UcxClient::Create(UcxClientOptions{});
+    UcxClientOptions ucx_options;
+    ucx_options.lanes = options_.data_plane_lanes;
+    absl::StatusOr<std::unique_ptr<UcxClient>> ucx = UcxClient::Create(ucx_options);
     if (ucx.ok()) {
       ucx_ = *std::move(ucx);
       OpenDataPlanes();
@@ -249,9 +255,10 @@ absl::StatusOr<uint64_t> CacheClient::GetOnNode(size_t index, const BlockKey& ke
         return n;
       }
       // The session broke (node restarted, or it was refused): drop it and use gRPC; the
-      // prober reopens it once the node answers again.
+      // prober reopens it once the node answers again (unless another thread already has).
       ucx_->Close(session);
-      node.ucx_session.store(-1);
+      int expected = session;
+      node.ucx_session.compare_exchange_strong(expected, -1);
     }
   }
   grpc::ClientContext ctx;
@@ -590,16 +597,21 @@ void CacheClient::OpenDataPlanes() {
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = *nodes_[i];
     if (node.ucx_session.load() >= 0 || node.no_data_plane.load()) continue;
-    v1::OpenDataPlaneRequest request;
-    request.set_client_worker_address(ucx_->WorkerAddress());
-    v1::OpenDataPlaneResponse response;
-    grpc::ClientContext ctx;
-    PrepareContext(&ctx, absl::Now() + options_.rpc_timeout);
-    absl::Status s = FromGrpcStatus(StubFor(node)->OpenDataPlane(&ctx, request, &response));
+    // One OpenDataPlane (one one-use token) per lane, each naming that lane's worker.
+    std::vector<SessionTicket> tickets;
+    absl::Status s;
+    for (int lane = 0; lane < ucx_->lanes() && s.ok(); ++lane) {
+      v1::OpenDataPlaneRequest request;
+      request.set_client_worker_address(ucx_->WorkerAddress(lane));
+      v1::OpenDataPlaneResponse response;
+      grpc::ClientContext ctx;
+      PrepareContext(&ctx, absl::Now() + options_.rpc_timeout);
+      s = FromGrpcStatus(StubFor(node)->OpenDataPlane(&ctx, request, &response));
+      tickets.push_back({response.listener_address(), response.session_token()});
+    }
     if (absl::IsFailedPrecondition(s)) node.no_data_plane.store(true);
     if (!s.ok()) continue;  // no data plane there (or down): gRPC Get serves reads
-    absl::StatusOr<int> session =
-        ucx_->Connect(response.listener_address(), response.session_token(), options_.rpc_timeout);
+    absl::StatusOr<int> session = ucx_->Connect(tickets, options_.rpc_timeout);
     if (session.ok()) node.ucx_session.store(*session);
   }
 }

@@ -6,7 +6,8 @@
 // kRemote), so a worker stacks it under its own tiers.
 //
 // Data path: FetchInto() reads into a caller-provided buffer over the UCX data plane when the node
-// offers one (ucx_data_plane.h), else over the gRPC Get stream.
+// offers one (ucx_data_plane.h; concurrent calls spread over data_plane_lanes lanes per node),
+// else over the gRPC Get stream.
 //
 // Status codes: as the nodes return them (cache_service_core.h) for non-retriable errors;
 // UNAVAILABLE when no replica could be reached within the attempts; NOT_FOUND when every
@@ -74,6 +75,10 @@ struct CacheClientOptions {
   uint32_t min_write_replicas = 1;
   // Use the UCX data plane for FetchInto when a node offers one. Default: true.
   bool use_data_plane = true;
+  // Data-plane lanes per node (UcxClientOptions::lanes: workers with their own progress thread
+  // that concurrent FetchInto calls spread over; one OpenDataPlane per lane), 1..64.
+  // Default: 4.
+  uint32_t data_plane_lanes = 4;
 
   absl::Status Validate() const;
 };

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "services/ucx_data_plane.h"
 
 namespace kvblock {
 namespace {
@@ -48,6 +49,9 @@ void AddClusterFlags(CLI::App& app, ClusterFlags* flags, const std::string& cred
   app.add_option("--timeout-s", flags->timeout_s, "Deadline of one RPC attempt, seconds")
       ->capture_default_str();
   app.add_flag("--no-ucx", flags->no_ucx, "Read over gRPC even when nodes offer UCX");
+  app.add_option("--ucx-lanes", flags->ucx_lanes,
+                 "UCX data-plane lanes per node (worker threads that concurrent reads spread over)")
+      ->capture_default_str();
 }
 
 absl::Status ValidateHostPort(const std::string& address) {
@@ -127,6 +131,11 @@ absl::StatusOr<CacheClientOptions> ClientOptionsFromFlags(const ClusterFlags& fl
   if (!(flags.timeout_s > 0)) return absl::InvalidArgumentError("--timeout-s must be > 0");
   o.rpc_timeout = absl::Seconds(flags.timeout_s);
   o.use_data_plane = !flags.no_ucx;
+  if (flags.ucx_lanes < 1 || flags.ucx_lanes > UcxClientOptions::kMaxLanes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--ucx-lanes must be in [1, ", UcxClientOptions::kMaxLanes, "]"));
+  }
+  o.data_plane_lanes = flags.ucx_lanes;
   return o;
 }
 

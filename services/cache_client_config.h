@@ -1,8 +1,8 @@
 // How commands configure a CacheClient from the command line: the shared cluster flags
-// (--cache SPEC, --replication, --timeout-s, --no-ucx and the client credential flags), the
-// SPEC syntax, and turning those into CacheClientOptions. Every command that talks to a cache
-// cluster registers them (cache-ctl, index, worker); the commands that can also run on an
-// embedded store take that as --cache-dir DIR instead, so --cache always means a cluster.
+// (--cache SPEC, --replication, --timeout-s, --no-ucx, --ucx-lanes and the client credential
+// flags), the SPEC syntax, and turning those into CacheClientOptions. Every command that talks
+// to a cache cluster registers them (cache-ctl, index, worker); the commands that can also run
+// on an embedded store take that as --cache-dir DIR instead, so --cache always means a cluster.
 //
 // --cache SPEC is either
 //   - a member list: host:port[,host:port...] (host a DNS name, an IPv4 address or [IPv6]), or
@@ -31,6 +31,7 @@ struct ClusterFlags {
   std::string credential_prefix;  // set by AddClusterFlags; spells the credential flags
   double timeout_s = 5.0;         // per RPC attempt
   bool no_ucx = false;
+  uint32_t ucx_lanes = CacheClientOptions().data_plane_lanes;  // data-plane lanes per node
 
   bool given() const { return !cache.empty(); }
 };
@@ -51,7 +52,7 @@ absl::Status ValidateHostPort(const std::string& address);
 absl::StatusOr<std::vector<std::string>> ParseCacheSpec(const std::string& spec);
 
 // Flags (with their files read) -> options. INVALID_ARGUMENT when --cache is missing or bad or
-// --timeout-s is not positive; LoadClientCredentials's errors.
+// --timeout-s is not positive or --ucx-lanes out of range; LoadClientCredentials's errors.
 absl::StatusOr<CacheClientOptions> ClientOptionsFromFlags(const ClusterFlags& flags);
 
 }  // namespace kvblock

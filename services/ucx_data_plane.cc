@@ -7,13 +7,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <random>
 #include <thread>
 
+#include "absl/algorithm/container.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
@@ -199,10 +201,12 @@ class WorkerLoop {
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
 };
 
-void CloseEp(ucp_worker_h worker, ucp_ep_h ep) {
+// Closes an endpoint, progressing the worker (bounded) until the close completes. `force`:
+// cancel what is in flight without telling the peer; else flush it and disconnect.
+void CloseEp(ucp_worker_h worker, ucp_ep_h ep, bool force) {
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  p.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
   ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
   if (req != nullptr && UCS_PTR_IS_PTR(req)) {
     for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
@@ -322,7 +326,7 @@ struct UcxServer::Impl {
       --authenticated;
     }
     eps.erase(it);
-    CloseEp(loop.worker(), ep);
+    CloseEp(loop.worker(), ep, /*force=*/true);
   }
 
   void Sweep() {
@@ -646,10 +650,20 @@ int UcxServer::authenticated_sessions() const {
 // ------------------------------------------------------------------------------------------------
 // Client
 
+absl::Status UcxClientOptions::Validate() const {
+  if (max_sessions < 1) return absl::InvalidArgumentError("max_sessions must be >= 1");
+  if (lanes < 1 || lanes > kMaxLanes) {
+    return absl::InvalidArgumentError(absl::StrCat("lanes must be in [1, ", kMaxLanes, "]"));
+  }
+  return absl::OkStatus();
+}
+
 struct UcxClient::Impl {
-  struct Session {
-    Impl* impl;
-    int id;
+  struct Lane;
+  // One session's endpoint on one lane.
+  struct Endpoint {
+    Lane* lane;
+    int session;
     ucp_ep_h ep = nullptr;
     bool broken = false;
   };
@@ -671,276 +685,426 @@ struct UcxClient::Impl {
     int32_t* code;
   };
 
-  UcxClientOptions options;
-  WorkerLoop loop;
-  std::string worker_address;
-  // Progress thread only.
-  std::vector<std::unique_ptr<Session>> sessions;
-  absl::flat_hash_map<uint64_t, Request> requests;
-  absl::flat_hash_map<uint64_t, Hello> hellos;
-  uint64_t next_id = 1;
+  // A ucp worker with its progress thread and its endpoints, one per session. Everything below
+  // `loop` belongs to the lane's progress thread, except the two counters.
+  struct Lane {
+    const UcxClientOptions* options;
+    WorkerLoop loop;
+    std::string worker_address;
+    // Buffer bytes of the fetches in progress on this lane (the lane choice reads it).
+    std::atomic<uint64_t> outstanding_bytes{0};
+    // Fetches routed to this lane since Create.
+    std::atomic<uint64_t> fetches{0};
+    absl::flat_hash_map<int, std::unique_ptr<Endpoint>> endpoints;
+    absl::flat_hash_map<uint64_t, Request> requests;
+    absl::flat_hash_map<uint64_t, Hello> hellos;
+    uint64_t next_id = 1;
 
-  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status) {
-    Session* s = static_cast<Session*>(arg);
-    s->broken = true;
-    s->impl->FailSession(s->id, absl::UnavailableError(
-                                    absl::StrCat("UCX session broke: ", ucs_status_string(status))));
-  }
+    static void OnEpError(void* arg, ucp_ep_h, ucs_status_t status) {
+      Endpoint* e = static_cast<Endpoint*>(arg);
+      e->broken = true;
+      e->lane->FailSession(e->session, absl::UnavailableError(absl::StrCat(
+                                           "UCX session broke: ", ucs_status_string(status))));
+    }
 
-  void FailSession(int id, const absl::Status& status) {
-    for (auto& [rid, r] : requests) {
-      if (r.session == id && !r.finished) {
-        r.finished = true;
-        r.status = status;
+    void FailSession(int session, const absl::Status& status) {
+      std::vector<uint64_t> done;
+      for (auto& [rid, r] : requests) {
+        if (r.session != session) continue;
+        if (!r.finished) {
+          r.finished = true;
+          r.status = status;
+        }
+        if (r.outstanding == 0) done.push_back(rid);
       }
+      for (uint64_t rid : done) Complete(rid);
     }
-    std::vector<uint64_t> done;
-    for (auto& [rid, r] : requests) {
-      if (r.session == id && r.outstanding == 0) done.push_back(rid);
+
+    // Fails the session's requests with `status` and closes its endpoint on this lane. While a
+    // receive into a caller's buffer is in progress the close is forced, which cancels it, so
+    // nothing is written into a buffer after its fetch returned. Otherwise the close flushes,
+    // which tells the node (a forced close goes unnoticed there without peer error handling,
+    // and the node would keep the session).
+    void CloseEndpoint(int session, const absl::Status& status) {
+      auto it = endpoints.find(session);
+      if (it == endpoints.end()) return;
+      Endpoint& e = *it->second;
+      const bool receiving = absl::c_any_of(requests, [&](const auto& kv) {
+        return kv.second.session == session && kv.second.outstanding > 0;
+      });
+      FailSession(session, status);
+      if (e.ep != nullptr) CloseEp(loop.worker(), e.ep, /*force=*/receiving);
+      e.ep = nullptr;
+      e.broken = true;
     }
-    for (uint64_t rid : done) Complete(rid);
-  }
 
-  void Complete(uint64_t rid) {
-    auto it = requests.find(rid);
-    if (it == requests.end()) return;
-    Request& r = it->second;
-    *r.result = r.status;
-    *r.size = r.total;
-    absl::Notification* n = r.done;
-    requests.erase(it);
-    n->Notify();
-  }
+    void Complete(uint64_t rid) {
+      auto it = requests.find(rid);
+      if (it == requests.end()) return;
+      Request& r = it->second;
+      *r.result = r.status;
+      *r.size = r.total;
+      absl::Notification* n = r.done;
+      requests.erase(it);
+      n->Notify();
+    }
 
-  // A request may complete once it has an outcome and no receive still writes into its buffer.
-  void MaybeComplete(uint64_t rid) {
-    auto it = requests.find(rid);
-    if (it == requests.end()) return;
-    Request& r = it->second;
-    if (!r.finished && r.have_total && r.received == r.total) r.finished = true;
-    if (r.finished && r.outstanding == 0) Complete(rid);
-  }
+    // A request may complete once it has an outcome and no receive still writes into its buffer.
+    void MaybeComplete(uint64_t rid) {
+      auto it = requests.find(rid);
+      if (it == requests.end()) return;
+      Request& r = it->second;
+      if (!r.finished && r.have_total && r.received == r.total) r.finished = true;
+      if (r.finished && r.outstanding == 0) Complete(rid);
+    }
 
-  static ucs_status_t OnHelloAck(void* arg, const void* header, size_t header_length, void*,
-                                 size_t, const ucp_am_recv_param_t*) {
-    Impl* self = static_cast<Impl*>(arg);
-    if (header_length != sizeof(HelloAckHeader)) return UCS_OK;
-    HelloAckHeader h;
-    std::memcpy(&h, header, sizeof(h));
-    auto it = self->hellos.find(h.hello_id);
-    if (it == self->hellos.end()) return UCS_OK;
-    *it->second.code = h.code;
-    it->second.done->Notify();
-    self->hellos.erase(it);
-    return UCS_OK;
-  }
-
-  static ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data,
-                             size_t length, const ucp_am_recv_param_t* param) {
-    Impl* self = static_cast<Impl*>(arg);
-    if (header_length != sizeof(DataHeader)) return UCS_OK;
-    DataHeader h;
-    std::memcpy(&h, header, sizeof(h));
-    auto it = self->requests.find(h.request_id);
-    if (it == self->requests.end() || it->second.finished) return UCS_OK;  // dropped
-    Request& r = it->second;
-    if (h.code != 0) {
-      r.finished = true;
-      r.status = absl::Status(static_cast<absl::StatusCode>(h.code),
-                              h.code == static_cast<int32_t>(absl::StatusCode::kNotFound)
-                                  ? "block is not on this node"
-                                  : "data-plane fetch refused by the node");
-      self->MaybeComplete(h.request_id);
+    static ucs_status_t OnHelloAck(void* arg, const void* header, size_t header_length, void*,
+                                   size_t, const ucp_am_recv_param_t*) {
+      Lane* self = static_cast<Lane*>(arg);
+      if (header_length != sizeof(HelloAckHeader)) return UCS_OK;
+      HelloAckHeader h;
+      std::memcpy(&h, header, sizeof(h));
+      auto it = self->hellos.find(h.hello_id);
+      if (it == self->hellos.end()) return UCS_OK;
+      *it->second.code = h.code;
+      it->second.done->Notify();
+      self->hellos.erase(it);
       return UCS_OK;
     }
-    if (!r.have_total) {
-      r.have_total = true;
-      r.total = h.total;
-      if (h.total > r.buffer.size()) {
+
+    static ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data,
+                               size_t length, const ucp_am_recv_param_t* param) {
+      Lane* self = static_cast<Lane*>(arg);
+      if (header_length != sizeof(DataHeader)) return UCS_OK;
+      DataHeader h;
+      std::memcpy(&h, header, sizeof(h));
+      auto it = self->requests.find(h.request_id);
+      if (it == self->requests.end() || it->second.finished) return UCS_OK;  // dropped
+      Request& r = it->second;
+      if (h.code != 0) {
         r.finished = true;
-        r.status = absl::OutOfRangeError(absl::StrCat("block is ", h.total,
-                                                      " bytes; the buffer holds ",
-                                                      r.buffer.size()));
+        r.status = absl::Status(static_cast<absl::StatusCode>(h.code),
+                                h.code == static_cast<int32_t>(absl::StatusCode::kNotFound)
+                                    ? "block is not on this node"
+                                    : "data-plane fetch refused by the node");
         self->MaybeComplete(h.request_id);
         return UCS_OK;
       }
-    }
-    if (h.total != r.total || h.offset > r.total || length > r.total - h.offset) {
-      r.finished = true;
-      r.status = absl::InternalError("data-plane segment outside the payload");
+      if (!r.have_total) {
+        r.have_total = true;
+        r.total = h.total;
+        if (h.total > r.buffer.size()) {
+          r.finished = true;
+          r.status = absl::OutOfRangeError(absl::StrCat("block is ", h.total,
+                                                        " bytes; the buffer holds ",
+                                                        r.buffer.size()));
+          self->MaybeComplete(h.request_id);
+          return UCS_OK;
+        }
+      }
+      if (h.total != r.total || h.offset > r.total || length > r.total - h.offset) {
+        r.finished = true;
+        r.status = absl::InternalError("data-plane segment outside the payload");
+        self->MaybeComplete(h.request_id);
+        return UCS_OK;
+      }
+      uint8_t* dst = r.buffer.data() + h.offset;
+      if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        ucp_request_param_t p{};
+        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                         UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        struct Ctx {
+          Lane* lane;
+          uint64_t rid;
+          size_t length;
+        };
+        auto* ctx = new Ctx{self, h.request_id, length};
+        p.cb.recv_am = [](void* req, ucs_status_t status, size_t, void* user) {
+          Ctx* c = static_cast<Ctx*>(user);
+          c->lane->RecvDone(c->rid, status, c->length);
+          delete c;
+          ucp_request_free(req);
+        };
+        p.user_data = ctx;
+        ++r.outstanding;
+        ucs_status_ptr_t req = ucp_am_recv_data_nbx(self->loop.worker(), data, dst, length, &p);
+        if (UCS_PTR_IS_ERR(req)) {
+          delete ctx;
+          self->RecvDone(h.request_id, UCS_PTR_STATUS(req), length);
+        }
+        return UCS_OK;
+      }
+      std::memcpy(dst, data, length);
+      r.received += length;
       self->MaybeComplete(h.request_id);
       return UCS_OK;
     }
-    uint8_t* dst = r.buffer.data() + h.offset;
-    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+
+    void RecvDone(uint64_t rid, ucs_status_t status, size_t length) {
+      auto it = requests.find(rid);
+      if (it == requests.end()) return;
+      Request& r = it->second;
+      --r.outstanding;
+      if (status != UCS_OK) {
+        if (!r.finished) {
+          r.finished = true;
+          r.status = FromUcs(status, "UCX receive");
+        }
+      } else {
+        r.received += length;
+      }
+      MaybeComplete(rid);
+    }
+
+    bool SendSmall(ucp_ep_h ep, uint32_t id, const void* header, size_t n) {
+      auto* copy = new std::vector<uint8_t>(static_cast<const uint8_t*>(header),
+                                            static_cast<const uint8_t*>(header) + n);
       ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                       UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-      struct Ctx {
-        Impl* impl;
-        uint64_t rid;
-        size_t length;
-      };
-      auto* ctx = new Ctx{self, h.request_id, length};
-      p.cb.recv_am = [](void* req, ucs_status_t status, size_t, void* user) {
-        Ctx* c = static_cast<Ctx*>(user);
-        c->impl->RecvDone(c->rid, status, c->length);
-        delete c;
+      p.op_attr_mask =
+          UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+      p.flags = UCP_AM_SEND_FLAG_REPLY;
+      p.cb.send = [](void* req, ucs_status_t, void* user) {
+        delete static_cast<std::vector<uint8_t>*>(user);
         ucp_request_free(req);
       };
-      p.user_data = ctx;
-      ++r.outstanding;
-      ucs_status_ptr_t req = ucp_am_recv_data_nbx(self->loop.worker(), data, dst, length, &p);
-      if (UCS_PTR_IS_ERR(req)) {
-        delete ctx;
-        self->RecvDone(h.request_id, UCS_PTR_STATUS(req), length);
+      p.user_data = copy;
+      ucs_status_ptr_t r = ucp_am_send_nbx(ep, id, copy->data(), n, nullptr, 0, &p);
+      if (r == nullptr || UCS_PTR_IS_ERR(r)) {
+        delete copy;
+        return !UCS_PTR_IS_ERR(r);
       }
-      return UCS_OK;
+      return true;
     }
-    std::memcpy(dst, data, length);
-    r.received += length;
-    self->MaybeComplete(h.request_id);
-    return UCS_OK;
-  }
 
-  void RecvDone(uint64_t rid, ucs_status_t status, size_t length) {
-    auto it = requests.find(rid);
-    if (it == requests.end()) return;
-    Request& r = it->second;
-    --r.outstanding;
-    if (status != UCS_OK) {
-      if (!r.finished) {
-        r.finished = true;
-        r.status = FromUcs(status, "UCX receive");
+    // Progress thread: creates the session's endpoint on this lane and sends the hello;
+    // `done` is notified with `*code` set when the node answers.
+    absl::Status Open(int session, const sockaddr_in& sa, const std::string& token,
+                      absl::Notification* done, int32_t* code, uint64_t* hello_id) {
+      auto e = std::make_unique<Endpoint>();
+      e->lane = this;
+      e->session = session;
+      ucp_ep_params_t p{};
+      p.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
+                     UCP_EP_PARAM_FIELD_ERR_HANDLER | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+      p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+      p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
+      p.sockaddr.addrlen = sizeof(sa);
+      p.err_mode = options->peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
+                                                : UCP_ERR_HANDLING_MODE_NONE;
+      p.err_handler.cb = &Lane::OnEpError;
+      p.err_handler.arg = e.get();
+      if (absl::Status s = FromUcs(ucp_ep_create(loop.worker(), &p, &e->ep), "UCX connect");
+          !s.ok()) {
+        return s;
       }
-    } else {
-      r.received += length;
+      HelloHeader h{};
+      *hello_id = next_id++;
+      h.hello_id = *hello_id;
+      std::memcpy(h.token, token.data(), kTokenBytes);
+      hellos[*hello_id] = {done, code};
+      ucp_ep_h ep = e->ep;
+      endpoints[session] = std::move(e);
+      if (!SendSmall(ep, kAmHello, &h, sizeof(h))) {
+        return absl::UnavailableError("UCX hello send failed");
+      }
+      return absl::OkStatus();
     }
-    MaybeComplete(rid);
-  }
 
-  bool SendSmall(ucp_ep_h ep, uint32_t id, const void* header, size_t n) {
-    auto* copy = new std::vector<uint8_t>(static_cast<const uint8_t*>(header),
-                                          static_cast<const uint8_t*>(header) + n);
-    ucp_request_param_t p{};
-    p.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_AM_SEND_FLAG_REPLY;
-    p.cb.send = [](void* req, ucs_status_t, void* user) {
-      delete static_cast<std::vector<uint8_t>*>(user);
-      ucp_request_free(req);
-    };
-    p.user_data = copy;
-    ucs_status_ptr_t r = ucp_am_send_nbx(ep, id, copy->data(), n, nullptr, 0, &p);
-    if (r == nullptr || UCS_PTR_IS_ERR(r)) {
-      delete copy;
-      return !UCS_PTR_IS_ERR(r);
+    absl::StatusOr<uint64_t> Fetch(int session, const BlockKey& key, absl::Span<uint8_t> buffer,
+                                   absl::Duration timeout) {
+      absl::Notification done;
+      absl::Status result;
+      uint64_t size = 0;
+      uint64_t rid = 0;
+      loop.Post([&] {
+        auto it = endpoints.find(session);
+        if (it == endpoints.end() || it->second->ep == nullptr || it->second->broken) {
+          result = absl::UnavailableError("no such UCX session (closed or broken)");
+          done.Notify();
+          return;
+        }
+        rid = next_id++;
+        Request& r = requests[rid];
+        r.buffer = buffer;
+        r.session = session;
+        r.done = &done;
+        r.result = &result;
+        r.size = &size;
+        FetchHeader h{rid, key.hi, key.lo};
+        if (!SendSmall(it->second->ep, kAmFetch, &h, sizeof(h))) {
+          r.finished = true;
+          r.status = absl::UnavailableError("UCX fetch send failed");
+          MaybeComplete(rid);
+        }
+      });
+      if (!done.WaitForNotificationWithTimeout(timeout)) {
+        // Close the session's endpoint on this lane so no receive writes into the buffer after
+        // we return, then wait for the request to be completed (the close fails every receive
+        // in progress). The session's other lanes keep their fetches.
+        loop.Post([this, session] {
+          CloseEndpoint(session, absl::DeadlineExceededError("UCX fetch timed out"));
+        });
+        if (!done.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+          // The forced close should have failed every receive; if one is still pending, forget
+          // the request so a late completion finds nothing to write.
+          loop.Run([this, &rid] { requests.erase(rid); });
+          return absl::DeadlineExceededError("UCX fetch timed out");
+        }
+      }
+      if (!result.ok()) return result;
+      return size;
     }
-    return true;
+  };
+
+  UcxClientOptions options;
+  std::vector<std::unique_ptr<Lane>> lanes;
+  // Where the lane choice starts (round robin among lanes with equal outstanding bytes).
+  std::atomic<uint32_t> next_lane{0};
+  absl::Mutex mu;
+  int next_session ABSL_GUARDED_BY(mu) = 0;
+
+  // The lane with the fewest outstanding bytes, scanning from a rotating start.
+  Lane& PickLane() {
+    const size_t n = lanes.size();
+    const size_t start = next_lane.fetch_add(1, std::memory_order_relaxed) % n;
+    size_t best = start;
+    uint64_t best_bytes = lanes[start]->outstanding_bytes.load(std::memory_order_relaxed);
+    for (size_t k = 1; k < n && best_bytes > 0; ++k) {
+      const size_t i = (start + k) % n;
+      const uint64_t b = lanes[i]->outstanding_bytes.load(std::memory_order_relaxed);
+      if (b < best_bytes) {
+        best = i;
+        best_bytes = b;
+      }
+    }
+    return *lanes[best];
   }
 };
 
 absl::StatusOr<std::unique_ptr<UcxClient>> UcxClient::Create(UcxClientOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  if (absl::Status s = impl->loop.Init(nullptr); !s.ok()) return s;
-  Impl* raw = impl.get();
-  ucp_worker_h worker = impl->loop.worker();
-  auto set_handler = [&](uint32_t id, ucp_am_recv_callback_t cb) {
-    ucp_am_handler_param_t hp{};
-    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                    UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    hp.id = id;
-    hp.cb = cb;
-    hp.arg = raw;
-    return FromUcs(ucp_worker_set_am_recv_handler(worker, &hp), "am handler");
-  };
-  if (auto s = set_handler(kAmHelloAck, &Impl::OnHelloAck); !s.ok()) return s;
-  if (auto s = set_handler(kAmData, &Impl::OnData); !s.ok()) return s;
-  ucp_address_t* addr = nullptr;
-  size_t len = 0;
-  if (auto s = FromUcs(ucp_worker_get_address(worker, &addr, &len), "ucp_worker_get_address");
-      !s.ok()) {
-    return s;
+  for (uint32_t i = 0; i < options.lanes; ++i) {
+    auto lane = std::make_unique<Impl::Lane>();
+    lane->options = &impl->options;
+    if (absl::Status s = lane->loop.Init(nullptr); !s.ok()) return s;
+    ucp_worker_h worker = lane->loop.worker();
+    auto set_handler = [&](uint32_t id, ucp_am_recv_callback_t cb) {
+      ucp_am_handler_param_t hp{};
+      hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG;
+      hp.id = id;
+      hp.cb = cb;
+      hp.arg = lane.get();
+      return FromUcs(ucp_worker_set_am_recv_handler(worker, &hp), "am handler");
+    };
+    if (auto s = set_handler(kAmHelloAck, &Impl::Lane::OnHelloAck); !s.ok()) return s;
+    if (auto s = set_handler(kAmData, &Impl::Lane::OnData); !s.ok()) return s;
+    ucp_address_t* addr = nullptr;
+    size_t len = 0;
+    if (auto s = FromUcs(ucp_worker_get_address(worker, &addr, &len), "ucp_worker_get_address");
+        !s.ok()) {
+      return s;
+    }
+    lane->worker_address.assign(reinterpret_cast<const char*>(addr), len);
+    ucp_worker_release_address(worker, addr);
+    impl->lanes.push_back(std::move(lane));
   }
-  impl->worker_address.assign(reinterpret_cast<const char*>(addr), len);
-  ucp_worker_release_address(worker, addr);
-  impl->loop.StartThread();
+  for (auto& lane : impl->lanes) lane->loop.StartThread();
   return std::unique_ptr<UcxClient>(new UcxClient(std::move(impl)));
 }
 
 UcxClient::UcxClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 UcxClient::~UcxClient() {
-  Impl* impl = impl_.get();
-  impl->loop.Stop([impl] {
-    for (auto& s : impl->sessions) {
-      if (s != nullptr && s->ep != nullptr) {
-        impl->FailSession(s->id, absl::UnavailableError("UCX client shutting down"));
-        CloseEp(impl->loop.worker(), s->ep);
-        s->ep = nullptr;
+  for (auto& lane : impl_->lanes) {
+    Impl::Lane* l = lane.get();
+    l->loop.Stop([l] {
+      std::vector<int> sessions;
+      for (auto& [id, e] : l->endpoints) sessions.push_back(id);
+      for (int id : sessions) {
+        l->CloseEndpoint(id, absl::UnavailableError("UCX client shutting down"));
       }
-    }
-  });
+    });
+  }
 }
 
-std::string UcxClient::WorkerAddress() const { return impl_->worker_address; }
+int UcxClient::lanes() const { return static_cast<int>(impl_->lanes.size()); }
 
-absl::StatusOr<int> UcxClient::Connect(const std::string& listener_address,
-                                       const std::string& token, absl::Duration timeout) {
-  if (token.size() != kTokenBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("session token must be ", kTokenBytes,
-                                                   " bytes"));
-  }
-  absl::StatusOr<sockaddr_in> sa = ParseHostPort(listener_address);
-  if (!sa.ok()) return sa.status();
+std::string UcxClient::WorkerAddress(int lane) const {
+  return impl_->lanes.at(lane)->worker_address;
+}
+
+std::vector<uint64_t> UcxClient::FetchesPerLane() const {
+  std::vector<uint64_t> out;
+  for (const auto& lane : impl_->lanes) out.push_back(lane->fetches.load());
+  return out;
+}
+
+absl::StatusOr<int> UcxClient::Connect(absl::Span<const SessionTicket> tickets,
+                                       absl::Duration timeout) {
   Impl* impl = impl_.get();
-  absl::Notification acked;
-  int32_t code = static_cast<int32_t>(absl::StatusCode::kUnavailable);
-  int id = -1;
-  uint64_t hello_id = 0;
+  const size_t n = impl->lanes.size();
+  if (tickets.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a session needs one ticket per lane: ", n, " lanes, ", tickets.size(),
+                     " tickets"));
+  }
+  std::vector<sockaddr_in> addresses;
+  for (const SessionTicket& t : tickets) {
+    if (t.token.size() != kTokenBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("session token must be ", kTokenBytes,
+                                                     " bytes"));
+    }
+    absl::StatusOr<sockaddr_in> sa = ParseHostPort(t.listener_address);
+    if (!sa.ok()) return sa.status();
+    addresses.push_back(*sa);
+  }
+  int id = 0;
+  {
+    absl::MutexLock l(&impl->mu);
+    if (impl->next_session >= static_cast<int64_t>(impl->options.max_sessions)) {
+      return absl::ResourceExhaustedError("too many UCX sessions");
+    }
+    id = impl->next_session++;
+  }
+  // Every lane dials and presents its token at once; then the answers are awaited together.
+  struct Handshake {
+    absl::Notification acked;
+    int32_t code = static_cast<int32_t>(absl::StatusCode::kUnavailable);
+    uint64_t hello_id = 0;
+    absl::Status status;
+  };
+  auto hs = std::make_unique<Handshake[]>(n);
+  for (size_t i = 0; i < n; ++i) {
+    Impl::Lane& lane = *impl->lanes[i];
+    lane.loop.Run([&, i] {
+      hs[i].status = lane.Open(id, addresses[i], tickets[i].token, &hs[i].acked, &hs[i].code,
+                               &hs[i].hello_id);
+    });
+  }
+  const absl::Time deadline = absl::Now() + timeout;
   absl::Status status;
-  impl->loop.Run([&] {
-    if (impl->sessions.size() >= impl->options.max_sessions) {
-      status = absl::ResourceExhaustedError("too many UCX sessions");
-      return;
+  for (size_t i = 0; i < n && status.ok(); ++i) {
+    if (!hs[i].status.ok()) {
+      status = absl::Status(hs[i].status.code(),
+                            absl::StrCat(tickets[i].listener_address, " (lane ", i, "): ",
+                                         hs[i].status.message()));
+    } else if (!hs[i].acked.WaitForNotificationWithDeadline(deadline)) {
+      status = absl::DeadlineExceededError("UCX session handshake timed out");
+    } else if (hs[i].code != 0) {
+      status = absl::Status(static_cast<absl::StatusCode>(hs[i].code),
+                            absl::StrCat("the node refused the data-plane session token (lane ",
+                                         i, ")"));
     }
-    auto session = std::make_unique<Impl::Session>();
-    session->impl = impl;
-    session->id = static_cast<int>(impl->sessions.size());
-    ucp_ep_params_t p{};
-    p.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                   UCP_EP_PARAM_FIELD_ERR_HANDLER | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-    p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&*sa);
-    p.sockaddr.addrlen = sizeof(*sa);
-    p.err_mode = impl->options.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
-                                                   : UCP_ERR_HANDLING_MODE_NONE;
-    p.err_handler.cb = &Impl::OnEpError;
-    p.err_handler.arg = session.get();
-    status = FromUcs(ucp_ep_create(impl->loop.worker(), &p, &session->ep),
-                     absl::StrCat("UCX connect to ", listener_address));
-    if (!status.ok()) return;
-    HelloHeader h{};
-    hello_id = impl->next_id++;
-    h.hello_id = hello_id;
-    std::memcpy(h.token, token.data(), kTokenBytes);
-    impl->hellos[hello_id] = {&acked, &code};
-    id = session->id;
-    impl->sessions.push_back(std::move(session));
-    if (!impl->SendSmall(impl->sessions.back()->ep, kAmHello, &h, sizeof(h))) {
-      status = absl::UnavailableError("UCX hello send failed");
-    }
-  });
-  if (status.ok() && !acked.WaitForNotificationWithTimeout(timeout)) {
-    status = absl::DeadlineExceededError("UCX session handshake timed out");
-  } else if (status.ok() && code != 0) {
-    status = absl::Status(static_cast<absl::StatusCode>(code),
-                          "the node refused the data-plane session token");
   }
   if (!status.ok()) {
-    impl->loop.Run([&] { impl->hellos.erase(hello_id); });
-    if (id >= 0) Close(id);
+    for (size_t i = 0; i < n; ++i) {
+      Impl::Lane& lane = *impl->lanes[i];
+      lane.loop.Run([&, i] { lane.hellos.erase(hs[i].hello_id); });
+    }
+    Close(id);
     return status;
   }
   return id;
@@ -948,66 +1112,21 @@ absl::StatusOr<int> UcxClient::Connect(const std::string& listener_address,
 
 absl::StatusOr<uint64_t> UcxClient::Fetch(int session, const BlockKey& key,
                                           absl::Span<uint8_t> buffer, absl::Duration timeout) {
-  Impl* impl = impl_.get();
-  absl::Notification done;
-  absl::Status result;
-  uint64_t size = 0;
-  uint64_t rid = 0;
-  absl::Status early;
-  impl->loop.Post([&, impl] {
-    if (session < 0 || session >= static_cast<int>(impl->sessions.size()) ||
-        impl->sessions[session]->ep == nullptr || impl->sessions[session]->broken) {
-      result = absl::UnavailableError("no such UCX session (closed or broken)");
-      done.Notify();
-      return;
-    }
-    rid = impl->next_id++;
-    Impl::Request& r = impl->requests[rid];
-    r.buffer = buffer;
-    r.session = session;
-    r.done = &done;
-    r.result = &result;
-    r.size = &size;
-    FetchHeader h{rid, key.hi, key.lo};
-    if (!impl->SendSmall(impl->sessions[session]->ep, kAmFetch, &h, sizeof(h))) {
-      r.finished = true;
-      r.status = absl::UnavailableError("UCX fetch send failed");
-      impl->MaybeComplete(rid);
-    }
-  });
-  if (!done.WaitForNotificationWithTimeout(timeout)) {
-    // Close the session so no receive writes into the buffer after we return, then wait for
-    // the request to be completed (the close fails every receive in progress).
-    impl->loop.Post([impl, session] {
-      impl->FailSession(session, absl::DeadlineExceededError("UCX fetch timed out"));
-      Impl::Session& s = *impl->sessions[session];
-      if (s.ep != nullptr) {
-        CloseEp(impl->loop.worker(), s.ep);
-        s.ep = nullptr;
-      }
-      s.broken = true;
-    });
-    if (!done.WaitForNotificationWithTimeout(absl::Seconds(10))) {
-      // The forced close should have failed every receive; if one is still pending, forget
-      // the request so a late completion finds nothing to write.
-      impl->loop.Run([impl, &rid] { impl->requests.erase(rid); });
-      return absl::DeadlineExceededError("UCX fetch timed out");
-    }
-  }
-  if (!result.ok()) return result;
-  return size;
+  Impl::Lane& lane = impl_->PickLane();
+  lane.fetches.fetch_add(1, std::memory_order_relaxed);
+  lane.outstanding_bytes.fetch_add(buffer.size(), std::memory_order_relaxed);
+  absl::StatusOr<uint64_t> n = lane.Fetch(session, key, buffer, timeout);
+  lane.outstanding_bytes.fetch_sub(buffer.size(), std::memory_order_relaxed);
+  return n;
 }
 
 void UcxClient::Close(int session) {
-  Impl* impl = impl_.get();
-  impl->loop.Run([impl, session] {
-    if (session < 0 || session >= static_cast<int>(impl->sessions.size())) return;
-    Impl::Session& s = *impl->sessions[session];
-    impl->FailSession(session, absl::UnavailableError("UCX session closed"));
-    if (s.ep != nullptr) CloseEp(impl->loop.worker(), s.ep);
-    s.ep = nullptr;
-    s.broken = true;
-  });
+  for (auto& lane : impl_->lanes) {
+    Impl::Lane* l = lane.get();
+    l->loop.Run([l, session] {
+      l->CloseEndpoint(session, absl::UnavailableError("UCX session closed"));
+    });
+  }
 }
 
 }  // namespace kvblock

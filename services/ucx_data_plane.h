@@ -17,10 +17,18 @@
 // peer_error_handling). The server sets UCX_TCP_CM_REUSEADDR=y (unless already set) so a
 // restarted node can bind its port while old connections linger.
 //
-// Threads: each side runs one progress thread that owns its ucp worker; public methods post work
-// to it and wait, so they are thread-safe. The server reads blocks from the store on a small
-// pool of reader threads (read_threads) and hands each block back to the progress thread, which
-// sends it, so a slow disk read delays only its own fetch.
+// Threads: each side runs progress threads that own its ucp workers; public methods post work
+// to them and wait, so they are thread-safe. The server runs one worker; it reads blocks from
+// the store on a small pool of reader threads (read_threads) and hands each block back to the
+// progress thread, which sends it, so a slow disk read delays only its own fetch.
+//
+// Lanes: a client session to a node is UcxClientOptions::lanes endpoints, one per lane, each on
+// its own ucp worker and progress thread and each authenticated with its own one-use token (one
+// OpenDataPlane per lane). A fetch runs on the lane with the fewest bytes in flight and stays
+// there. On one host the rendezvous payload is copied by the receiving worker's thread
+// (CMA process_vm_readv), so one lane caps everything a client fetches from a node at one
+// core's copy rate; the server's worker only answers the handshakes of those copies, so the
+// server keeps one (docs/benchmarks.md, "Data-plane lanes").
 #pragma once
 
 #include <cstdint>
@@ -96,34 +104,57 @@ class UcxServer final : public DataPlaneSessions {
 };
 
 struct UcxClientOptions {
-  // Upper bound on sessions (count). Default: 1024. (UCX itself reads UCX_* environment
-  // variables such as UCX_TLS; kvblock leaves them unset.)
+  static constexpr uint32_t kMaxLanes = 64;
+  // Upper bound on sessions opened over the client's life (count). Default: 1024. (UCX itself
+  // reads UCX_* environment variables such as UCX_TLS; kvblock leaves them unset.)
   uint32_t max_sessions = 1024;
   // As UcxServerOptions::peer_error_handling. Default: false.
   bool peer_error_handling = false;
+  // Lanes: ucp workers, each with its own progress thread, over which every session spreads its
+  // fetches (count, 1..kMaxLanes). Each lane is one endpoint and one authenticated session on
+  // the node, so a node's per-session limits (max_inflight_bytes, max_reads_per_session) apply
+  // per lane. Default: 4 (docs/benchmarks.md, "Data-plane lanes").
+  uint32_t lanes = 4;
+
+  absl::Status Validate() const;
+};
+
+// What one OpenDataPlane answered: where to connect and the one-use token to present.
+struct SessionTicket {
+  std::string listener_address;
+  std::string token;
 };
 
 class UcxClient {
  public:
-  // UNAVAILABLE when UCX cannot start (no transports).
+  // INVALID_ARGUMENT for bad options; UNAVAILABLE when UCX cannot start (no transports).
   static absl::StatusOr<std::unique_ptr<UcxClient>> Create(UcxClientOptions options);
+  // Closes every session (fetches in progress fail with UNAVAILABLE) and stops the lanes.
   ~UcxClient();
 
-  // This client's ucp worker address (sent in OpenDataPlane).
-  std::string WorkerAddress() const;
-  // Connects to a node's listener and presents `token`; returns a session id.
-  // UNAUTHENTICATED when the node refuses the token, UNAVAILABLE when it cannot connect,
-  // DEADLINE_EXCEEDED after `timeout`. Thread-safe.
-  absl::StatusOr<int> Connect(const std::string& listener_address, const std::string& token,
-                              absl::Duration timeout);
+  // The number of lanes (options.lanes).
+  int lanes() const;
+  // Lane `lane`'s ucp worker address (sent in the OpenDataPlane whose token that lane presents).
+  std::string WorkerAddress(int lane) const;
+  // Fetches routed to each lane since Create (for tests and benchmarks). Thread-safe.
+  std::vector<uint64_t> FetchesPerLane() const;
+  // Opens a session: lane i connects to tickets[i].listener_address and presents
+  // tickets[i].token, all lanes at once; returns the session id. INVALID_ARGUMENT unless there
+  // is one ticket per lane; UNAUTHENTICATED when the node refuses a token, UNAVAILABLE when a
+  // lane cannot connect, DEADLINE_EXCEEDED after `timeout`, RESOURCE_EXHAUSTED past
+  // max_sessions. On any failure every lane's endpoint of the session is closed. Thread-safe.
+  absl::StatusOr<int> Connect(absl::Span<const SessionTicket> tickets, absl::Duration timeout);
   // Fetches a block into `buffer` (the caller's; it must stay valid until the call returns) and
-  // returns the payload size. NOT_FOUND for an absent key, OUT_OF_RANGE when the buffer is too
-  // small, UNAUTHENTICATED on a session the node does not accept, UNAVAILABLE when the session
-  // broke, DEADLINE_EXCEEDED after `timeout` (the session is then closed, so nothing is written
-  // into the buffer after the call returns). Thread-safe.
+  // returns the payload size. The fetch runs on the lane with the fewest buffer bytes of
+  // fetches in progress (ties taken in turn). NOT_FOUND for an absent key, OUT_OF_RANGE when
+  // the buffer is too small, UNAUTHENTICATED on a session the node does not accept, UNAVAILABLE
+  // when the session (on that lane) broke or was closed, DEADLINE_EXCEEDED after `timeout` (the
+  // session's endpoint on that lane is then closed, so nothing is written into the buffer after
+  // the call returns; later fetches that land on that lane fail UNAVAILABLE: close the session
+  // and connect again). Thread-safe.
   absl::StatusOr<uint64_t> Fetch(int session, const BlockKey& key, absl::Span<uint8_t> buffer,
                                  absl::Duration timeout);
-  // Closes a session (pending fetches fail with UNAVAILABLE). Thread-safe.
+  // Closes a session on every lane (pending fetches fail with UNAVAILABLE). Thread-safe.
   void Close(int session);
 
   struct Impl;

@@ -100,6 +100,7 @@ TEST_F(CacheSpecTest, FlagsToOptions) {
   EXPECT_EQ(o->members.size(), 3u);
   EXPECT_EQ(o->replication, 3u);  // capped at the members
   EXPECT_EQ(o->rpc_timeout, absl::Seconds(2));
+  EXPECT_EQ(o->data_plane_lanes, CacheClientOptions().data_plane_lanes);
   EXPECT_FALSE(o->use_tls);
   f.credentials.auth_token_file = Write("token", "  s3cret\n");
   f.credentials.tls_ca = Write("ca.pem", "CA PEM");
@@ -118,6 +119,15 @@ TEST_F(CacheSpecTest, FlagsToOptions) {
   f.credentials = {};
   f.timeout_s = 0;
   EXPECT_EQ(ClientOptionsFromFlags(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f.timeout_s = 2;
+  f.ucx_lanes = 8;
+  o = ClientOptionsFromFlags(f);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->data_plane_lanes, 8u);
+  for (uint32_t bad : {0u, 65u}) {
+    f.ucx_lanes = bad;
+    EXPECT_NE(ClientOptionsFromFlags(f).status().message().find("--ucx-lanes"), std::string::npos);
+  }
 }
 
 }  // namespace

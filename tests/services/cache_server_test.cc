@@ -147,21 +147,22 @@ TEST_F(ServerTest, RoundTripOverGrpcAndUcxIsByteExact) {
 }
 
 TEST_F(ServerTest, UcxSessionNeedsAFreshTokenFromOpenDataPlane) {
-  auto ucx = UcxClient::Create({});
+  auto ucx = UcxClient::Create({.lanes = 1});
   ASSERT_TRUE(ucx.ok()) << ucx.status();
   std::string forged(32, 'x');
-  auto s = (*ucx)->Connect(server_->ucx_address(), forged, absl::Seconds(5));
+  auto s = (*ucx)->Connect({{server_->ucx_address(), forged}}, absl::Seconds(5));
   EXPECT_TRUE(absl::IsUnauthenticated(s.status())) << s.status();
   // A real token (from an authenticated OpenDataPlane call) works once.
   v1::OpenDataPlaneRequest req;
-  req.set_client_worker_address((*ucx)->WorkerAddress());
+  req.set_client_worker_address((*ucx)->WorkerAddress(0));
   auto r = RawCall(channel_, Method("OpenDataPlane"), {req.SerializeAsString()},
                    {{"authorization", std::string("Bearer ") + kToken}});
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   v1::OpenDataPlaneResponse resp;
   ASSERT_TRUE(resp.ParseFromString(r.responses.at(0)));
   EXPECT_EQ(resp.listener_address(), server_->ucx_address());
-  auto session = (*ucx)->Connect(resp.listener_address(), resp.session_token(), absl::Seconds(5));
+  const SessionTicket ticket{resp.listener_address(), resp.session_token()};
+  auto session = (*ucx)->Connect({ticket}, absl::Seconds(5));
   ASSERT_TRUE(session.ok()) << session.status();
   TestBlock b = RandomBlock(rng_, 3, 50);
   ASSERT_TRUE(server_->store()->Put(b.key, b.payload).ok());
@@ -169,7 +170,7 @@ TEST_F(ServerTest, UcxSessionNeedsAFreshTokenFromOpenDataPlane) {
   auto n = (*ucx)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(5));
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(out, b.payload);
-  auto again = (*ucx)->Connect(resp.listener_address(), resp.session_token(), absl::Seconds(5));
+  auto again = (*ucx)->Connect({ticket}, absl::Seconds(5));
   EXPECT_TRUE(absl::IsUnauthenticated(again.status())) << "a token must be single-use";
 }
 

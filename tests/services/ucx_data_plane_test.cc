@@ -1,13 +1,19 @@
-// UcxServer reads blocks from the store on reader threads: a fetch whose store read blocks (a
-// slow disk) must not stall fetches of other blocks, and its own reply still arrives byte-exact
-// once the read returns. The store is a real MemoryTier behind a gate on one key (an explicit
-// hook, no sleeps).
+// The UCX data plane on loopback against a real MemoryTier:
+//  - UcxServer reads blocks on reader threads: a fetch whose store read blocks (a slow disk) must
+//    not stall fetches of other blocks on the same session, and its own reply still arrives
+//    byte-exact once the read returns (a gate on one key: an explicit hook, no sleeps);
+//  - lanes: concurrent fetches over several lanes come back byte-exact and use every lane; a
+//    refused token on one lane fails the whole Connect and leaves nothing authenticated; a
+//    stopped server fails every lane's fetches with UNAVAILABLE, promptly; a deadline on one
+//    lane leaves the caller's buffer alone while the other lanes keep serving.
 #include "services/ucx_data_plane.h"
 
+#include <atomic>
 #include <random>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "cache/memory_tier.h"
 #include "gtest/gtest.h"
 #include "tests/cache/store_test_util.h"
@@ -19,7 +25,8 @@ using testing::MakeBlock;
 using testing::RandomModel;
 using testing::TestBlock;
 
-// Forwards to a real store; Get of `gated` waits until `open` is notified.
+// Forwards to a real store; Get of `gated` waits until `open` is notified, and notifies `read`
+// once the inner read returned.
 class GatedStore final : public BlockStore {
  public:
   GatedStore(BlockStore* inner, BlockKey gated) : inner_(inner), gated_(gated) {}
@@ -30,6 +37,9 @@ class GatedStore final : public BlockStore {
     if (key == gated_) {
       entered.Notify();
       open.WaitForNotification();
+      absl::StatusOr<BlockBytes> r = inner_->Get(key);
+      read.Notify();
+      return r;
     }
     return inner_->Get(key);
   }
@@ -42,12 +52,34 @@ class GatedStore final : public BlockStore {
   }
   std::vector<TierStats> Stats() const override { return inner_->Stats(); }
 
-  absl::Notification entered, open;
+  absl::Notification entered, open, read;
 
  private:
   BlockStore* inner_;
   BlockKey gated_;
 };
+
+// Opens a session on every lane of `client` with fresh tokens from `server`.
+absl::StatusOr<int> ConnectAllLanes(UcxServer& server, UcxClient& client) {
+  std::vector<SessionTicket> tickets;
+  for (int i = 0; i < client.lanes(); ++i) {
+    absl::StatusOr<v1::OpenDataPlaneResponse> open = server.OpenSession(client.WorkerAddress(i));
+    if (!open.ok()) return open.status();
+    tickets.push_back({open->listener_address(), open->session_token()});
+  }
+  return client.Connect(tickets, absl::Seconds(10));
+}
+
+// Waits (bounded) until `done` holds.
+template <typename Fn>
+bool Eventually(Fn&& done, absl::Duration limit = absl::Seconds(10)) {
+  const absl::Time end = absl::Now() + limit;
+  while (!done()) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
 
 TEST(UcxServerTest, ASlowStoreReadDoesNotStallOtherFetches) {
   const ModelFingerprint m = RandomModel(std::random_device{}());
@@ -58,12 +90,9 @@ TEST(UcxServerTest, ASlowStoreReadDoesNotStallOtherFetches) {
   GatedStore store(memory.get(), slow.key);
   auto server = UcxServer::Start({}, &store, nullptr);
   ASSERT_TRUE(server.ok()) << server.status();
-  auto client = UcxClient::Create({});
+  auto client = UcxClient::Create({.lanes = 1});  // every fetch on the same endpoint
   ASSERT_TRUE(client.ok()) << client.status();
-  auto open = (*server)->OpenSession((*client)->WorkerAddress());
-  ASSERT_TRUE(open.ok()) << open.status();
-  auto session =
-      (*client)->Connect(open->listener_address(), open->session_token(), absl::Seconds(10));
+  auto session = ConnectAllLanes(**server, **client);
   ASSERT_TRUE(session.ok()) << session.status();
 
   std::vector<uint8_t> slow_out(slow.payload.size()), fast_out(fast.payload.size());
@@ -86,6 +115,217 @@ TEST(UcxServerTest, ASlowStoreReadDoesNotStallOtherFetches) {
   EXPECT_EQ(slow_out, slow.payload);
 }
 
+TEST(UcxLanesTest, ConcurrentFetchesOverLanesAreByteExact) {
+  std::mt19937_64 rng(std::random_device{}());
+  const ModelFingerprint m = RandomModel(rng());
+  auto memory = MemoryTier::Create({}).value();
+  // 24 blocks of 16 KiB .. 4.5 MiB (several rendezvous segments for the big ones).
+  std::vector<TestBlock> blocks;
+  for (int i = 0; i < 24; ++i) {
+    const uint32_t tokens = 32u << (i % 6), layers = 1 + i % 5;
+    blocks.push_back(MakeBlock(m, rng(), tokens, layers, 8, 64));
+    ASSERT_TRUE(memory->Put(blocks.back().key, blocks.back().payload).ok());
+  }
+  auto server = UcxServer::Start({}, memory.get(), nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = UcxClient::Create({.lanes = 4});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_EQ((*client)->lanes(), 4);
+  auto session = ConnectAllLanes(**server, **client);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*server)->authenticated_sessions(), 4);
+
+  constexpr int kThreads = 8, kFetches = 30;
+  std::atomic<int> good{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, seed = rng()] {
+      std::mt19937_64 r(seed);
+      std::vector<uint8_t> out;
+      for (int i = 0; i < kFetches; ++i) {
+        const TestBlock& b = blocks[r() % blocks.size()];
+        // A buffer a little larger than the payload, filled with garbage first.
+        out.assign(b.payload.size() + r() % 4096, static_cast<uint8_t>(r()));
+        auto n = (*client)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(30));
+        const bool same = n.ok() && *n == b.payload.size() &&
+                          std::equal(b.payload.begin(), b.payload.end(), out.begin());
+        (same ? good : bad).fetch_add(1);
+      }
+      // The error answers travel the lanes too.
+      auto absent = (*client)->Fetch(*session, Hash128{r(), r()}, absl::MakeSpan(out),
+                                     absl::Seconds(30));
+      if (!absl::IsNotFound(absent.status())) bad.fetch_add(1);
+      std::vector<uint8_t> small(100);
+      auto too_small = (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(small),
+                                        absl::Seconds(30));
+      if (!absl::IsOutOfRange(too_small.status())) bad.fetch_add(1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(good.load(), kThreads * kFetches);
+  const std::vector<uint64_t> per_lane = (*client)->FetchesPerLane();
+  ASSERT_EQ(per_lane.size(), 4u);
+  uint64_t total = 0;
+  for (uint64_t n : per_lane) {
+    EXPECT_GT(n, 0u) << "every lane carries fetches";
+    total += n;
+  }
+  EXPECT_EQ(total, static_cast<uint64_t>(kThreads * (kFetches + 2)));
+}
+
+TEST(UcxLanesTest, ARefusedTokenOnOneLaneFailsTheConnectCleanly) {
+  const ModelFingerprint m = RandomModel(std::random_device{}());
+  TestBlock b = MakeBlock(m, 7, 256, 4);
+  auto memory = MemoryTier::Create({}).value();
+  ASSERT_TRUE(memory->Put(b.key, b.payload).ok());
+  auto server = UcxServer::Start({}, memory.get(), nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = UcxClient::Create({.lanes = 3});
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<SessionTicket> tickets;
+  for (int i = 0; i < 3; ++i) {
+    auto open = (*server)->OpenSession((*client)->WorkerAddress(i));
+    ASSERT_TRUE(open.ok()) << open.status();
+    tickets.push_back({open->listener_address(), open->session_token()});
+  }
+  EXPECT_EQ((*client)->Connect(absl::MakeSpan(tickets).subspan(0, 2), absl::Seconds(5))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const std::string lane1_token = tickets[1].token;
+  tickets[1].token = std::string(32, 'x');  // forged
+  auto s = (*client)->Connect(tickets, absl::Seconds(10));
+  EXPECT_TRUE(absl::IsUnauthenticated(s.status())) << s.status();
+  EXPECT_NE(s.status().message().find("lane 1"), absl::string_view::npos) << s.status();
+  // The lanes that were accepted are closed again and their tokens are spent.
+  EXPECT_TRUE(Eventually([&] { return (*server)->authenticated_sessions() == 0; }))
+      << (*server)->authenticated_sessions() << " endpoints still authenticated";
+  tickets[1].token = lane1_token;
+  s = (*client)->Connect(tickets, absl::Seconds(10));
+  EXPECT_TRUE(absl::IsUnauthenticated(s.status())) << "tokens are single-use: " << s.status();
+  // Fresh tokens on every lane work, and the client is none the worse.
+  auto session = ConnectAllLanes(**server, **client);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_TRUE(Eventually([&] { return (*server)->authenticated_sessions() == 3; }));
+  std::vector<uint8_t> out(b.payload.size());
+  for (int i = 0; i < 3; ++i) {
+    auto n = (*client)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(10));
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(out, b.payload);
+  }
+}
+
+TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
+  std::mt19937_64 rng(std::random_device{}());
+  const ModelFingerprint m = RandomModel(rng());
+  auto memory = MemoryTier::Create({}).value();
+  std::vector<TestBlock> blocks;
+  for (int i = 0; i < 4; ++i) {
+    blocks.push_back(MakeBlock(m, rng(), 2048, 4, 8, 64));  // 8 MiB
+    ASSERT_TRUE(memory->Put(blocks.back().key, blocks.back().payload).ok());
+  }
+  auto server = UcxServer::Start({}, memory.get(), nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = UcxClient::Create({.lanes = 4});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto session = ConnectAllLanes(**server, **client);
+  ASSERT_TRUE(session.ok()) << session.status();
+
+  constexpr int kThreads = 6;
+  std::vector<absl::Status> last(kThreads);
+  std::vector<int> ok(kThreads, 0);
+  std::vector<absl::Time> ended(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<uint8_t> out(blocks[0].payload.size());
+      // Bounded: at most 100,000 fetches or 60 s (the server stops long before).
+      const absl::Time end = absl::Now() + absl::Seconds(60);
+      for (int i = 0; i < 100000 && absl::Now() < end; ++i) {
+        const TestBlock& b = blocks[(t + i) % blocks.size()];
+        auto n = (*client)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(30));
+        if (!n.ok()) {
+          last[t] = n.status();
+          break;
+        }
+        if (out != b.payload) {
+          last[t] = absl::DataLossError("payload differs");
+          break;
+        }
+        ++ok[t];
+      }
+      ended[t] = absl::Now();
+    });
+  }
+  // Stop the server once every lane has carried fetches.
+  ASSERT_TRUE(Eventually([&] {
+    for (uint64_t n : (*client)->FetchesPerLane()) {
+      if (n < 2) return false;
+    }
+    return true;
+  }));
+  const absl::Time stopped = absl::Now();
+  server->reset();
+  for (auto& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_TRUE(absl::IsUnavailable(last[t])) << "thread " << t << ": " << last[t];
+    EXPECT_LT(ended[t] - stopped, absl::Seconds(5)) << "thread " << t << " hung";
+  }
+  // Every lane now answers at once, with UNAVAILABLE.
+  std::vector<uint8_t> out(blocks[0].payload.size());
+  const std::vector<uint64_t> before = (*client)->FetchesPerLane();
+  for (int i = 0; i < 4; ++i) {
+    const absl::Time t0 = absl::Now();
+    auto n = (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(out), absl::Seconds(30));
+    EXPECT_TRUE(absl::IsUnavailable(n.status())) << n.status();
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
+  }
+  const std::vector<uint64_t> after = (*client)->FetchesPerLane();
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_EQ(after[i], before[i] + 1) << "lane " << i;
+}
+
+TEST(UcxLanesTest, ADeadlineOnOneLaneLeavesTheBufferAloneAndOtherLanesServe) {
+  const ModelFingerprint m = RandomModel(std::random_device{}());
+  TestBlock slow = MakeBlock(m, 1, 1024, 4, 8, 64), fast = MakeBlock(m, 2, 256, 4, 8, 64);
+  auto memory = MemoryTier::Create({}).value();
+  ASSERT_TRUE(memory->Put(slow.key, slow.payload).ok());
+  ASSERT_TRUE(memory->Put(fast.key, fast.payload).ok());
+  GatedStore store(memory.get(), slow.key);
+  auto server = UcxServer::Start({}, &store, nullptr);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = UcxClient::Create({.lanes = 2});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto session = ConnectAllLanes(**server, **client);
+  ASSERT_TRUE(session.ok()) << session.status();
+
+  std::vector<uint8_t> slow_out(slow.payload.size(), 0xAB);
+  auto n = (*client)->Fetch(*session, slow.key, absl::MakeSpan(slow_out), absl::Milliseconds(300));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(n.status())) << n.status();
+  ASSERT_TRUE(store.entered.HasBeenNotified());
+  // The node now reads the block and would answer on the closed lane.
+  store.open.Notify();
+  ASSERT_TRUE(store.read.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // Fetches alternate over the two lanes (nothing in flight): the open lane serves, the closed
+  // one answers UNAVAILABLE at once.
+  int served = 0, unavailable = 0;
+  std::vector<uint8_t> fast_out(fast.payload.size());
+  for (int i = 0; i < 6; ++i) {
+    auto f = (*client)->Fetch(*session, fast.key, absl::MakeSpan(fast_out), absl::Seconds(10));
+    if (f.ok()) {
+      ++served;
+      EXPECT_EQ(fast_out, fast.payload);
+    } else {
+      EXPECT_TRUE(absl::IsUnavailable(f.status())) << f.status();
+      ++unavailable;
+    }
+  }
+  EXPECT_EQ(served, 3);
+  EXPECT_EQ(unavailable, 3);
+  EXPECT_TRUE(std::all_of(slow_out.begin(), slow_out.end(), [](uint8_t v) { return v == 0xAB; }))
+      << "bytes were written into the buffer of a fetch that had returned";
+}
+
 TEST(UcxServerTest, ReaderOptionsAreValidated) {
   UcxServerOptions o;
   o.read_threads = 0;
@@ -95,6 +335,14 @@ TEST(UcxServerTest, ReaderOptionsAreValidated) {
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
   o.max_reads_per_session = 1;
   EXPECT_TRUE(o.Validate().ok());
+}
+
+TEST(UcxLanesTest, LaneOptionsAreValidated) {
+  for (uint32_t lanes : {0u, UcxClientOptions::kMaxLanes + 1}) {
+    EXPECT_EQ(UcxClient::Create({.lanes = lanes}).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(UcxClientOptions{.lanes = UcxClientOptions::kMaxLanes}.Validate().ok());
 }
 
 }  // namespace
