@@ -795,9 +795,8 @@ struct UcxClient::Impl {
         r.total = h.total;
         if (h.total > r.buffer.size()) {
           r.finished = true;
-          r.status = absl::OutOfRangeError(absl::StrCat("block is ", h.total,
-                                                        " bytes; the buffer holds ",
-                                                        r.buffer.size()));
+          r.status = absl::OutOfRangeError(
+              absl::StrCat("block is ", h.total, " bytes; the buffer holds ", r.buffer.size()));
           self->MaybeComplete(h.request_id);
           return UCS_OK;
         }
@@ -811,8 +810,8 @@ struct UcxClient::Impl {
       uint8_t* dst = r.buffer.data() + h.offset;
       if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
         ucp_request_param_t p{};
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                         UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        p.op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
         struct Ctx {
           Lane* lane;
           uint64_t rid;
@@ -889,8 +888,8 @@ struct UcxClient::Impl {
       p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
       p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
       p.sockaddr.addrlen = sizeof(sa);
-      p.err_mode = options->peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
-                                                : UCP_ERR_HANDLING_MODE_NONE;
+      p.err_mode =
+          options->peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
       p.err_handler.cb = &Lane::OnEpError;
       p.err_handler.arg = e.get();
       if (absl::Status s = FromUcs(ucp_ep_create(loop.worker(), &p, &e->ep), "UCX connect");
@@ -1047,15 +1046,14 @@ absl::StatusOr<int> UcxClient::Connect(absl::Span<const SessionTicket> tickets,
   Impl* impl = impl_.get();
   const size_t n = impl->lanes.size();
   if (tickets.size() != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a session needs one ticket per lane: ", n, " lanes, ", tickets.size(),
-                     " tickets"));
+    return absl::InvalidArgumentError(absl::StrCat("a session needs one ticket per lane: ", n,
+                                                   " lanes, ", tickets.size(), " tickets"));
   }
   std::vector<sockaddr_in> addresses;
   for (const SessionTicket& t : tickets) {
     if (t.token.size() != kTokenBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("session token must be ", kTokenBytes,
-                                                     " bytes"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("session token must be ", kTokenBytes, " bytes"));
     }
     absl::StatusOr<sockaddr_in> sa = ParseHostPort(t.listener_address);
     if (!sa.ok()) return sa.status();
@@ -1080,23 +1078,23 @@ absl::StatusOr<int> UcxClient::Connect(absl::Span<const SessionTicket> tickets,
   for (size_t i = 0; i < n; ++i) {
     Impl::Lane& lane = *impl->lanes[i];
     lane.loop.Run([&, i] {
-      hs[i].status = lane.Open(id, addresses[i], tickets[i].token, &hs[i].acked, &hs[i].code,
-                               &hs[i].hello_id);
+      hs[i].status =
+          lane.Open(id, addresses[i], tickets[i].token, &hs[i].acked, &hs[i].code, &hs[i].hello_id);
     });
   }
   const absl::Time deadline = absl::Now() + timeout;
   absl::Status status;
   for (size_t i = 0; i < n && status.ok(); ++i) {
     if (!hs[i].status.ok()) {
-      status = absl::Status(hs[i].status.code(),
-                            absl::StrCat(tickets[i].listener_address, " (lane ", i, "): ",
-                                         hs[i].status.message()));
+      status = absl::Status(
+          hs[i].status.code(),
+          absl::StrCat(tickets[i].listener_address, " (lane ", i, "): ", hs[i].status.message()));
     } else if (!hs[i].acked.WaitForNotificationWithDeadline(deadline)) {
       status = absl::DeadlineExceededError("UCX session handshake timed out");
     } else if (hs[i].code != 0) {
-      status = absl::Status(static_cast<absl::StatusCode>(hs[i].code),
-                            absl::StrCat("the node refused the data-plane session token (lane ",
-                                         i, ")"));
+      status = absl::Status(
+          static_cast<absl::StatusCode>(hs[i].code),
+          absl::StrCat("the node refused the data-plane session token (lane ", i, ")"));
     }
   }
   if (!status.ok()) {
@@ -1123,9 +1121,8 @@ absl::StatusOr<uint64_t> UcxClient::Fetch(int session, const BlockKey& key,
 void UcxClient::Close(int session) {
   for (auto& lane : impl_->lanes) {
     Impl::Lane* l = lane.get();
-    l->loop.Run([l, session] {
-      l->CloseEndpoint(session, absl::UnavailableError("UCX session closed"));
-    });
+    l->loop.Run(
+        [l, session] { l->CloseEndpoint(session, absl::UnavailableError("UCX session closed")); });
   }
 }
 

@@ -297,7 +297,9 @@ TEST_F(ServerTest, MetricsCountRequestsBytesAndHits) {
         std::string("kvblock_rocksdb_wal_written_bytes_total{tier=\"disk\"} "),
         std::string("kvblock_rocksdb_stall_seconds_total{tier=\"disk\"} 0"),
         std::string("kvblock_rocksdb_blob_cache_usage_bytes{tier=\"disk\"} "),
-        std::string("kvblock_cache_server_data_plane_sessions 1"),
+        // One data-plane session per lane of the UCX client.
+        std::string("kvblock_cache_server_data_plane_sessions ") +
+            std::to_string(CacheClientOptions().data_plane_lanes),
         std::string("kvblock_tier_blocks{tier=\"disk\"} 1")}) {
     EXPECT_NE(text.find(want), std::string::npos) << "missing: " << want;
   }

@@ -152,12 +152,12 @@ TEST(UcxLanesTest, ConcurrentFetchesOverLanesAreByteExact) {
         (same ? good : bad).fetch_add(1);
       }
       // The error answers travel the lanes too.
-      auto absent = (*client)->Fetch(*session, Hash128{r(), r()}, absl::MakeSpan(out),
-                                     absl::Seconds(30));
+      auto absent =
+          (*client)->Fetch(*session, Hash128{r(), r()}, absl::MakeSpan(out), absl::Seconds(30));
       if (!absl::IsNotFound(absent.status())) bad.fetch_add(1);
       std::vector<uint8_t> small(100);
-      auto too_small = (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(small),
-                                        absl::Seconds(30));
+      auto too_small =
+          (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(small), absl::Seconds(30));
       if (!absl::IsOutOfRange(too_small.status())) bad.fetch_add(1);
     });
   }
@@ -189,10 +189,9 @@ TEST(UcxLanesTest, ARefusedTokenOnOneLaneFailsTheConnectCleanly) {
     ASSERT_TRUE(open.ok()) << open.status();
     tickets.push_back({open->listener_address(), open->session_token()});
   }
-  EXPECT_EQ((*client)->Connect(absl::MakeSpan(tickets).subspan(0, 2), absl::Seconds(5))
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      (*client)->Connect(absl::MakeSpan(tickets).subspan(0, 2), absl::Seconds(5)).status().code(),
+      absl::StatusCode::kInvalidArgument);
   const std::string lane1_token = tickets[1].token;
   tickets[1].token = std::string(32, 'x');  // forged
   auto s = (*client)->Connect(tickets, absl::Seconds(10));
