@@ -77,8 +77,8 @@ struct CacheClientOptions {
   bool use_data_plane = true;
   // Data-plane lanes per node (UcxClientOptions::lanes: workers with their own progress thread
   // that concurrent FetchInto calls spread over; one OpenDataPlane per lane), 1..64.
-  // Default: 4.
-  uint32_t data_plane_lanes = 4;
+  // Default: 8.
+  uint32_t data_plane_lanes = 8;
 
   absl::Status Validate() const;
 };
