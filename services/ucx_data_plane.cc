@@ -289,6 +289,7 @@ struct UcxServer::Impl {
   absl::flat_hash_map<ucp_ep_h, Endpoint> eps;
   uint64_t next_ep_id = 1;
   absl::Time last_sweep = absl::InfinitePast();
+  bool stopping = false;  // ~UcxServer began: endpoints are gone, the reader pool is going
 
   mutable absl::Mutex mu;
   absl::flat_hash_map<std::string, absl::Time> tokens ABSL_GUARDED_BY(mu);
@@ -406,11 +407,14 @@ struct UcxServer::Impl {
     std::memcpy(&h, header, sizeof(h));
     ucp_ep_h ep = param->reply_ep;
     auto it = self->eps.find(ep);
-    if (it == self->eps.end() || !it->second.authenticated) {
+    // An endpoint this server dropped (it is closing, or the server is stopping) gets no
+    // answer: its client sees the disconnect (UNAVAILABLE), not a refusal.
+    if (it == self->eps.end() || self->stopping) return UCS_OK;
+    if (!it->second.authenticated) {
       DataHeader err{h.request_id, 0, 0, static_cast<int32_t>(absl::StatusCode::kUnauthenticated),
                      0};
       self->SendSmall(ep, kAmData, &err, sizeof(err));
-      if (it != self->eps.end()) it->second.closing = true;
+      it->second.closing = true;
       return UCS_OK;
     }
     Endpoint& e = it->second;
@@ -610,13 +614,18 @@ UcxServer::UcxServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 UcxServer::~UcxServer() {
   Impl* impl = impl_.get();
-  impl->readers.reset();  // finishes the reads in progress; their replies are posted to the loop
-  impl->loop.Stop([impl] {
+  // Close the listener and every endpoint first, so no fetch reaches the reader pool once it is
+  // gone; then finish the reads in progress (their replies find no endpoint) and stop.
+  impl->loop.Run([impl] {
+    impl->stopping = true;
     if (impl->listener != nullptr) ucp_listener_destroy(impl->listener);
     impl->listener = nullptr;
     std::vector<ucp_ep_h> all;
     for (auto& [ep, e] : impl->eps) all.push_back(ep);
     for (ucp_ep_h ep : all) impl->DropEp(ep);
+  });
+  impl->readers.reset();
+  impl->loop.Stop([impl] {
     for (auto& [span, memh] : impl->regions) ucp_mem_unmap(impl->loop.context(), memh);
     impl->regions.clear();
   });
@@ -957,26 +966,28 @@ struct UcxClient::Impl {
 
   UcxClientOptions options;
   std::vector<std::unique_ptr<Lane>> lanes;
-  // Where the lane choice starts (round robin among lanes with equal outstanding bytes).
-  std::atomic<uint32_t> next_lane{0};
   absl::Mutex mu;
   int next_session ABSL_GUARDED_BY(mu) = 0;
+  // Serializes lane choices, so fetches that start together see each other's bytes.
+  absl::Mutex pick_mu;
 
-  // The lane with the fewest outstanding bytes, scanning from a rotating start.
-  Lane& PickLane() {
-    const size_t n = lanes.size();
-    const size_t start = next_lane.fetch_add(1, std::memory_order_relaxed) % n;
-    size_t best = start;
-    uint64_t best_bytes = lanes[start]->outstanding_bytes.load(std::memory_order_relaxed);
-    for (size_t k = 1; k < n && best_bytes > 0; ++k) {
-      const size_t i = (start + k) % n;
+  // Takes the lane with the fewest outstanding bytes (ties: the lowest index, so a client that
+  // fetches one block at a time keeps using one lane and its warm thread) and adds `bytes` to
+  // them; the caller subtracts them when its fetch is done.
+  Lane& PickLane(uint64_t bytes) {
+    absl::MutexLock l(&pick_mu);
+    Lane* best = lanes[0].get();
+    uint64_t best_bytes = best->outstanding_bytes.load(std::memory_order_relaxed);
+    for (size_t i = 1; i < lanes.size() && best_bytes > 0; ++i) {
       const uint64_t b = lanes[i]->outstanding_bytes.load(std::memory_order_relaxed);
       if (b < best_bytes) {
-        best = i;
+        best = lanes[i].get();
         best_bytes = b;
       }
     }
-    return *lanes[best];
+    best->outstanding_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    best->fetches.fetch_add(1, std::memory_order_relaxed);
+    return *best;
   }
 };
 
@@ -1110,9 +1121,7 @@ absl::StatusOr<int> UcxClient::Connect(absl::Span<const SessionTicket> tickets,
 
 absl::StatusOr<uint64_t> UcxClient::Fetch(int session, const BlockKey& key,
                                           absl::Span<uint8_t> buffer, absl::Duration timeout) {
-  Impl::Lane& lane = impl_->PickLane();
-  lane.fetches.fetch_add(1, std::memory_order_relaxed);
-  lane.outstanding_bytes.fetch_add(buffer.size(), std::memory_order_relaxed);
+  Impl::Lane& lane = impl_->PickLane(buffer.size());
   absl::StatusOr<uint64_t> n = lane.Fetch(session, key, buffer, timeout);
   lane.outstanding_bytes.fetch_sub(buffer.size(), std::memory_order_relaxed);
   return n;

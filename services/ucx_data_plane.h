@@ -148,12 +148,12 @@ class UcxClient {
   absl::StatusOr<int> Connect(absl::Span<const SessionTicket> tickets, absl::Duration timeout);
   // Fetches a block into `buffer` (the caller's; it must stay valid until the call returns) and
   // returns the payload size. The fetch runs on the lane with the fewest buffer bytes of
-  // fetches in progress (ties taken in turn). NOT_FOUND for an absent key, OUT_OF_RANGE when
-  // the buffer is too small, UNAUTHENTICATED on a session the node does not accept, UNAVAILABLE
-  // when the session (on that lane) broke or was closed, DEADLINE_EXCEEDED after `timeout` (the
-  // session's endpoint on that lane is then closed, so nothing is written into the buffer after
-  // the call returns; later fetches that land on that lane fail UNAVAILABLE: close the session
-  // and connect again). Thread-safe.
+  // fetches in progress (ties: the lowest lane, so one fetch at a time stays on lane 0).
+  // NOT_FOUND for an absent key, OUT_OF_RANGE when the buffer is too small, UNAUTHENTICATED on
+  // a session the node does not accept, UNAVAILABLE when the session (on that lane) broke or
+  // was closed, DEADLINE_EXCEEDED after `timeout` (the session's endpoint on that lane is then
+  // closed, so nothing is written into the buffer after the call returns; later fetches that
+  // land on that lane fail UNAVAILABLE: close the session and connect again). Thread-safe.
   absl::StatusOr<uint64_t> Fetch(int session, const BlockKey& key, absl::Span<uint8_t> buffer,
                                  absl::Duration timeout);
   // Closes a session on every lane (pending fetches fail with UNAVAILABLE). Thread-safe.
