@@ -256,8 +256,9 @@ int Main(int argc, char** argv) {
       "server cores |\n|---|---|---|---|---|---|---|---|---|---|\n",
       fetchers, fetchers);
   for (const Size& sz : lane_sizes) {
-    // 256 MiB or more of distinct blocks (more than any L3), at least one per fetcher; two per
-    // fetcher in the smoke run.
+    // 256 MiB or more of distinct blocks, at least one per fetcher (two per fetcher in the smoke
+    // run). A large L3 (300 MiB on the GPU machine's host) may hold part of the 8 MiB set, for
+    // memcpy and UCX alike; the 64 MiB set (512 MiB) does not fit.
     const uint64_t bytes = 96 + uint64_t{sz.layers} * sz.tokens * 512;
     const int count =
         smoke ? 2 * fetchers : std::max<int>(fetchers, static_cast<int>((256ull << 20) / bytes));
