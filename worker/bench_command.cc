@@ -38,8 +38,8 @@ namespace kvblock {
 
 absl::Status BenchTtftOptions::Validate() const {
   if (lengths.empty() || final_block <= 0 || passage <= 0 || runs < 1 || warmup < 0 ||
-      decode_context <= 0 || encode_batch <= 0 || fetch_threads <= 0) {
-    return absl::InvalidArgumentError("bench ttft: sizes and runs must be positive");
+      decode_context <= 0 || encode_batch <= 0 || fetch_threads <= 0 || fetch_threads > 64) {
+    return absl::InvalidArgumentError("bench ttft: sizes and runs must be positive, fetch threads at most 64");
   }
   for (int l : lengths) {
     if (l <= final_block) return absl::InvalidArgumentError(absl::StrCat("bench ttft: length ", l, " <= final block"));
@@ -367,6 +367,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     co.members = {fetch.server->grpc_address()};
     co.replication = 1;
     co.rpc_timeout = absl::Seconds(30);  // 64 MiB puts on a loaded machine
+    co.data_plane_lanes = o.fetch_threads;  // one lane (its own copying thread) per concurrent fetch
     auto client = CacheClient::Create(co);
     if (!client.ok()) return client.status();
     fetch.client = std::move(*client);

@@ -40,8 +40,9 @@ struct BenchTtftOptions {
   bool skip_full = false;
   // Skip block mode with blocks fetched from a cache server. Default: false.
   bool skip_fetch = false;
-  // Threads fetching (and verifying) blocks in parallel in fetched block mode. Default: 4.
-  int fetch_threads = 4;
+  // Threads fetching (and verifying) blocks in parallel in fetched block mode, each with a data
+  // plane lane of its own (1..64). Default: 8.
+  int fetch_threads = 8;
   // Also write the results as JSON here. Default: empty (none).
   std::string json_path;
   // Seed of weights and token ids. Default: 1.
