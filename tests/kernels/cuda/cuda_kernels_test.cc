@@ -566,8 +566,11 @@ TEST_F(CudaSampling, TemperatureTopKTopPMatchTwin) {
       }
     }
     // The GPU sums in f32 in another order: a draw landing within rounding of a boundary may
-    // differ; anything beyond 2% is a real difference.
-    EXPECT_GE(same, total * 98 / 100) << "T " << st.temperature << " k " << st.top_k << " p " << st.top_p;
+    // differ. Without top-k the cumulative sum over 128,256 near-uniform probabilities carries
+    // ~2e-5 of rounding, more than a tail token's width (~8e-6), so a few percent of draws land
+    // on a neighbour (97.5% agreed in one H200 run; 2% was too tight for fresh random logits).
+    // A wrong distribution or random stream would agree on almost none.
+    EXPECT_GE(same, total * 95 / 100) << "T " << st.temperature << " k " << st.top_k << " p " << st.top_p;
     EXPECT_GE(in_kept, total * 99 / 100);
   }
 }
