@@ -1,5 +1,6 @@
 // Helpers shared by the storage tier tests and benchmarks: random, real block payloads (random
-// tokens -> real key, random KV bytes -> real checksums) and scratch directories.
+// tokens -> real key, random KV bytes -> real checksums), scratch directories, and a store that
+// forwards to a real one (for tests that change one call).
 #pragma once
 
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "cache/block_key.h"
 #include "cache/block_payload.h"
+#include "cache/block_store.h"
 
 namespace kvblock::testing {
 
@@ -77,6 +79,27 @@ class ScratchDir {
 
  private:
   std::string path_;
+};
+
+// A store passing every call to `inner`; tests override the calls they change.
+class ForwardingStore : public BlockStore {
+ public:
+  explicit ForwardingStore(BlockStore* inner) : inner_(inner) {}
+  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
+    return inner_->Put(key, payload);
+  }
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override { return inner_->Get(key); }
+  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
+    inner_->Lookup(keys, out);
+  }
+  absl::Status Delete(const BlockKey& key) override { return inner_->Delete(key); }
+  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
+    return inner_->DeleteModel(model);
+  }
+  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
+
+ protected:
+  BlockStore* inner_;
 };
 
 }  // namespace kvblock::testing

@@ -27,12 +27,9 @@ using testing::TestBlock;
 
 // Forwards to a real store; Get of `gated` waits until `open` is notified, and notifies `read`
 // once the inner read returned.
-class GatedStore final : public BlockStore {
+class GatedStore final : public testing::ForwardingStore {
  public:
-  GatedStore(BlockStore* inner, BlockKey gated) : inner_(inner), gated_(gated) {}
-  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
-    return inner_->Put(key, payload);
-  }
+  GatedStore(BlockStore* inner, BlockKey gated) : ForwardingStore(inner), gated_(gated) {}
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
     if (key == gated_) {
       entered.Notify();
@@ -43,19 +40,10 @@ class GatedStore final : public BlockStore {
     }
     return inner_->Get(key);
   }
-  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
-    inner_->Lookup(keys, out);
-  }
-  absl::Status Delete(const BlockKey& key) override { return inner_->Delete(key); }
-  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
-    return inner_->DeleteModel(model);
-  }
-  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
 
   absl::Notification entered, open, read;
 
  private:
-  BlockStore* inner_;
   BlockKey gated_;
 };
 

@@ -9,6 +9,7 @@
 #include "cache/memory_tier.h"
 #include "cache/tiered_store.h"
 #include "gtest/gtest.h"
+#include "tests/cache/store_test_util.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/engine/cpu_backend.h"
 #include "worker/model/model.h"
@@ -739,31 +740,10 @@ TEST_F(BackendRefusalTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchan
   }
 }
 
-// A store passing every call to `inner`; the stores below change some.
-class ForwardingStore : public BlockStore {
- public:
-  explicit ForwardingStore(BlockStore* inner) : inner_(inner) {}
-  absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
-    return inner_->Put(key, payload);
-  }
-  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override { return inner_->Get(key); }
-  void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override {
-    inner_->Lookup(keys, out);
-  }
-  absl::Status Delete(const BlockKey& key) override { return inner_->Delete(key); }
-  absl::StatusOr<uint64_t> DeleteModel(const ModelFingerprint& model) override {
-    return inner_->DeleteModel(model);
-  }
-  std::vector<TierStats> Stats() const override { return inner_->Stats(); }
-
- protected:
-  BlockStore* inner_;
-};
-
 // A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
 // DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
 // (as if evicted after the Lookup). Records the keys deleted.
-class GatedStore final : public ForwardingStore {
+class GatedStore final : public testing::ForwardingStore {
  public:
   GatedStore(BlockStore* inner, absl::Duration wait) : ForwardingStore(inner), wait_(wait) {}
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
@@ -894,7 +874,7 @@ class PlacingBackend final : public ForwardOnlyBackend {
 };
 
 // A store whose Get of `held_back` waits (up to 10 s, else DEADLINE_EXCEEDED) for `release`.
-class HoldBackStore final : public ForwardingStore {
+class HoldBackStore final : public testing::ForwardingStore {
  public:
   HoldBackStore(BlockStore* inner, BlockKey held_back, absl::Notification* release)
       : ForwardingStore(inner), held_back_(held_back), release_(release) {}
