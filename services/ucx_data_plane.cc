@@ -62,6 +62,17 @@ absl::Status FromUcs(ucs_status_t s, std::string_view what) {
   return absl::UnavailableError(absl::StrCat(std::string(what), ": ", ucs_status_string(s)));
 }
 
+// Registers `cb` for active messages `id` on `worker`, called with `arg`.
+absl::Status SetAmHandler(ucp_worker_h worker, uint32_t id, ucp_am_recv_callback_t cb, void* arg) {
+  ucp_am_handler_param_t hp{};
+  hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                  UCP_AM_HANDLER_PARAM_FIELD_ARG;
+  hp.id = id;
+  hp.cb = cb;
+  hp.arg = arg;
+  return FromUcs(ucp_worker_set_am_recv_handler(worker, &hp), "am handler");
+}
+
 absl::StatusOr<sockaddr_in> ParseHostPort(const std::string& address) {
   std::vector<std::string> parts = absl::StrSplit(address, absl::MaxSplits(':', 1));
   int port = 0;
@@ -88,8 +99,7 @@ class WorkerLoop {
   absl::Status Init(std::function<void()> on_tick) {
     on_tick_ = std::move(on_tick);
     ucp_config_t* config = nullptr;
-    if (auto s = FromUcs(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read");
-        !s.ok()) {
+    if (auto s = FromUcs(ucp_config_read(nullptr, nullptr, &config), "ucp_config_read"); !s.ok()) {
       return s;
     }
     ucp_params_t params{};
@@ -105,8 +115,7 @@ class WorkerLoop {
         !s.ok()) {
       return s;
     }
-    if (auto s = FromUcs(ucp_worker_get_efd(worker_, &worker_fd_), "ucp_worker_get_efd");
-        !s.ok()) {
+    if (auto s = FromUcs(ucp_worker_get_efd(worker_, &worker_fd_), "ucp_worker_get_efd"); !s.ok()) {
       return s;
     }
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -301,8 +310,8 @@ struct UcxServer::Impl {
     p.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLER |
                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     p.conn_request = request;
-    p.err_mode = self->options.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER
-                                                   : UCP_ERR_HANDLING_MODE_NONE;
+    p.err_mode =
+        self->options.peer_error_handling ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
     p.err_handler.cb = &Impl::OnEpError;
     p.err_handler.arg = self;
     ucp_ep_h ep = nullptr;
@@ -508,8 +517,8 @@ struct UcxServer::Impl {
         prm.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
         prm.memh = memh;
       }
-      ucs_status_ptr_t r = ucp_am_send_nbx(ep, kAmData, &dh, sizeof(dh), p, segments[i].second,
-                                           &prm);
+      ucs_status_ptr_t r =
+          ucp_am_send_nbx(ep, kAmData, &dh, sizeof(dh), p, segments[i].second, &prm);
       if (r == nullptr || UCS_PTR_IS_ERR(r)) SegmentDone(reply);
     }
   }
@@ -542,8 +551,8 @@ struct UcxServer::Impl {
 };
 
 absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions options,
-                                                           BlockStore* store,
-                                                           CacheServiceObserver* observer) {
+                                                            BlockStore* store,
+                                                            CacheServiceObserver* observer) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
@@ -569,17 +578,8 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions opt
     impl->regions.emplace_back(region, memh);
   }
 
-  auto set_handler = [&](uint32_t id, ucp_am_recv_callback_t cb) {
-    ucp_am_handler_param_t hp{};
-    hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                    UCP_AM_HANDLER_PARAM_FIELD_ARG;
-    hp.id = id;
-    hp.cb = cb;
-    hp.arg = raw;
-    return FromUcs(ucp_worker_set_am_recv_handler(worker, &hp), "am handler");
-  };
-  if (auto s = set_handler(kAmHello, &Impl::OnHello); !s.ok()) return s;
-  if (auto s = set_handler(kAmFetch, &Impl::OnFetch); !s.ok()) return s;
+  if (auto s = SetAmHandler(worker, kAmHello, &Impl::OnHello, raw); !s.ok()) return s;
+  if (auto s = SetAmHandler(worker, kAmFetch, &Impl::OnFetch, raw); !s.ok()) return s;
 
   absl::StatusOr<sockaddr_in> sa = ParseHostPort(impl->options.listen);
   if (!sa.ok()) return sa.status();
@@ -601,8 +601,7 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions opt
   }
   const int port = ntohs(reinterpret_cast<const sockaddr_in*>(&la.sockaddr)->sin_port);
   std::vector<std::string> parts = absl::StrSplit(impl->options.listen, ':');
-  std::string host = impl->options.advertise_host.empty() ? parts[0]
-                                                          : impl->options.advertise_host;
+  std::string host = impl->options.advertise_host.empty() ? parts[0] : impl->options.advertise_host;
   if (host == "0.0.0.0") host = "127.0.0.1";
   impl->address = absl::StrCat(host, ":", port);
   impl->readers = std::make_unique<BlockingExecutor>(impl->options.read_threads);
@@ -646,8 +645,8 @@ absl::StatusOr<v1::OpenDataPlaneResponse> UcxServer::OpenSession(
   v1::OpenDataPlaneResponse r;
   r.set_listener_address(impl_->address);
   r.set_session_token(token);
-  r.set_max_inflight_bytes(static_cast<uint32_t>(
-      std::min<uint64_t>(impl_->options.max_inflight_bytes, UINT32_MAX)));
+  r.set_max_inflight_bytes(
+      static_cast<uint32_t>(std::min<uint64_t>(impl_->options.max_inflight_bytes, UINT32_MAX)));
   return r;
 }
 
@@ -1000,17 +999,9 @@ absl::StatusOr<std::unique_ptr<UcxClient>> UcxClient::Create(UcxClientOptions op
     lane->options = &impl->options;
     if (absl::Status s = lane->loop.Init(nullptr); !s.ok()) return s;
     ucp_worker_h worker = lane->loop.worker();
-    auto set_handler = [&](uint32_t id, ucp_am_recv_callback_t cb) {
-      ucp_am_handler_param_t hp{};
-      hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                      UCP_AM_HANDLER_PARAM_FIELD_ARG;
-      hp.id = id;
-      hp.cb = cb;
-      hp.arg = lane.get();
-      return FromUcs(ucp_worker_set_am_recv_handler(worker, &hp), "am handler");
-    };
-    if (auto s = set_handler(kAmHelloAck, &Impl::Lane::OnHelloAck); !s.ok()) return s;
-    if (auto s = set_handler(kAmData, &Impl::Lane::OnData); !s.ok()) return s;
+    if (auto s = SetAmHandler(worker, kAmHelloAck, &Impl::Lane::OnHelloAck, lane.get()); !s.ok())
+      return s;
+    if (auto s = SetAmHandler(worker, kAmData, &Impl::Lane::OnData, lane.get()); !s.ok()) return s;
     ucp_address_t* addr = nullptr;
     size_t len = 0;
     if (auto s = FromUcs(ucp_worker_get_address(worker, &addr, &len), "ucp_worker_get_address");
