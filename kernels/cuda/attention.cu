@@ -2,7 +2,7 @@
 // then the sequence's own tokens), GQA, causal from `causal_start`, flash-style online softmax,
 // optionally split over the key axis and merged by a combine kernel.
 //
-// Two kernels compute the same function:
+// Three kernels compute the same function:
 //  - MmaAttentionKernel<D, WM>: bf16, head_dim 64/128, tensor cores (mma.sync m16n8k16, f32
 //    accumulate). A CTA of 4 warps takes 64 * WM query rows of one KV head (rows = token-major
 //    (token, head in group) pairs, so GQA heads share every K/V tile; each warp owns WM 16-row
@@ -13,10 +13,13 @@
 //    Re-encoding a segment (rope_offset != 0) rotates the CTA's queries by -rope_offset once per
 //    segment instead of every K tile by +rope_offset: no extra pass over the KV and no pass over
 //    shared K. Causal CTAs run longest-first and skip the mask on tiles below the diagonal.
+//  - WgmmaAttentionKernel (attention_wgmma.cu): the same for full-prompt causal prefill (bf16,
+//    head_dim 128, one segment per sequence, no splits) on Hopper's warpgroup MMA.
 //  - GenericAttentionKernel<T>: f32 or bf16, any even head_dim <= 256, one warp per query row,
 //    CUDA cores; used for f32 (tests at ~1e-5) and unusual shapes.
 #include <cfloat>
 
+#include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/launch.h"
 
@@ -768,6 +771,7 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
   }
   const bool mma_ok = p.dtype == DType::kBF16 && (p.head_dim == 64 || p.head_dim == 128) &&
                       p.q_stride % 8 == 0 && p.o_stride % 8 == 0;
+  if (!force_generic && WgmmaAttentionApplies(p, splits)) return LaunchWgmmaAttention(p, stream);
   cudaError_t err;
   if (mma_ok && !force_generic) {
     err = p.head_dim == 64 ? LaunchMmaFor<64>(p, splits, ws, stream)

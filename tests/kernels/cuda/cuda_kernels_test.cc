@@ -1,7 +1,7 @@
 // Every CUDA kernel against its CPU twin (kernels/cpu, kernels/cuda/sampling_twin.h) on fresh
 // random inputs: attention in block mode (re-encoded cached blocks ++ causal final block, blocks
 // re-encoded up to ~32K positions), full causal prefill, batched decode and batched passage
-// encoding, over head_dim 16/64/96/128, GQA 1/4/8, odd lengths and lengths that are not
+// encoding (also at the wgmma prefill kernel's shapes), over head_dim 16/64/96/128, GQA 1/4/8, odd lengths and lengths that are not
 // multiples of the 64-key tiles, with and without key splits; RMSNorm+residual, RoPE+KV store,
 // re-encoding, SwiGLU, embedding, sampling and the cuBLAS projection. bf16 within 1e-2
 // relative, f32 within 2e-5; outputs are poisoned with NaN first, so an unwritten element fails.
@@ -184,6 +184,10 @@ void RunAttention(const Shape& s, const std::vector<HostSeq>& seqs) {
   p.max_q_len = max_q;
   p.max_keys = max_keys;
   p.num_splits = s.splits;
+  // Full prefill (one segment at offset 0 per sequence) may take the Hopper wgmma kernel.
+  p.single_segment = std::all_of(seqs.begin(), seqs.end(), [](const HostSeq& h) {
+    return h.lens.size() == 1 && h.offsets[0] == 0;
+  });
   absl::StatusOr<AttentionPlan> plan = PlanAttention(p, NumSms());
   ASSERT_TRUE(plan.ok()) << plan.status();
   DeviceBuffer ws(plan->workspace_bytes);
@@ -274,6 +278,21 @@ TEST(CudaAttention, BatchedPassageEncoding) {
     std::vector<HostSeq> seqs;
     for (int n : {130, 1, 64, 77}) seqs.push_back(MakeSeq(s, {n}, {0}, n, 0, q_stride));
     RunAttention(s, seqs);
+  }
+}
+
+TEST(CudaAttention, PrefillTilesAndGqaAtHeadDim128) {
+  // The wgmma prefill kernel's shapes (bf16, D 128, no splits, on Hopper): GQA 1/4/8, lengths
+  // that are not multiples of its 128-row CTAs or 128-key tiles, several in one launch.
+  for (auto [h, kvh] : {std::pair{8, 8}, std::pair{16, 4}, std::pair{32, 4}}) {
+    const Shape s{DType::kBF16, 128, h, kvh, 1, false};
+    const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
+    RunAttention(s, {MakeSeq(s, {1000}, {0}, 1000, 0, q_stride)});
+    std::vector<HostSeq> seqs;
+    for (int n : {517, 129, 1, 300}) seqs.push_back(MakeSeq(s, {n}, {0}, n, 0, q_stride));
+    RunAttention(s, seqs);
+    // A continued prefill: 300 new tokens after 400 of the sequence's own (causal_start 400).
+    RunAttention(s, {MakeSeq(s, {700}, {0}, 300, 400, q_stride)});
   }
 }
 

@@ -1,0 +1,385 @@
+// Causal full-prompt prefill attention on Hopper's warpgroup MMA (wgmma, sm_90a only): bf16,
+// head_dim 128, each sequence over one segment of its own keys (rope_offset 0), no key splits.
+// Design and entry points in kernels/cuda/internal/attention_wgmma.h.
+//
+// A CTA of two warpgroups (256 threads) takes 128 query rows of one KV head (token-major
+// (token, head in group) rows, as MmaAttentionKernel, so GQA heads share every K/V tile); each
+// warpgroup owns 64 rows. 128-key K/V tiles stream through a three-stage cp.async pipeline.
+// Per tile and warpgroup: S = Q K^T by eight wgmma.m64n128k16 with Q and K in shared memory
+// (both K-major), the causal mask on tiles that cross the diagonal only, online softmax on the
+// accumulator registers (log2 domain), then O += P V by eight wgmma.m64n128k16 with P from
+// registers (the S accumulator converted to bf16 pairs is the A-fragment layout) and V from
+// shared memory as an MN-major (transposed) B operand. CTAs run longest-first.
+//
+// Shared-memory tiles are 128-byte rows (64 bf16 of the head dim; a 128-dim row is split into
+// two halves stored one after the other) in 1024-byte groups of 8 whose 16-byte chunks are
+// XOR-swizzled by row: the 128-byte-swizzle layout wgmma descriptors name, for Q and K as
+// K-major operands and for V (rows = keys, 64 dims contiguous) as an MN-major one.
+#include <cfloat>
+
+#include "kernels/cuda/internal/attention_wgmma.h"
+#include "kernels/cuda/internal/common.cuh"
+
+namespace kvblock::cuda::internal {
+namespace {
+
+constexpr int kD = 128;            // head_dim
+constexpr int kRows = 128;         // query rows per CTA: two warpgroups of 64
+constexpr int kKeys = 128;         // keys per K/V tile
+constexpr int kThreads = 256;
+constexpr int kStages = 3;         // K/V pipeline depth
+constexpr int kHalfRowBytes = 128; // 64 bf16: one swizzled row
+constexpr int kQBytes = kRows * kD * 2;
+constexpr int kTileBytes = kKeys * kD * 2;  // K or V of one tile
+constexpr int kAlign = 1024;                // swizzle atoms start 1024-byte aligned
+constexpr int kSmemBytes = kAlign + kQBytes + kStages * 2 * kTileBytes;
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kSmemBytes <= 227 * 1024, "exceeds sm_90's opt-in shared memory");
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared; `valid` false writes zeros and reads nothing.
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Byte offset of 16-byte chunk `chunk` (0..7) of `row` in a swizzled [rows][64] bf16 region.
+__device__ __forceinline__ uint32_t Swizzle(int row, int chunk) {
+  return row * kHalfRowBytes + ((chunk ^ (row & 7)) << 4);
+}
+
+// Shared-memory matrix descriptor of a 128-byte-swizzled tile at `addr`: leading and stride
+// byte offsets as the PTX ISA defines them (K-major: stride = 1024 between 8-row groups, the
+// leading offset unused; MN-major: leading = between 64-element blocks of M/N, stride = between
+// 8-row groups of K), swizzle mode 1 = 128 bytes.
+__device__ __forceinline__ uint64_t Descriptor(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t{(addr & 0x3FFFF) >> 4} | (uint64_t{lbo >> 4} << 16) |
+         (uint64_t{sbo >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+// d (+)= A (64 x 16, descriptor a, K-major) * B (16 x 128, descriptor b, K-major); scale_d 0
+// overwrites d.
+__device__ __forceinline__ void WgmmaSS(float (&d)[64], uint64_t a, uint64_t b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(scale_d));
+}
+// d += A (64 x 16 bf16 from registers: the m16n8k16 A-fragment layout per warp) * B (16 x 128,
+// descriptor b, MN-major).
+__device__ __forceinline__ void WgmmaRS(float (&d)[64], const uint32_t* a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void WgmmaWaitAll() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Pins registers that wgmma reads or writes asynchronously: the compiler sees the asm as a
+// synchronous use, and must not move other accesses to them across the fence/wait points.
+template <int N>
+__device__ __forceinline__ void FenceRegs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void FenceRegs(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+// Makes this thread's completed cp.async writes visible to the async proxy (wgmma's reads).
+__device__ __forceinline__ void FenceProxyAsync() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// 2^x on the special-function unit (arguments <= 0 or -inf; 2^-inf = 0).
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Starts copying keys [k0, k0 + kKeys) of K and V (zeros past `end`) into one stage: per
+// tensor [half][key][64], swizzled.
+__device__ __forceinline__ void IssueTileLoad(const bf16* k, const bf16* v, int k0, int end,
+                                              uint32_t sK, uint32_t sV) {
+#pragma unroll
+  for (int it = 0; it < kKeys * (kD / 8) / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, key = i >> 4, c = i & 15;
+    const bool valid = k0 + key < end;
+    const int64_t off = valid ? int64_t{k0 + key} * kD + c * 8 : 0;
+    const uint32_t dst = (c >> 3) * (kKeys * kHalfRowBytes) + Swizzle(key, c & 7);
+    CpAsync16(sK + dst, k + off, valid);
+    CpAsync16(sV + dst, v + off, valid);
+  }
+}
+
+// Starts copying the CTA's query rows [row0, row0 + rows) (zeros past them) into sQ:
+// [warpgroup][half][64 rows][64], swizzled.
+__device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const bf16* q, int row0,
+                                           int rows, int group, int kvh, uint32_t sQ) {
+#pragma unroll
+  for (int it = 0; it < kRows * (kD / 8) / kThreads; ++it) {
+    const int i = threadIdx.x + it * kThreads, r = i >> 4, c = i & 15;
+    const bool valid = r < rows;
+    const int gr = row0 + r;
+    const bf16* src =
+        valid ? q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD + c * 8 : q;
+    const int wg = r >> 6, rr = r & 63;
+    const uint32_t dst = wg * (64 * kD * 2) + (c >> 3) * (64 * kHalfRowBytes) + Swizzle(rr, c & 7);
+    CpAsync16(sQ + dst, src, valid);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionParams p) {
+  extern __shared__ unsigned char smem[];
+  const uint32_t raw = SmemAddr(smem);
+  const uint32_t sQ = raw + (kAlign - raw % kAlign) % kAlign;
+  const uint32_t sKV = sQ + kQBytes;  // stage s: K at sKV + 2s tiles, V right after
+
+  const AttnSequence seq = p.seqs[blockIdx.z];
+  const int group = p.num_heads / p.num_kv_heads;
+  const int rows_total = seq.q_len * group;
+  // Last row blocks first: under the causal mask they see the most keys.
+  const int cta = gridDim.x - 1 - blockIdx.x;
+  const int row0 = cta * kRows;
+  if (row0 >= rows_total) return;
+  const int rows = min(kRows, rows_total - row0);
+  const int kvh = blockIdx.y;
+  const int t_min = row0 / group, t_max = (row0 + rows - 1) / group;
+  const int end = min(seq.num_keys, seq.causal_start + t_max + 1);  // keys any row sees
+  const int num_tiles = (end + kKeys - 1) / kKeys;
+  const AttnSegment seg = p.segs[seq.seg_begin];
+  const bf16* kbase = static_cast<const bf16*>(seg.k) + kvh * seg.head_stride;
+  const bf16* vbase = static_cast<const bf16*>(seg.v) + kvh * seg.head_stride;
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int wg = warp >> 2;
+  // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
+  const int r_lo = wg * 64 + (warp & 3) * 16 + (lane >> 2);
+  const int tq = lane & 3;
+  // The last key each of the two rows sees.
+  int last[2];
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    last[hi] = min(seq.num_keys - 1, seq.causal_start + (row0 + r_lo + hi * 8) / group);
+  }
+
+  IssueQLoad(p, static_cast<const bf16*>(seq.q), row0, rows, group, kvh, sQ);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_tiles) {
+      const uint32_t st = sKV + s * 2 * kTileBytes;
+      IssueTileLoad(kbase, vbase, s * kKeys, end, st, st + kTileBytes);
+    }
+    CpAsyncCommit();  // group s (group 0 also holds Q)
+  }
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  const float scale_log2 = p.scale * kLog2e;
+  const uint32_t qa = sQ + wg * (64 * kD * 2);
+
+  int stage = 0;
+  for (int i = 0; i < num_tiles; ++i) {
+    CpAsyncWait<kStages - 2>();  // tile i (and Q) landed, for this thread
+    FenceProxyAsync();
+    __syncthreads();  // ... for all threads; and tile i - 1's stage is free
+    {
+      const int nt = i + kStages - 1;
+      if (nt < num_tiles) {
+        const uint32_t st = sKV + (nt % kStages) * 2 * kTileBytes;
+        IssueTileLoad(kbase, vbase, nt * kKeys, end, st, st + kTileBytes);
+      }
+      CpAsyncCommit();
+    }
+    const uint32_t sK = sKV + stage * 2 * kTileBytes, sV = sK + kTileBytes;
+    const int k0 = i * kKeys;
+
+    // S = Q K^T: k-step kk covers dims 16kk..16kk+15, in half kk/4 at byte 32 (kk%4).
+    float s[64];
+    FenceRegs(o);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t in_half = (kk & 3) * 32;
+      WgmmaSS(s, Descriptor(qa + (kk >> 2) * (64 * kHalfRowBytes) + in_half, 16, 1024),
+              Descriptor(sK + (kk >> 2) * (kKeys * kHalfRowBytes) + in_half, 16, 1024), kk > 0);
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceRegs(s);
+
+    // A tile that every row of the CTA sees entirely needs no mask.
+    const bool masked = k0 + kKeys - 1 > seq.causal_start + t_min || k0 + kKeys > seq.num_keys;
+    if (masked) {
+#pragma unroll
+      for (int b = 0; b < kKeys / 8; ++b) {
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (k0 + b * 8 + tq * 2 + e > last[hi]) s[b * 4 + hi * 2 + e] = -INFINITY;
+          }
+        }
+      }
+    }
+    // Online softmax of the two rows; each row's 128 columns are spread over 4 lanes.
+    float alpha[2];
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int b = 0; b < kKeys / 8; ++b) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[b * 4 + hi * 2 + e];
+          x *= scale_log2;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[hi], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      alpha[hi] = FastExp2(m_run[hi] - m_use);
+      float sum = 0.f;
+#pragma unroll
+      for (int b = 0; b < kKeys / 8; ++b) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[b * 4 + hi * 2 + e];
+          x = FastExp2(x - m_use);
+          sum += x;
+        }
+      }
+      l_run[hi] = l_run[hi] * alpha[hi] + sum;
+      m_run[hi] = m_new;
+    }
+    // Rescale O only where a row's maximum moved (warp-uniform branch).
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+      for (int b = 0; b < kD / 8; ++b) {
+        o[b * 4] *= alpha[0];
+        o[b * 4 + 1] *= alpha[0];
+        o[b * 4 + 2] *= alpha[1];
+        o[b * 4 + 3] *= alpha[1];
+      }
+    }
+    // P as bf16 A fragments: k-step kk (keys 16kk..) is S's 8-column blocks 2kk and 2kk + 1.
+    uint32_t pa[kKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
+      pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    // O += P V: k-step kk covers keys 16kk.. (two 8-row groups, 1024 bytes apart); N = 128 dims
+    // as two 64-dim halves kKeys rows apart.
+    FenceRegs(o);
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) FenceRegs(pa[kk]);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      WgmmaRS(o, pa[kk], Descriptor(sV + kk * 16 * kHalfRowBytes, kKeys * kHalfRowBytes, 1024));
+    }
+    WgmmaCommit();
+    WgmmaWaitAll();
+    FenceRegs(o);
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) FenceRegs(pa[kk]);
+    if (++stage == kStages) stage = 0;
+  }
+  CpAsyncWait<0>();
+
+  // Full row sums, then the normalized rows this CTA owns.
+#pragma unroll
+  for (int hi = 0; hi < 2; ++hi) {
+    float l = l_run[hi];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = r_lo + hi * 8;
+    if (r >= rows) continue;
+    const int gr = row0 + r, t = gr / group, h = kvh * group + gr % group;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    bf16* out = static_cast<bf16*>(seq.o) + int64_t{t} * p.o_stride + h * kD;
+#pragma unroll
+    for (int b = 0; b < kD / 8; ++b) {
+      *reinterpret_cast<uint32_t*>(out + b * 8 + tq * 2) =
+          PackBf16(o[b * 4 + hi * 2] * inv, o[b * 4 + hi * 2 + 1] * inv);
+    }
+  }
+}
+
+}  // namespace
+
+bool WgmmaAttentionRunnable() {
+  static const bool ok = [] {
+    int device = 0, max_smem = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess ||
+        max_smem < kSmemBytes ||
+        cudaFuncSetAttribute(WgmmaAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSmemBytes) != cudaSuccess) {
+      cudaGetLastError();  // not built for this device (sm_90a only), or too little memory
+      return false;
+    }
+    return true;
+  }();
+  return ok;
+}
+
+bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits) {
+  // Decode-like launches (fewer rows than one CTA holds) stay on the mma.sync kernel, whose
+  // 16-row fragments waste less.
+  const int64_t rows = int64_t{p.max_q_len} * (p.num_heads / p.num_kv_heads);
+  return p.single_segment && splits == 1 && rows >= kRows && p.dtype == DType::kBF16 &&
+         p.head_dim == kD && p.q_stride % 8 == 0 && p.o_stride % 8 == 0 &&
+         WgmmaAttentionRunnable();
+}
+
+cudaError_t LaunchWgmmaAttention(const AttentionParams& p, cudaStream_t stream) {
+  // Idempotent and host-only; set on every launch so no static state is shared across threads.
+  cudaError_t e = cudaFuncSetAttribute(WgmmaAttentionKernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (e != cudaSuccess) return e;
+  const int group = p.num_heads / p.num_kv_heads;
+  const dim3 grid((p.max_q_len * group + kRows - 1) / kRows, p.num_kv_heads, p.num_seqs);
+  WgmmaAttentionKernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace kvblock::cuda::internal
