@@ -1,10 +1,10 @@
 // Every CUDA kernel against its CPU twin (kernels/cpu, kernels/cuda/sampling_twin.h) on fresh
 // random inputs: attention in block mode (re-encoded cached blocks ++ causal final block, blocks
-// re-encoded up to ~32K positions), full causal prefill, batched decode and batched passage
-// encoding (also at the wgmma prefill kernel's shapes), over head_dim 16/64/96/128, GQA 1/4/8, odd lengths and lengths that are not
-// multiples of the 64-key tiles, with and without key splits; RMSNorm+residual, RoPE+KV store,
-// re-encoding, SwiGLU, embedding, sampling and the cuBLAS projection. bf16 within 1e-2
-// relative, f32 within 2e-5; outputs are poisoned with NaN first, so an unwritten element fails.
+// re-encoded up to ~32K positions), full causal prefill (also at the Hopper wgmma kernel's
+// shapes), batched decode and batched passage encoding, over head_dim 16/64/96/128, GQA 1/4/8,
+// odd lengths and lengths that are not multiples of the 64/128-key tiles, with and without key
+// splits; RMSNorm+residual, RoPE+KV store, re-encoding, SwiGLU, embedding, sampling and the
+// cuBLAS projection. bf16 within 1e-2 relative, f32 within 2e-5; outputs are poisoned with NaN first, so an unwritten element fails.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
