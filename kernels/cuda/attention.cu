@@ -22,11 +22,11 @@
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/launch.h"
+#include "kernels/cuda/internal/tensor_core.cuh"
 
 namespace kvblock::cuda::internal {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMmaKeys = 64;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
@@ -48,10 +48,6 @@ __device__ __forceinline__ KeyRange SplitRange(const AttnSequence& s, int split,
   return r;
 }
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 __device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                            uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -71,28 +67,6 @@ __device__ __forceinline__ void Mma(float* d, const uint32_t* a, uint32_t b0, ui
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// 2^x on the special-function unit alone (relative error ~2^-22; exp2f adds range handling that
-// the softmax, whose arguments are <= 0 or -inf, does not need). 2^-inf = 0.
-__device__ __forceinline__ float FastExp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  // src-size 0 zero-fills the 16 bytes (keys past the tile's end) without reading gmem.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(smem)), "l"(gmem),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // A tile of up to 64 keys inside one segment.

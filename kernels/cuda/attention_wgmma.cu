@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
+#include "kernels/cuda/internal/tensor_core.cuh"
 
 namespace kvblock::cuda::internal {
 namespace {
@@ -33,23 +34,7 @@ constexpr int kQBytes = kRows * kD * 2;
 constexpr int kTileBytes = kKeys * kD * 2;  // K or V of one tile
 constexpr int kAlign = 1024;                // swizzle atoms start 1024-byte aligned
 constexpr int kSmemBytes = kAlign + kQBytes + kStages * 2 * kTileBytes;
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kSmemBytes <= 227 * 1024, "exceeds sm_90's opt-in shared memory");
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; `valid` false writes zeros and reads nothing.
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of `row` in a swizzled [rows][64] bf16 region.
 __device__ __forceinline__ uint32_t Swizzle(int row, int chunk) {
@@ -131,17 +116,6 @@ __device__ __forceinline__ void FenceRegs(uint32_t (&r)[N]) {
 // Makes this thread's completed cp.async writes visible to the async proxy (wgmma's reads).
 __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// 2^x on the special-function unit (arguments <= 0 or -inf; 2^-inf = 0).
-__device__ __forceinline__ float FastExp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // Starts copying keys [k0, k0 + kKeys) of K and V (zeros past `end`) into one stage: per
