@@ -58,6 +58,34 @@ absl::StatusOr<int> ConnectAllLanes(UcxServer& server, UcxClient& client) {
   return client.Connect(tickets, absl::Seconds(10));
 }
 
+// A node serving blocks from a memory tier of its own and a client connected to it on every one
+// of its lanes (members destroyed client first, then the node, then the tier).
+struct LanesSetup {
+  std::unique_ptr<MemoryTier> memory;
+  std::unique_ptr<UcxServer> server;
+  std::unique_ptr<UcxClient> client;
+  int session = -1;
+};
+absl::StatusOr<LanesSetup> ServeOverLanes(const std::vector<TestBlock>& blocks, uint32_t lanes) {
+  LanesSetup s;
+  absl::StatusOr<std::unique_ptr<MemoryTier>> memory = MemoryTier::Create({});
+  if (!memory.ok()) return memory.status();
+  s.memory = *std::move(memory);
+  for (const TestBlock& b : blocks) {
+    if (absl::Status put = s.memory->Put(b.key, b.payload); !put.ok()) return put;
+  }
+  absl::StatusOr<std::unique_ptr<UcxServer>> server = UcxServer::Start({}, s.memory.get(), nullptr);
+  if (!server.ok()) return server.status();
+  s.server = *std::move(server);
+  absl::StatusOr<std::unique_ptr<UcxClient>> client = UcxClient::Create({.lanes = lanes});
+  if (!client.ok()) return client.status();
+  s.client = *std::move(client);
+  absl::StatusOr<int> session = ConnectAllLanes(*s.server, *s.client);
+  if (!session.ok()) return session.status();
+  s.session = *session;
+  return s;
+}
+
 // Waits (bounded) until `done` holds.
 template <typename Fn>
 bool Eventually(Fn&& done, absl::Duration limit = absl::Seconds(10)) {
@@ -106,22 +134,18 @@ TEST(UcxServerTest, ASlowStoreReadDoesNotStallOtherFetches) {
 TEST(UcxLanesTest, ConcurrentFetchesOverLanesAreByteExact) {
   std::mt19937_64 rng(std::random_device{}());
   const ModelFingerprint m = RandomModel(rng());
-  auto memory = MemoryTier::Create({}).value();
   // 24 blocks of 16 KiB .. 4.5 MiB (several rendezvous segments for the big ones).
   std::vector<TestBlock> blocks;
   for (int i = 0; i < 24; ++i) {
     const uint32_t tokens = 32u << (i % 6), layers = 1 + i % 5;
     blocks.push_back(MakeBlock(m, rng(), tokens, layers, 8, 64));
-    ASSERT_TRUE(memory->Put(blocks.back().key, blocks.back().payload).ok());
   }
-  auto server = UcxServer::Start({}, memory.get(), nullptr);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = UcxClient::Create({.lanes = 4});
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_EQ((*client)->lanes(), 4);
-  auto session = ConnectAllLanes(**server, **client);
-  ASSERT_TRUE(session.ok()) << session.status();
-  EXPECT_EQ((*server)->authenticated_sessions(), 4);
+  absl::StatusOr<LanesSetup> setup = ServeOverLanes(blocks, 4);
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  UcxClient* client = setup->client.get();
+  const int session = setup->session;
+  ASSERT_EQ(client->lanes(), 4);
+  EXPECT_EQ(setup->server->authenticated_sessions(), 4);
 
   constexpr int kThreads = 8, kFetches = 30;
   std::atomic<int> good{0}, bad{0};
@@ -134,25 +158,25 @@ TEST(UcxLanesTest, ConcurrentFetchesOverLanesAreByteExact) {
         const TestBlock& b = blocks[r() % blocks.size()];
         // A buffer a little larger than the payload, filled with garbage first.
         out.assign(b.payload.size() + r() % 4096, static_cast<uint8_t>(r()));
-        auto n = (*client)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(30));
+        auto n = client->Fetch(session, b.key, absl::MakeSpan(out), absl::Seconds(30));
         const bool same = n.ok() && *n == b.payload.size() &&
                           std::equal(b.payload.begin(), b.payload.end(), out.begin());
         (same ? good : bad).fetch_add(1);
       }
       // The error answers travel the lanes too.
       auto absent =
-          (*client)->Fetch(*session, Hash128{r(), r()}, absl::MakeSpan(out), absl::Seconds(30));
+          client->Fetch(session, Hash128{r(), r()}, absl::MakeSpan(out), absl::Seconds(30));
       if (!absl::IsNotFound(absent.status())) bad.fetch_add(1);
       std::vector<uint8_t> small(100);
       auto too_small =
-          (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(small), absl::Seconds(30));
+          client->Fetch(session, blocks[0].key, absl::MakeSpan(small), absl::Seconds(30));
       if (!absl::IsOutOfRange(too_small.status())) bad.fetch_add(1);
     });
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(bad.load(), 0);
   EXPECT_EQ(good.load(), kThreads * kFetches);
-  const std::vector<uint64_t> per_lane = (*client)->FetchesPerLane();
+  const std::vector<uint64_t> per_lane = client->FetchesPerLane();
   ASSERT_EQ(per_lane.size(), 4u);
   uint64_t total = 0;
   for (uint64_t n : per_lane) {
@@ -206,18 +230,12 @@ TEST(UcxLanesTest, ARefusedTokenOnOneLaneFailsTheConnectCleanly) {
 TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
   std::mt19937_64 rng(std::random_device{}());
   const ModelFingerprint m = RandomModel(rng());
-  auto memory = MemoryTier::Create({}).value();
   std::vector<TestBlock> blocks;
-  for (int i = 0; i < 4; ++i) {
-    blocks.push_back(MakeBlock(m, rng(), 2048, 4, 8, 64));  // 8 MiB
-    ASSERT_TRUE(memory->Put(blocks.back().key, blocks.back().payload).ok());
-  }
-  auto server = UcxServer::Start({}, memory.get(), nullptr);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = UcxClient::Create({.lanes = 4});
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto session = ConnectAllLanes(**server, **client);
-  ASSERT_TRUE(session.ok()) << session.status();
+  for (int i = 0; i < 4; ++i) blocks.push_back(MakeBlock(m, rng(), 2048, 4, 8, 64));  // 8 MiB
+  absl::StatusOr<LanesSetup> setup = ServeOverLanes(blocks, 4);
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  UcxClient* client = setup->client.get();
+  const int session = setup->session;
 
   constexpr int kThreads = 6;
   std::vector<absl::Status> last(kThreads);
@@ -231,7 +249,7 @@ TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
       const absl::Time end = absl::Now() + absl::Seconds(60);
       for (int i = 0; i < 100000 && absl::Now() < end; ++i) {
         const TestBlock& b = blocks[(t + i) % blocks.size()];
-        auto n = (*client)->Fetch(*session, b.key, absl::MakeSpan(out), absl::Seconds(30));
+        auto n = client->Fetch(session, b.key, absl::MakeSpan(out), absl::Seconds(30));
         if (!n.ok()) {
           last[t] = n.status();
           break;
@@ -247,13 +265,13 @@ TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
   }
   // Stop the server once every lane has carried fetches (EXPECT: the threads must be joined).
   EXPECT_TRUE(Eventually([&] {
-    for (uint64_t n : (*client)->FetchesPerLane()) {
+    for (uint64_t n : client->FetchesPerLane()) {
       if (n < 2) return false;
     }
     return true;
   }));
   const absl::Time stopped = absl::Now();
-  server->reset();
+  setup->server.reset();
   for (auto& t : threads) t.join();
   for (int t = 0; t < kThreads; ++t) {
     EXPECT_TRUE(absl::IsUnavailable(last[t])) << "thread " << t << ": " << last[t];
@@ -263,7 +281,7 @@ TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
   std::vector<uint8_t> out(blocks[0].payload.size());
   for (int i = 0; i < 4; ++i) {
     const absl::Time t0 = absl::Now();
-    auto n = (*client)->Fetch(*session, blocks[0].key, absl::MakeSpan(out), absl::Seconds(30));
+    auto n = client->Fetch(session, blocks[0].key, absl::MakeSpan(out), absl::Seconds(30));
     EXPECT_TRUE(absl::IsUnavailable(n.status())) << n.status();
     EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
   }
@@ -288,8 +306,7 @@ TEST(UcxLanesTest, ADeadlineOnOneLaneLeavesTheBufferAloneAndOtherLanesServe) {
   std::vector<uint8_t> slow_out(slow.payload.size(), 0xAB);
   absl::StatusOr<uint64_t> slow_n = absl::UnknownError("not run");
   std::thread slow_fetch([&] {
-    slow_n =
-        (*client)->Fetch(*session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(2));
+    slow_n = (*client)->Fetch(*session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(2));
   });
   const bool entered = store.entered.WaitForNotificationWithTimeout(absl::Seconds(10));
   if (!entered) slow_fetch.join();  // it timed out before reaching the store

@@ -740,6 +740,23 @@ TEST_F(BackendRefusalTest, ForwardBatchRefusesBadBatchesAndLeavesSequencesUnchan
   }
 }
 
+// A memory tier holding `engine`'s payloads of `blocks`, as an indexer would have stored them;
+// null (after a test failure) if that fails.
+std::unique_ptr<MemoryTier> StoreWithBlocks(Engine& engine, const std::vector<std::vector<int32_t>>& blocks) {
+  auto store = MemoryTier::Create({.capacity_bytes = 64 << 20});
+  EXPECT_TRUE(store.ok()) << store.status();
+  const std::vector<absl::Span<const int32_t>> spans(blocks.begin(), blocks.end());
+  auto payloads = engine.EncodeBlocks(spans);
+  EXPECT_TRUE(payloads.ok()) << payloads.status();
+  if (!store.ok() || !payloads.ok()) return nullptr;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const absl::Status put = (*store)->Put(engine.KeyOf(blocks[i]), (*payloads)[i]);
+    EXPECT_TRUE(put.ok()) << put;
+    if (!put.ok()) return nullptr;
+  }
+  return *std::move(store);
+}
+
 // A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
 // DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
 // (as if evicted after the Lookup). Records the keys deleted.
@@ -797,15 +814,9 @@ TEST(EngineTest, FetchOverlapsTheEncodingOfMisses) {
   ASSERT_TRUE(reference.ok()) << reference.status();
   ASSERT_EQ(reference->cache_misses, 7);
 
-  auto inner = MemoryTier::Create({.capacity_bytes = 64 << 20});
-  ASSERT_TRUE(inner.ok());
-  const std::vector<absl::Span<const int32_t>> stored(ref.blocks.begin(), ref.blocks.end());
-  auto payloads = l.engine->EncodeBlocks(stored);
-  ASSERT_TRUE(payloads.ok());
-  for (size_t i = 0; i < ref.blocks.size(); ++i) {
-    ASSERT_TRUE((*inner)->Put(l.engine->KeyOf(ref.blocks[i]), (*payloads)[i]).ok());
-  }
-  GatedStore gated(inner->get(), absl::Seconds(10));
+  std::unique_ptr<MemoryTier> inner = StoreWithBlocks(*l.engine, ref.blocks);
+  ASSERT_NE(inner, nullptr);
+  GatedStore gated(inner.get(), absl::Seconds(10));
   gated.corrupt = l.engine->KeyOf(ref.blocks[1]);
   gated.evicted = l.engine->KeyOf(ref.blocks[3]);
   auto cpu = CreateCpuBackend(l.model.weights, c);
@@ -837,7 +848,7 @@ TEST(EngineTest, FetchOverlapsTheEncodingOfMisses) {
 
   // The gate does stop a fetch that does not overlap an encoding: with every block found there
   // is nothing to encode, the Gets run first and wait in vain.
-  GatedStore closed(inner->get(), absl::Milliseconds(50));
+  GatedStore closed(inner.get(), absl::Milliseconds(50));
   auto cpu2 = CreateCpuBackend(l.model.weights, c);
   ASSERT_TRUE(cpu2.ok());
   auto plain = Engine::Create(std::move(*cpu2), &closed, l.model.fingerprint);
@@ -907,21 +918,15 @@ TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
   auto reference = l.engine->Generate(req);  // encodes every block (an empty store of its own)
   ASSERT_TRUE(reference.ok()) << reference.status();
 
-  auto inner = MemoryTier::Create({.capacity_bytes = 64 << 20});
-  ASSERT_TRUE(inner.ok());
-  const std::vector<absl::Span<const int32_t>> stored(ref.blocks.begin(), ref.blocks.end());
-  auto payloads = l.engine->EncodeBlocks(stored);
-  ASSERT_TRUE(payloads.ok());
+  std::unique_ptr<MemoryTier> inner = StoreWithBlocks(*l.engine, ref.blocks);
+  ASSERT_NE(inner, nullptr);
   std::vector<BlockKey> keys;
-  for (size_t i = 0; i < ref.blocks.size(); ++i) {
-    keys.push_back(l.engine->KeyOf(ref.blocks[i]));
-    ASSERT_TRUE((*inner)->Put(keys.back(), (*payloads)[i]).ok());
-  }
+  for (const auto& b : ref.blocks) keys.push_back(l.engine->KeyOf(b));
   auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
   ASSERT_TRUE(cpu.ok());
   auto placing = std::make_unique<PlacingBackend>(std::move(*cpu));
   PlacingBackend* backend = placing.get();
-  HoldBackStore store(inner->get(), keys.back(), &backend->placed);
+  HoldBackStore store(inner.get(), keys.back(), &backend->placed);
   auto engine = Engine::Create(std::move(placing), &store, l.model.fingerprint);
   ASSERT_TRUE(engine.ok());
   auto r = (*engine)->Generate(req);
