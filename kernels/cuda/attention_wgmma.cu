@@ -2,20 +2,29 @@
 // head_dim 128, each sequence over one segment of its own keys (rope_offset 0), no key splits.
 // Design and entry points in kernels/cuda/internal/attention_wgmma.h.
 //
-// A CTA of two warpgroups (256 threads) takes 128 query rows of one KV head (token-major
-// (token, head in group) rows, as MmaAttentionKernel, so GQA heads share every K/V tile); each
-// warpgroup owns 64 rows. 128-key K/V tiles stream through a three-stage cp.async pipeline.
-// Per tile and warpgroup: S = Q K^T by eight wgmma.m64n128k16 with Q and K in shared memory
-// (both K-major), the causal mask on tiles that cross the diagonal only, online softmax on the
-// accumulator registers (log2 domain), then O += P V by eight wgmma.m64n128k16 with P from
-// registers (the S accumulator converted to bf16 pairs is the A-fragment layout) and V from
-// shared memory as an MN-major (transposed) B operand. CTAs run longest-first.
+// A CTA takes 128 query rows of one KV head (token-major (token, head in group) rows, as
+// MmaAttentionKernel, so GQA heads share every K/V tile) with three warpgroups, warp-specialised
+// as in FlashAttention-3:
+// - the producer warpgroup streams 128-key K and V tiles through two three-stage rings in shared
+//   memory with cp.async; per stage a "full" mbarrier (completed by the copies themselves,
+//   cp.async.mbarrier.arrive.noinc) and an "empty" one (the consumers' warps arrive when their
+//   wgmma has read the stage). It gives most of its registers back (setmaxnreg).
+// - two consumer warpgroups own 64 rows each: S = Q K^T by eight wgmma.m64n128k16 with Q and K
+//   in shared memory (both K-major), the causal mask on tiles that cross the diagonal only, online
+//   softmax on the accumulator registers (log2 domain), then O += P V by eight wgmma.m64n128k16
+//   with P from registers (the S accumulator converted to bf16 pairs is the A-fragment layout)
+//   and V from shared memory as an MN-major (transposed) B operand.
+// Per iteration i a consumer issues S_i and O += P_{i-1} V_{i-1} together, then runs the softmax
+// of S_i while the latter is still on the tensor cores; the two consumers take turns issuing
+// (ping-pong through named barriers), so one's softmax runs under the other's MMAs. CTAs run
+// longest-first.
 //
 // Shared-memory tiles are 128-byte rows (64 bf16 of the head dim; a 128-dim row is split into
 // two halves stored one after the other) in 1024-byte groups of 8 whose 16-byte chunks are
 // XOR-swizzled by row: the 128-byte-swizzle layout wgmma descriptors name, for Q and K as
 // K-major operands and for V (rows = keys, 64 dims contiguous) as an MN-major one.
 #include <cfloat>
+#include <cstdlib>
 
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
@@ -25,16 +34,28 @@ namespace kvblock::cuda::internal {
 namespace {
 
 constexpr int kD = 128;     // head_dim
-constexpr int kRows = 128;  // query rows per CTA: two warpgroups of 64
+constexpr int kRows = 128;  // query rows per CTA: two consumer warpgroups of 64
 constexpr int kKeys = 128;  // keys per K/V tile
-constexpr int kThreads = 256;
-constexpr int kStages = 3;          // K/V pipeline depth
+constexpr int kWarpgroup = 128;                 // threads
+constexpr int kConsumers = 2;                   // consumer warpgroups
+constexpr int kThreads = (1 + kConsumers) * kWarpgroup;  // producer first
+constexpr int kConsumerWarps = kConsumers * 4;  // arrivals that free a stage
+constexpr int kProducerRegs = 40;   // setmaxnreg budgets: 128 x 40 + 256 x 232 <= 64K registers
+constexpr int kConsumerRegs = 232;
+constexpr int kStages = 3;          // depth of the K ring and of the V ring
 constexpr int kHalfRowBytes = 128;  // 64 bf16: one swizzled row
 constexpr int kQBytes = kRows * kD * 2;
 constexpr int kTileBytes = kKeys * kD * 2;  // K or V of one tile
 constexpr int kAlign = 1024;                // swizzle atoms start 1024-byte aligned
-constexpr int kSmemBytes = kAlign + kQBytes + kStages * 2 * kTileBytes;
+constexpr int kBarrierBytes = 4 * kStages * 8;  // full/empty mbarriers of both rings
+constexpr int kSmemBytes = kAlign + kQBytes + 2 * kStages * kTileBytes + kBarrierBytes;
 static_assert(kSmemBytes <= 227 * 1024, "exceeds sm_90's opt-in shared memory");
+static_assert(kProducerRegs * kWarpgroup + kConsumerRegs * kConsumers * kWarpgroup <= 65536,
+              "register budgets exceed the register file");
+// Named barriers (0 is __syncthreads): consumer c's turn to issue MMAs is kTurnBarrier + c
+// (bar.sync by c, bar.arrive by the other); its Q tile is ready at kQBarrier + c.
+constexpr int kTurnBarrier = 1;
+constexpr int kQBarrier = kTurnBarrier + kConsumers;
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of `row` in a swizzled [rows][64] bf16 region.
 __device__ __forceinline__ uint32_t Swizzle(int row, int chunk) {
@@ -98,8 +119,10 @@ __device__ __forceinline__ void WgmmaFence() {
 __device__ __forceinline__ void WgmmaCommit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void WgmmaWaitAll() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most N of this warpgroup's committed wgmma groups are still pending.
+template <int N>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 // Pins registers that wgmma reads or writes asynchronously: the compiler sees the asm as a
 // synchronous use, and must not move other accesses to them across the fence/wait points.
@@ -118,119 +141,112 @@ __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// Starts copying keys [k0, k0 + kKeys) of K and V (zeros past `end`) into one stage: per
-// tensor [half][key][64], swizzled.
-__device__ __forceinline__ void IssueTileLoad(const bf16* k, const bf16* v, int k0, int end,
-                                              uint32_t sK, uint32_t sV) {
-#pragma unroll
-  for (int it = 0; it < kKeys * (kD / 8) / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, key = i >> 4, c = i & 15;
+// mbarriers (shared-memory addresses). A barrier's phase completes when its expected arrivals
+// have arrived; waiters name the parity of the phase they wait for.
+__device__ __forceinline__ void MbarInit(uint32_t bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once all of this thread's earlier cp.async copies have landed (counted in the
+// barrier's expected arrivals: .noinc).
+__device__ __forceinline__ void MbarArriveOnCopies(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Copies rows [k0, k0 + kKeys) of one KV head's K or V (zeros past `end`) into a stage
+// ([half][key][64], swizzled) with the producer warpgroup's threads (`t` in 0..127).
+__device__ __forceinline__ void IssueTileLoad(const bf16* src, int k0, int end, uint32_t dst,
+                                              int t) {
+#pragma unroll 4
+  for (int it = 0; it < kKeys * (kD / 8) / kWarpgroup; ++it) {
+    const int i = t + it * kWarpgroup, key = i >> 4, c = i & 15;
     const bool valid = k0 + key < end;
     const int64_t off = valid ? int64_t{k0 + key} * kD + c * 8 : 0;
-    const uint32_t dst = (c >> 3) * (kKeys * kHalfRowBytes) + Swizzle(key, c & 7);
-    CpAsync16(sK + dst, k + off, valid);
-    CpAsync16(sV + dst, v + off, valid);
+    CpAsync16(dst + (c >> 3) * (kKeys * kHalfRowBytes) + Swizzle(key, c & 7), src + off, valid);
   }
 }
 
-// Starts copying the CTA's query rows [row0, row0 + rows) (zeros past them) into sQ:
-// [warpgroup][half][64 rows][64], swizzled.
+// Copies consumer warpgroup `wg`'s 64 query rows (CTA rows wg*64.., zeros past `rows`) into its
+// part of sQ ([half][64 rows][64], swizzled) with that warpgroup's threads (`t` in 0..127).
 __device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const bf16* q, int row0,
-                                           int rows, int group, int kvh, uint32_t sQ) {
+                                           int rows, int group, int kvh, int wg, int t,
+                                           uint32_t sQ) {
 #pragma unroll
-  for (int it = 0; it < kRows * (kD / 8) / kThreads; ++it) {
-    const int i = threadIdx.x + it * kThreads, r = i >> 4, c = i & 15;
+  for (int it = 0; it < 64 * (kD / 8) / kWarpgroup; ++it) {
+    const int i = t + it * kWarpgroup, rr = i >> 4, c = i & 15, r = wg * 64 + rr;
     const bool valid = r < rows;
     const int gr = row0 + r;
     const bf16* src =
         valid ? q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD + c * 8 : q;
-    const int wg = r >> 6, rr = r & 63;
-    const uint32_t dst = wg * (64 * kD * 2) + (c >> 3) * (64 * kHalfRowBytes) + Swizzle(rr, c & 7);
-    CpAsync16(sQ + dst, src, valid);
+    CpAsync16(sQ + (c >> 3) * (64 * kHalfRowBytes) + Swizzle(rr, c & 7), src, valid);
   }
 }
 
-__global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionParams p) {
-  extern __shared__ unsigned char smem[];
-  const uint32_t raw = SmemAddr(smem);
-  const uint32_t sQ = raw + (kAlign - raw % kAlign) % kAlign;
-  const uint32_t sKV = sQ + kQBytes;  // stage s: K at sKV + 2s tiles, V right after
-
-  const AttnSequence seq = p.seqs[blockIdx.z];
-  const int group = p.num_heads / p.num_kv_heads;
-  const int rows_total = seq.q_len * group;
-  // Last row blocks first: under the causal mask they see the most keys.
-  const int cta = gridDim.x - 1 - blockIdx.x;
-  const int row0 = cta * kRows;
-  if (row0 >= rows_total) return;
-  const int rows = min(kRows, rows_total - row0);
-  const int kvh = blockIdx.y;
-  const int t_min = row0 / group, t_max = (row0 + rows - 1) / group;
-  const int end = min(seq.num_keys, seq.causal_start + t_max + 1);  // keys any row sees
-  const int num_tiles = (end + kKeys - 1) / kKeys;
-  const AttnSegment seg = p.segs[seq.seg_begin];
-  const bf16* kbase = static_cast<const bf16*>(seg.k) + kvh * seg.head_stride;
-  const bf16* vbase = static_cast<const bf16*>(seg.v) + kvh * seg.head_stride;
-
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int wg = warp >> 2;
-  // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
-  const int r_lo = wg * 64 + (warp & 3) * 16 + (lane >> 2);
-  const int tq = lane & 3;
-  // The last key each of the two rows sees.
-  int last[2];
+// S = Q K^T for a warpgroup's 64 rows (Q at qa) and the K tile at sK: k-step kk covers dims
+// 16kk..16kk+15, in half kk/4 at byte 32 (kk%4) of each swizzled row. Issues one commit group.
+__device__ __forceinline__ void IssueQK(float (&s)[64], uint32_t qa, uint32_t sK) {
 #pragma unroll
-  for (int hi = 0; hi < 2; ++hi) {
-    last[hi] = min(seq.num_keys - 1, seq.causal_start + (row0 + r_lo + hi * 8) / group);
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    const uint32_t in_half = (kk & 3) * 32;
+    WgmmaSS(s, Descriptor(qa + (kk >> 2) * (64 * kHalfRowBytes) + in_half, 16, 1024),
+            Descriptor(sK + (kk >> 2) * (kKeys * kHalfRowBytes) + in_half, 16, 1024), kk > 0);
   }
-
-  IssueQLoad(p, static_cast<const bf16*>(seq.q), row0, rows, group, kvh, sQ);
+  WgmmaCommit();
+}
+// O += P V for the V tile at sV: k-step kk covers keys 16kk.. (two 8-row groups, 1024 bytes
+// apart); N = 128 dims as two 64-dim halves kKeys rows apart. Issues one commit group.
+__device__ __forceinline__ void IssuePV(float (&o)[64], const uint32_t (&pa)[kKeys / 16][4],
+                                        uint32_t sV) {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_tiles) {
-      const uint32_t st = sKV + s * 2 * kTileBytes;
-      IssueTileLoad(kbase, vbase, s * kKeys, end, st, st + kTileBytes);
-    }
-    CpAsyncCommit();  // group s (group 0 also holds Q)
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    WgmmaRS(o, pa[kk], Descriptor(sV + kk * 16 * kHalfRowBytes, kKeys * kHalfRowBytes, 1024));
   }
-
-  float o[64];
+  WgmmaCommit();
+}
+__device__ __forceinline__ void FenceP(uint32_t (&pa)[kKeys / 16][4]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  for (int kk = 0; kk < kKeys / 16; ++kk) FenceRegs(pa[kk]);
+}
+
+// The online softmax of one thread's two accumulator rows (r_lo and r_lo + 8 of the CTA) over
+// 128-key score tiles, in the log2 domain; each row's 128 columns are spread over 4 lanes.
+struct OnlineSoftmax {
+  const AttnSequence& seq;
+  float scale_log2;
+  int t_min;    // first token of the CTA
+  int last[2];  // the last key each of the two rows sees
+  int tq;       // lane % 4: the row's column pairs this thread holds
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-  const float scale_log2 = p.scale * kLog2e;
-  const uint32_t qa = sQ + wg * (64 * kD * 2);
 
-  int stage = 0;
-  for (int i = 0; i < num_tiles; ++i) {
-    CpAsyncWait<kStages - 2>();  // tile i (and Q) landed, for this thread
-    FenceProxyAsync();
-    __syncthreads();  // ... for all threads; and tile i - 1's stage is free
-    {
-      const int nt = i + kStages - 1;
-      if (nt < num_tiles) {
-        const uint32_t st = sKV + (nt % kStages) * 2 * kTileBytes;
-        IssueTileLoad(kbase, vbase, nt * kKeys, end, st, st + kTileBytes);
-      }
-      CpAsyncCommit();
-    }
-    const uint32_t sK = sKV + stage * 2 * kTileBytes, sV = sK + kTileBytes;
-    const int k0 = i * kKeys;
-
-    // S = Q K^T: k-step kk covers dims 16kk..16kk+15, in half kk/4 at byte 32 (kk%4).
-    float s[64];
-    FenceRegs(o);
-    WgmmaFence();
+  __device__ OnlineSoftmax(const AttnSequence& s, float scale, int tmin, int r_lo, int row0,
+                           int group, int lane)
+      : seq(s), scale_log2(scale), t_min(tmin), tq(lane & 3) {
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint32_t in_half = (kk & 3) * 32;
-      WgmmaSS(s, Descriptor(qa + (kk >> 2) * (64 * kHalfRowBytes) + in_half, 16, 1024),
-              Descriptor(sK + (kk >> 2) * (kKeys * kHalfRowBytes) + in_half, 16, 1024), kk > 0);
+    for (int hi = 0; hi < 2; ++hi) {
+      last[hi] = min(seq.num_keys - 1, seq.causal_start + (row0 + r_lo + hi * 8) / group);
     }
-    WgmmaCommit();
-    WgmmaWaitAll();
-    FenceRegs(s);
+  }
 
+  // Turns the raw scores of keys [k0, k0 + kKeys) into unnormalised probabilities (masked keys
+  // 0), updates the running maxima and sums, and returns in alpha the factor O's rows must be
+  // scaled by before this tile's P V is added.
+  __device__ __forceinline__ void Tile(float (&s)[64], int k0, float (&alpha)[2]) {
     // A tile that every row of the CTA sees entirely needs no mask.
     const bool masked = k0 + kKeys - 1 > seq.causal_start + t_min || k0 + kKeys > seq.num_keys;
     if (masked) {
@@ -245,8 +261,6 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
         }
       }
     }
-    // Online softmax of the two rows; each row's 128 columns are spread over 4 lanes.
-    float alpha[2];
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       float mx = -INFINITY;
@@ -277,48 +291,199 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
       l_run[hi] = l_run[hi] * alpha[hi] + sum;
       m_run[hi] = m_new;
     }
-    // Rescale O only where a row's maximum moved (warp-uniform branch).
-    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-      for (int b = 0; b < kD / 8; ++b) {
-        o[b * 4] *= alpha[0];
-        o[b * 4 + 1] *= alpha[0];
-        o[b * 4 + 2] *= alpha[1];
-        o[b * 4 + 3] *= alpha[1];
-      }
-    }
-    // P as bf16 A fragments: k-step kk (keys 16kk..) is S's 8-column blocks 2kk and 2kk + 1.
-    uint32_t pa[kKeys / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
-      pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    // O += P V: k-step kk covers keys 16kk.. (two 8-row groups, 1024 bytes apart); N = 128 dims
-    // as two 64-dim halves kKeys rows apart.
-    FenceRegs(o);
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) FenceRegs(pa[kk]);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      WgmmaRS(o, pa[kk], Descriptor(sV + kk * 16 * kHalfRowBytes, kKeys * kHalfRowBytes, 1024));
-    }
-    WgmmaCommit();
-    WgmmaWaitAll();
-    FenceRegs(o);
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) FenceRegs(pa[kk]);
-    if (++stage == kStages) stage = 0;
   }
+};
+
+// P as bf16 A fragments: k-step kk (keys 16kk..) is S's 8-column blocks 2kk and 2kk + 1.
+__device__ __forceinline__ void ToBf16Fragments(const float (&s)[64],
+                                                uint32_t (&pa)[kKeys / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
+    pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
+// Rescales the O rows whose running maximum moved (warp-uniform branch).
+__device__ __forceinline__ void RescaleO(float (&o)[64], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int b = 0; b < kD / 8; ++b) {
+      o[b * 4] *= alpha[0];
+      o[b * 4 + 1] *= alpha[0];
+      o[b * 4 + 2] *= alpha[1];
+      o[b * 4 + 3] *= alpha[1];
+    }
+  }
+}
+
+// The K and V rings: stage s of K at sK0 + s tiles, of V at sV0 + s tiles; mbarriers full_k,
+// empty_k, full_v, empty_v of stage s at bars + (ring * kStages + s) * 8. Tile j uses stage
+// j % kStages in phase (j / kStages) & 1.
+struct Rings {
+  uint32_t sK0, sV0, bars;
+  __device__ uint32_t K(int j) const { return sK0 + (j % kStages) * kTileBytes; }
+  __device__ uint32_t V(int j) const { return sV0 + (j % kStages) * kTileBytes; }
+  __device__ uint32_t Bar(int ring, int j) const { return bars + (ring * kStages + j % kStages) * 8; }
+  __device__ uint32_t FullK(int j) const { return Bar(0, j); }
+  __device__ uint32_t EmptyK(int j) const { return Bar(1, j); }
+  __device__ uint32_t FullV(int j) const { return Bar(2, j); }
+  __device__ uint32_t EmptyV(int j) const { return Bar(3, j); }
+  __device__ static uint32_t Parity(int j) { return (j / kStages) & 1; }
+};
+
+// The producer warpgroup: tile j's K then V into their stages once the consumers freed them
+// (a fresh barrier counts as freed: the wait for parity 1 passes at once).
+__device__ __forceinline__ void ProduceTiles(const Rings& rings, const bf16* k, const bf16* v,
+                                             int num_tiles, int end, int t) {
+  for (int j = 0; j < num_tiles; ++j) {
+    const uint32_t free_parity = Rings::Parity(j) ^ 1;
+    MbarWait(rings.EmptyK(j), free_parity);
+    IssueTileLoad(k, j * kKeys, end, rings.K(j), t);
+    MbarArriveOnCopies(rings.FullK(j));
+    MbarWait(rings.EmptyV(j), free_parity);
+    IssueTileLoad(v, j * kKeys, end, rings.V(j), t);
+    MbarArriveOnCopies(rings.FullV(j));
+  }
+  CpAsyncWait<0>();  // no copy outlives its thread
+}
+
+// Waits until tile j of a ring (full barrier `bar`) has landed and makes the copies (generic
+// proxy writes) visible to this thread's wgmma reads (async proxy).
+__device__ __forceinline__ void WaitTile(uint32_t bar, int j) {
+  MbarWait(bar, Rings::Parity(j));
+  FenceProxyAsync();
+}
+// One arrival per consumer warp frees a stage once the warp's wgmma reads of it completed.
+__device__ __forceinline__ void ReleaseTile(uint32_t bar, int lane) {
+  if (lane == 0) MbarArrive(bar);
+}
+
+// EXPERIMENT (removed before landing): kPingPong / kOverlap select the steps to measure.
+template <bool kPingPong, bool kOverlap>
+__global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionParams p) {
+  extern __shared__ unsigned char smem[];
+  const uint32_t raw = SmemAddr(smem);
+  const uint32_t sQ = raw + (kAlign - raw % kAlign) % kAlign;
+  Rings rings;
+  rings.sK0 = sQ + kQBytes;
+  rings.sV0 = rings.sK0 + kStages * kTileBytes;
+  rings.bars = rings.sV0 + kStages * kTileBytes;
+
+  const AttnSequence seq = p.seqs[blockIdx.z];
+  const int group = p.num_heads / p.num_kv_heads;
+  const int rows_total = seq.q_len * group;
+  // Last row blocks first: under the causal mask they see the most keys.
+  const int cta = gridDim.x - 1 - blockIdx.x;
+  const int row0 = cta * kRows;
+  if (row0 >= rows_total) return;
+  const int rows = min(kRows, rows_total - row0);
+  const int kvh = blockIdx.y;
+  const int t_min = row0 / group, t_max = (row0 + rows - 1) / group;
+  const int end = min(seq.num_keys, seq.causal_start + t_max + 1);  // keys any row sees
+  // At least one tile, so the pipeline below is straight-line code (with no key, every score is
+  // masked and the rows come out zero).
+  const int num_tiles = max(1, (end + kKeys - 1) / kKeys);
+
+  if (threadIdx.x < kStages) {
+    MbarInit(rings.FullK(threadIdx.x), kWarpgroup);
+    MbarInit(rings.FullV(threadIdx.x), kWarpgroup);
+    MbarInit(rings.EmptyK(threadIdx.x), kConsumerWarps);
+    MbarInit(rings.EmptyV(threadIdx.x), kConsumerWarps);
+  }
+  __syncthreads();
+
+  const int t = threadIdx.x % kWarpgroup, lane = threadIdx.x & 31;
+  if (threadIdx.x < kWarpgroup) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    const AttnSegment seg = p.segs[seq.seg_begin];
+    ProduceTiles(rings, static_cast<const bf16*>(seg.k) + kvh * seg.head_stride,
+                 static_cast<const bf16*>(seg.v) + kvh * seg.head_stride, num_tiles, end, t);
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int wg = threadIdx.x / kWarpgroup - 1;  // consumer 0 or 1
+  const int other = wg ^ 1;
+  const uint32_t qa = sQ + wg * (64 * kD * 2);
+  IssueQLoad(p, static_cast<const bf16*>(seq.q), row0, rows, group, kvh, wg, t, qa);
+  CpAsyncCommit();
   CpAsyncWait<0>();
+  FenceProxyAsync();
+  NamedBarrierSync(kQBarrier + wg, kWarpgroup);
+  // Consumer 0 issues first.
+  if (kPingPong && wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
+
+  // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
+  const int r_lo = wg * 64 + ((t >> 5) & 3) * 16 + (lane >> 2);
+  const int tq = lane & 3;
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  OnlineSoftmax softmax(seq, p.scale * kLog2e, t_min, r_lo, row0, group, lane);
+  float alpha[2];              // O's pending rescale, applied before the next O += P V
+  uint32_t pa[kKeys / 16][4];  // P of the previous tile
+
+  float s[64];
+  // Tile 0: S alone.
+  WaitTile(rings.FullK(0), 0);
+  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);  // this consumer's turn
+  FenceRegs(s);
+  WgmmaFence();
+  IssueQK(s, qa, rings.K(0));
+  if (kPingPong) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);  // the other's turn
+  WgmmaWait<0>();
+  FenceRegs(s);
+  ReleaseTile(rings.EmptyK(0), lane);
+  softmax.Tile(s, 0, alpha);
+  ToBf16Fragments(s, pa);
+  // Tile i: S_i and O += P_{i-1} V_{i-1}, the softmax of S_i under the latter.
+  for (int i = 1; i < num_tiles; ++i) {
+    WaitTile(rings.FullK(i), i);
+    WaitTile(rings.FullV(i - 1), i - 1);
+    if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
+    FenceRegs(s);
+    WgmmaFence();
+    IssueQK(s, qa, rings.K(i));
+    RescaleO(o, alpha);
+    FenceRegs(o);
+    FenceP(pa);
+    WgmmaFence();
+    IssuePV(o, pa, rings.V(i - 1));
+    if (kPingPong) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
+    if (kOverlap) {
+      WgmmaWait<1>();  // S_i done; O += P_{i-1} V_{i-1} may still run
+    } else {
+      WgmmaWait<0>();
+    }
+    FenceRegs(s);
+    ReleaseTile(rings.EmptyK(i), lane);
+    softmax.Tile(s, i * kKeys, alpha);
+    WgmmaWait<0>();  // O += P_{i-1} V_{i-1} done: O and pa are free, and so is V_{i-1}
+    FenceRegs(o);
+    FenceP(pa);
+    ReleaseTile(rings.EmptyV(i - 1), lane);
+    ToBf16Fragments(s, pa);
+  }
+  // O += P V of the last tile, in turn (consumer 1 goes last and hands no turn back, so every
+  // bar.sync meets exactly its arrivals).
+  WaitTile(rings.FullV(num_tiles - 1), num_tiles - 1);
+  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
+  RescaleO(o, alpha);
+  FenceRegs(o);
+  FenceP(pa);
+  WgmmaFence();
+  IssuePV(o, pa, rings.V(num_tiles - 1));
+  if (kPingPong && wg == 0) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
+  WgmmaWait<0>();
+  FenceRegs(o);
 
   // Full row sums, then the normalized rows this CTA owns.
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
-    float l = l_run[hi];
+    float l = softmax.l_run[hi];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int r = r_lo + hi * 8;
@@ -334,6 +499,22 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   }
 }
 
+// EXPERIMENT (removed before landing): KVBLOCK_WGATTN_VARIANT = 0 (warp specialisation only),
+// 1 (+ ping-pong), 2 (+ intra-warpgroup overlap), 3 (both; the default).
+using KernelFn = void (*)(AttentionParams);
+KernelFn Kernel() {
+  static const KernelFn fn = [] {
+    const char* v = std::getenv("KVBLOCK_WGATTN_VARIANT");
+    switch (v ? std::atoi(v) : 3) {
+      case 0: return &WgmmaAttentionKernel<false, false>;
+      case 1: return &WgmmaAttentionKernel<true, false>;
+      case 2: return &WgmmaAttentionKernel<false, true>;
+      default: return &WgmmaAttentionKernel<true, true>;
+    }
+  }();
+  return fn;
+}
+
 }  // namespace
 
 bool WgmmaAttentionRunnable() {
@@ -343,7 +524,7 @@ bool WgmmaAttentionRunnable() {
         cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
             cudaSuccess ||
         max_smem < kSmemBytes ||
-        cudaFuncSetAttribute(WgmmaAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaFuncSetAttribute(Kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize,
                              kSmemBytes) != cudaSuccess) {
       cudaGetLastError();  // not built for this device (sm_90a only), or too little memory
       return false;
@@ -363,12 +544,12 @@ bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits) {
 
 cudaError_t LaunchWgmmaAttention(const AttentionParams& p, cudaStream_t stream) {
   // Idempotent and host-only; set on every launch so no static state is shared across threads.
-  cudaError_t e = cudaFuncSetAttribute(WgmmaAttentionKernel,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  cudaError_t e =
+      cudaFuncSetAttribute(Kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (e != cudaSuccess) return e;
   const int group = p.num_heads / p.num_kv_heads;
   const dim3 grid((p.max_q_len * group + kRows - 1) / kRows, p.num_kv_heads, p.num_seqs);
-  WgmmaAttentionKernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  Kernel()<<<grid, kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -296,6 +296,15 @@ TEST(CudaAttention, PrefillTilesAndGqaAtHeadDim128) {
   }
 }
 
+TEST(CudaAttention, PrefillManyKeyTiles) {
+  // 2,053 tokens: up to 17 of the wgmma kernel's 128-key tiles per CTA, so every stage of its
+  // K/V rings is refilled several times (mbarrier phases flip back and forth) and the last tile
+  // is partial; GQA 4.
+  const Shape s{DType::kBF16, 128, 8, 2, 1, false};
+  const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
+  RunAttention(s, {MakeSeq(s, {2053}, {0}, 2053, 0, q_stride)});
+}
+
 TEST(CudaAttention, BatchedDecode) {
   // Decode: one new token per sequence over [re-encoded blocks ++ generated tokens]; contexts
   // of different lengths (one segment empty) in one launch.
