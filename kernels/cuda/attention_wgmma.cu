@@ -261,34 +261,39 @@ struct OnlineSoftmax {
         }
       }
     }
+    // Maxima and sums over kParts interleaved partial results: short dependency chains.
+    constexpr int kParts = 4;
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
-      float mx = -INFINITY;
+      float mx[kParts];
+#pragma unroll
+      for (int j = 0; j < kParts; ++j) mx[j] = -INFINITY;
 #pragma unroll
       for (int b = 0; b < kKeys / 8; ++b) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          float& x = s[b * 4 + hi * 2 + e];
-          x *= scale_log2;
-          mx = fmaxf(mx, x);
+          float& m = mx[(b * 2 + e) % kParts];
+          m = fmaxf(m, s[b * 4 + hi * 2 + e]);
         }
       }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[hi], mx);
+      float row_max = fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3]));
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+      // scale_log2 > 0, so the scaled maximum is the maximum of the scaled scores.
+      const float m_new = fmaxf(m_run[hi], row_max * scale_log2);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       alpha[hi] = FastExp2(m_run[hi] - m_use);
-      float sum = 0.f;
+      float sum[kParts] = {};
 #pragma unroll
       for (int b = 0; b < kKeys / 8; ++b) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s[b * 4 + hi * 2 + e];
-          x = FastExp2(x - m_use);
-          sum += x;
+          x = FastExp2(fmaf(x, scale_log2, -m_use));  // masked: 2^-inf = 0
+          sum[(b * 2 + e) % kParts] += x;
         }
       }
-      l_run[hi] = l_run[hi] * alpha[hi] + sum;
+      l_run[hi] = l_run[hi] * alpha[hi] + ((sum[0] + sum[1]) + (sum[2] + sum[3]));
       m_run[hi] = m_new;
     }
   }
@@ -443,14 +448,13 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   for (int i = 1; i < num_tiles; ++i) {
     WaitTile(rings.FullK(i), i);
     WaitTile(rings.FullV(i - 1), i - 1);
+    RescaleO(o, alpha);  // before taking the turn: the other consumer's MMAs wait less
+    FenceRegs(o);
+    FenceP(pa);
     if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
     FenceRegs(s);
     WgmmaFence();
     IssueQK(s, qa, rings.K(i));
-    RescaleO(o, alpha);
-    FenceRegs(o);
-    FenceP(pa);
-    WgmmaFence();
     IssuePV(o, pa, rings.V(i - 1));
     if (kPingPong) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
     if (kOverlap) {
@@ -470,10 +474,10 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   // O += P V of the last tile, in turn (consumer 1 goes last and hands no turn back, so every
   // bar.sync meets exactly its arrivals).
   WaitTile(rings.FullV(num_tiles - 1), num_tiles - 1);
-  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
   RescaleO(o, alpha);
   FenceRegs(o);
   FenceP(pa);
+  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
   WgmmaFence();
   IssuePV(o, pa, rings.V(num_tiles - 1));
   if (kPingPong && wg == 0) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
@@ -538,7 +542,7 @@ bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits) {
   // Decode-like launches (fewer rows than one CTA holds) stay on the mma.sync kernel, whose
   // 16-row fragments waste less.
   const int64_t rows = int64_t{p.max_q_len} * (p.num_heads / p.num_kv_heads);
-  return p.single_segment && splits == 1 && rows >= kRows && p.dtype == DType::kBF16 &&
+  return p.single_segment && splits == 1 && rows >= kRows && p.scale > 0.f && p.dtype == DType::kBF16 &&
          p.head_dim == kD && p.q_stride % 8 == 0 && p.o_stride % 8 == 0 && WgmmaAttentionRunnable();
 }
 
