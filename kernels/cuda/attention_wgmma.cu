@@ -24,7 +24,6 @@
 // XOR-swizzled by row: the 128-byte-swizzle layout wgmma descriptors name, for Q and K as
 // K-major operands and for V (rows = keys, 64 dims contiguous) as an MN-major one.
 #include <cfloat>
-#include <cstdlib>
 
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
@@ -33,20 +32,20 @@
 namespace kvblock::cuda::internal {
 namespace {
 
-constexpr int kD = 128;     // head_dim
-constexpr int kRows = 128;  // query rows per CTA: two consumer warpgroups of 64
-constexpr int kKeys = 128;  // keys per K/V tile
-constexpr int kWarpgroup = 128;                 // threads
-constexpr int kConsumers = 2;                   // consumer warpgroups
+constexpr int kD = 128;          // head_dim
+constexpr int kRows = 128;       // query rows per CTA: two consumer warpgroups of 64
+constexpr int kKeys = 128;       // keys per K/V tile
+constexpr int kWarpgroup = 128;  // threads
+constexpr int kConsumers = 2;    // consumer warpgroups
 constexpr int kThreads = (1 + kConsumers) * kWarpgroup;  // producer first
-constexpr int kConsumerWarps = kConsumers * 4;  // arrivals that free a stage
-constexpr int kProducerRegs = 40;   // setmaxnreg budgets: 128 x 40 + 256 x 232 <= 64K registers
+constexpr int kConsumerWarps = kConsumers * 4;           // arrivals that free a stage
+constexpr int kProducerRegs = 40;  // setmaxnreg budgets: 128 x 40 + 256 x 232 <= 64K registers
 constexpr int kConsumerRegs = 232;
 constexpr int kStages = 3;          // depth of the K ring and of the V ring
 constexpr int kHalfRowBytes = 128;  // 64 bf16: one swizzled row
 constexpr int kQBytes = kRows * kD * 2;
-constexpr int kTileBytes = kKeys * kD * 2;  // K or V of one tile
-constexpr int kAlign = 1024;                // swizzle atoms start 1024-byte aligned
+constexpr int kTileBytes = kKeys * kD * 2;      // K or V of one tile
+constexpr int kAlign = 1024;                    // swizzle atoms start 1024-byte aligned
 constexpr int kBarrierBytes = 4 * kStages * 8;  // full/empty mbarriers of both rings
 constexpr int kSmemBytes = kAlign + kQBytes + 2 * kStages * kTileBytes + kBarrierBytes;
 static_assert(kSmemBytes <= 227 * 1024, "exceeds sm_90's opt-in shared memory");
@@ -331,7 +330,9 @@ struct Rings {
   uint32_t sK0, sV0, bars;
   __device__ uint32_t K(int j) const { return sK0 + (j % kStages) * kTileBytes; }
   __device__ uint32_t V(int j) const { return sV0 + (j % kStages) * kTileBytes; }
-  __device__ uint32_t Bar(int ring, int j) const { return bars + (ring * kStages + j % kStages) * 8; }
+  __device__ uint32_t Bar(int ring, int j) const {
+    return bars + (ring * kStages + j % kStages) * 8;
+  }
   __device__ uint32_t FullK(int j) const { return Bar(0, j); }
   __device__ uint32_t EmptyK(int j) const { return Bar(1, j); }
   __device__ uint32_t FullV(int j) const { return Bar(2, j); }
@@ -366,8 +367,6 @@ __device__ __forceinline__ void ReleaseTile(uint32_t bar, int lane) {
   if (lane == 0) MbarArrive(bar);
 }
 
-// EXPERIMENT (removed before landing): kPingPong / kOverlap select the steps to measure.
-template <bool kPingPong, bool kOverlap>
 __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionParams p) {
   extern __shared__ unsigned char smem[];
   const uint32_t raw = SmemAddr(smem);
@@ -418,7 +417,7 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   FenceProxyAsync();
   NamedBarrierSync(kQBarrier + wg, kWarpgroup);
   // Consumer 0 issues first.
-  if (kPingPong && wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
+  if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
 
   // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
   const int r_lo = wg * 64 + ((t >> 5) & 3) * 16 + (lane >> 2);
@@ -434,11 +433,11 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   float s[64];
   // Tile 0: S alone.
   WaitTile(rings.FullK(0), 0);
-  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);  // this consumer's turn
+  NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);  // this consumer's turn
   FenceRegs(s);
   WgmmaFence();
   IssueQK(s, qa, rings.K(0));
-  if (kPingPong) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);  // the other's turn
+  NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);  // the other's turn
   WgmmaWait<0>();
   FenceRegs(s);
   ReleaseTile(rings.EmptyK(0), lane);
@@ -451,17 +450,13 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
     RescaleO(o, alpha);  // before taking the turn: the other consumer's MMAs wait less
     FenceRegs(o);
     FenceP(pa);
-    if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
+    NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
     FenceRegs(s);
     WgmmaFence();
     IssueQK(s, qa, rings.K(i));
     IssuePV(o, pa, rings.V(i - 1));
-    if (kPingPong) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
-    if (kOverlap) {
-      WgmmaWait<1>();  // S_i done; O += P_{i-1} V_{i-1} may still run
-    } else {
-      WgmmaWait<0>();
-    }
+    NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
+    WgmmaWait<1>();  // S_i done; O += P_{i-1} V_{i-1} may still run
     FenceRegs(s);
     ReleaseTile(rings.EmptyK(i), lane);
     softmax.Tile(s, i * kKeys, alpha);
@@ -477,10 +472,10 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   RescaleO(o, alpha);
   FenceRegs(o);
   FenceP(pa);
-  if (kPingPong) NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
+  NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);
   WgmmaFence();
   IssuePV(o, pa, rings.V(num_tiles - 1));
-  if (kPingPong && wg == 0) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
+  if (wg == 0) NamedBarrierArrive(kTurnBarrier + other, 2 * kWarpgroup);
   WgmmaWait<0>();
   FenceRegs(o);
 
@@ -492,31 +487,15 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int r = r_lo + hi * 8;
     if (r >= rows) continue;
-    const int gr = row0 + r, t = gr / group, h = kvh * group + gr % group;
+    const int gr = row0 + r, token = gr / group, h = kvh * group + gr % group;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* out = static_cast<bf16*>(seq.o) + int64_t{t} * p.o_stride + h * kD;
+    bf16* out = static_cast<bf16*>(seq.o) + int64_t{token} * p.o_stride + h * kD;
 #pragma unroll
     for (int b = 0; b < kD / 8; ++b) {
       *reinterpret_cast<uint32_t*>(out + b * 8 + tq * 2) =
           PackBf16(o[b * 4 + hi * 2] * inv, o[b * 4 + hi * 2 + 1] * inv);
     }
   }
-}
-
-// EXPERIMENT (removed before landing): KVBLOCK_WGATTN_VARIANT = 0 (warp specialisation only),
-// 1 (+ ping-pong), 2 (+ intra-warpgroup overlap), 3 (both; the default).
-using KernelFn = void (*)(AttentionParams);
-KernelFn Kernel() {
-  static const KernelFn fn = [] {
-    const char* v = std::getenv("KVBLOCK_WGATTN_VARIANT");
-    switch (v ? std::atoi(v) : 3) {
-      case 0: return &WgmmaAttentionKernel<false, false>;
-      case 1: return &WgmmaAttentionKernel<true, false>;
-      case 2: return &WgmmaAttentionKernel<false, true>;
-      default: return &WgmmaAttentionKernel<true, true>;
-    }
-  }();
-  return fn;
 }
 
 }  // namespace
@@ -528,7 +507,7 @@ bool WgmmaAttentionRunnable() {
         cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
             cudaSuccess ||
         max_smem < kSmemBytes ||
-        cudaFuncSetAttribute(Kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaFuncSetAttribute(WgmmaAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              kSmemBytes) != cudaSuccess) {
       cudaGetLastError();  // not built for this device (sm_90a only), or too little memory
       return false;
@@ -542,18 +521,19 @@ bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits) {
   // Decode-like launches (fewer rows than one CTA holds) stay on the mma.sync kernel, whose
   // 16-row fragments waste less.
   const int64_t rows = int64_t{p.max_q_len} * (p.num_heads / p.num_kv_heads);
-  return p.single_segment && splits == 1 && rows >= kRows && p.scale > 0.f && p.dtype == DType::kBF16 &&
-         p.head_dim == kD && p.q_stride % 8 == 0 && p.o_stride % 8 == 0 && WgmmaAttentionRunnable();
+  return p.single_segment && splits == 1 && rows >= kRows && p.scale > 0.f &&
+         p.dtype == DType::kBF16 && p.head_dim == kD && p.q_stride % 8 == 0 &&
+         p.o_stride % 8 == 0 && WgmmaAttentionRunnable();
 }
 
 cudaError_t LaunchWgmmaAttention(const AttentionParams& p, cudaStream_t stream) {
   // Idempotent and host-only; set on every launch so no static state is shared across threads.
-  cudaError_t e =
-      cudaFuncSetAttribute(Kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  cudaError_t e = cudaFuncSetAttribute(WgmmaAttentionKernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (e != cudaSuccess) return e;
   const int group = p.num_heads / p.num_kv_heads;
   const dim3 grid((p.max_q_len * group + kRows - 1) / kRows, p.num_kv_heads, p.num_seqs);
-  Kernel()<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  WgmmaAttentionKernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

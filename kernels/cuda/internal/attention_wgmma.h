@@ -18,8 +18,8 @@ namespace kvblock::cuda::internal {
 bool WgmmaAttentionRunnable();
 
 // True when the launch may use the wgmma kernel: single_segment, splits == 1, at least one
-// CTA's 128 rows (max_q_len x heads per kv head), bf16, head_dim 128, strides multiples of 8,
-// and WgmmaAttentionRunnable().
+// CTA's 128 rows (max_q_len x heads per kv head), a positive softmax scale, bf16, head_dim 128,
+// strides multiples of 8, and WgmmaAttentionRunnable().
 bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits);
 
 // Enqueues the kernel for `p` (which WgmmaAttentionApplies accepted) on `stream`; returns the
