@@ -1,6 +1,7 @@
 #include "cache/arena.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -32,13 +33,9 @@ absl::StatusOr<std::shared_ptr<Arena>> Arena::Create(const ArenaOptions& options
   arena->free_by_offset_.reserve((capacity + region - 1) / region);
   for (uint64_t done = 0; done < capacity; done += region) {
     const uint64_t length = std::min(region, capacity - done);
-    void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (base == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat("arena: mmap of ", length,
-                                                       " bytes failed: ", std::strerror(errno)));
-    }
-    arena->regions_.push_back({static_cast<uint8_t*>(base), length});
+    absl::StatusOr<Region> r = MapRegion(length, options.shared);
+    if (!r.ok()) return r.status();
+    arena->regions_.push_back(*r);
     internal::MutexLock lock(&arena->mu_);
     arena->free_by_offset_.emplace_back();
     arena->InsertFreeLocked(static_cast<uint32_t>(arena->regions_.size() - 1), 0, length);
@@ -47,8 +44,46 @@ absl::StatusOr<std::shared_ptr<Arena>> Arena::Create(const ArenaOptions& options
   return arena;
 }
 
+absl::StatusOr<Arena::Region> Arena::MapRegion(uint64_t length, bool shared) {
+  int fd = -1;
+  if (shared) {
+    fd = memfd_create("kvblock-arena", MFD_CLOEXEC);
+    if (fd < 0) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("arena: memfd_create failed: ", std::strerror(errno)));
+    }
+    // Sparse: pages are allocated when first written, like the anonymous mapping.
+    if (ftruncate(fd, static_cast<off_t>(length)) != 0) {
+      const int err = errno;
+      close(fd);
+      return absl::ResourceExhaustedError(absl::StrCat("arena: ftruncate of a memfd to ", length,
+                                                       " bytes failed: ", std::strerror(err)));
+    }
+  }
+  const int flags = shared ? MAP_SHARED | MAP_NORESERVE : MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, flags, fd, 0);
+  if (base == MAP_FAILED) {
+    const int err = errno;
+    if (fd >= 0) close(fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("arena: mmap of ", length, " bytes failed: ", std::strerror(err)));
+  }
+  return Region{static_cast<uint8_t*>(base), length, fd};
+}
+
 Arena::~Arena() {
-  for (const Region& r : regions_) munmap(r.base, r.length);
+  for (const Region& r : regions_) {
+    munmap(r.base, r.length);
+    if (r.fd >= 0) close(r.fd);
+  }
+}
+
+int Arena::region_fd(uint32_t region) const {
+  return region < regions_.size() ? regions_[region].fd : -1;
+}
+
+uint64_t Arena::region_length(uint32_t region) const {
+  return region < regions_.size() ? regions_[region].length : 0;
 }
 
 uint64_t Arena::RoundUp(uint64_t size) const {

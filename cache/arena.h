@@ -5,6 +5,9 @@
 //
 // Allocation is best-fit with coalescing inside each region, in multiples of `alignment`.
 // Pages are mapped lazily (MAP_NORESERVE), so an arena costs physical memory only as it fills.
+// A shared arena backs each region with a memfd, so another process on the host can map the
+// same pages (region_fd, passed over a Unix socket: services/shm_data_plane.h) and read
+// payloads where they lie.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +36,9 @@ struct ArenaOptions {
   // Allocation granularity and alignment in bytes; a power of two >= 8. Default: 64 (a cache
   // line, and enough for any KV dtype and for DMA engines).
   uint64_t alignment = 64;
+  // Back each region with a memfd (memfd_create, MAP_SHARED) instead of anonymous private
+  // memory, so other processes can map it through region_fd. Default: false.
+  bool shared = false;
 
   // INVALID_ARGUMENT naming the bad field.
   absl::Status Validate() const;
@@ -50,6 +56,7 @@ class Arena {
   // Maps every region. INVALID_ARGUMENT for bad options, RESOURCE_EXHAUSTED when the kernel
   // refuses the mapping.
   static absl::StatusOr<std::shared_ptr<Arena>> Create(const ArenaOptions& options);
+  // Unmaps every region and closes its memfd.
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -67,6 +74,11 @@ class Arena {
   // may register them once. Thread-safe.
   void ForEachRegion(const std::function<void(void* base, size_t length)>& fn) const;
   size_t num_regions() const { return regions_.size(); }
+  // The memfd behind region `region` (owned by the arena, valid while it lives; dup it to keep
+  // it), or -1 when the arena is not shared or the index is out of range. Thread-safe.
+  int region_fd(uint32_t region) const;
+  // Length in bytes of region `region` (0 when out of range). Thread-safe.
+  uint64_t region_length(uint32_t region) const;
   // Region and offset of a pointer inside the arena; nullopt for a pointer outside it.
   // Thread-safe (regions are immutable).
   std::optional<ArenaLocation> Locate(const void* ptr) const;
@@ -79,8 +91,11 @@ class Arena {
   struct Region {
     uint8_t* base = nullptr;
     uint64_t length = 0;
+    int fd = -1;  // memfd of a shared arena
   };
   explicit Arena(const ArenaOptions& options) : options_(options) {}
+  // Maps one region of `length` bytes (a memfd's pages when `shared`).
+  static absl::StatusOr<Region> MapRegion(uint64_t length, bool shared);
   void InsertFreeLocked(uint32_t region, uint64_t offset, uint64_t length)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseFreeLocked(uint32_t region, uint64_t offset, uint64_t length)

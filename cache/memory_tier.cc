@@ -78,6 +78,7 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> MemoryTier::Create(const MemoryTierO
   arena_options.capacity_bytes = options.capacity_bytes;
   arena_options.region_bytes = options.arena_region_bytes;
   arena_options.alignment = options.arena_alignment;
+  arena_options.shared = options.shared_arena;
   absl::StatusOr<std::shared_ptr<Arena>> arena = Arena::Create(arena_options);
   if (!arena.ok()) return arena.status();
   auto core = std::make_shared<Core>();

@@ -41,6 +41,9 @@ struct MemoryTierOptions {
   uint64_t arena_region_bytes = 0;
   // Arena allocation alignment in bytes. Default: 64.
   uint64_t arena_alignment = 64;
+  // Back the arena with memfds another process can map (ArenaOptions::shared; the cache server
+  // turns it on for the same-host shared-memory data plane). Default: false.
+  bool shared_arena = false;
   // Re-verify payload checksums on every Get (payloads are always verified on Put). Costs about
   // one extra pass over the bytes per read. Default: false.
   bool verify_on_get = false;

@@ -13,6 +13,7 @@
 #include "services/client_credentials.h"
 #include "services/grpc_status.h"
 #include "services/proto_convert.h"
+#include "services/shm_data_plane.h"
 #include "services/ucx_data_plane.h"
 
 namespace kvblock {
@@ -83,6 +84,12 @@ struct CacheClient::Node {
   std::atomic<int> ucx_session{-1};
   // The node answered OpenDataPlane with FAILED_PRECONDITION (it runs without UCX).
   std::atomic<bool> no_data_plane{false};
+
+  // Shared-memory session, null when none (shared: a reader keeps using the one it took).
+  mutable absl::Mutex shm_mu;
+  std::shared_ptr<ShmClient> shm ABSL_GUARDED_BY(shm_mu);
+  // The node offers no shared memory, or its socket cannot be reached (another host).
+  std::atomic<bool> no_shm{false};
 };
 
 CacheClient::CacheClient(CacheClientOptions options)
@@ -129,12 +136,10 @@ absl::Status CacheClient::Init() {
     UcxClientOptions ucx_options;
     ucx_options.lanes = options_.data_plane_lanes;
     absl::StatusOr<std::unique_ptr<UcxClient>> ucx = UcxClient::Create(ucx_options);
-    if (ucx.ok()) {
-      ucx_ = *std::move(ucx);
-      OpenDataPlanes();
-    }
-    // Without UCX the client still works over gRPC Get; nothing else to do.
+    // Without UCX the client still works over gRPC Get.
+    if (ucx.ok()) ucx_ = *std::move(ucx);
   }
+  OpenDataPlanes();
   prober_ = std::thread([this] { ProbeLoop(); });
   return absl::OkStatus();
 }
@@ -199,6 +204,12 @@ bool CacheClient::IsEjected(size_t index) const {
 
 bool CacheClient::HasDataPlane(size_t index) const {
   return nodes_[index]->ucx_session.load() >= 0;
+}
+
+bool CacheClient::HasSharedMemory(size_t index) const {
+  Node& node = *nodes_[index];
+  absl::MutexLock l(&node.shm_mu);
+  return node.shm != nullptr && node.shm->healthy();
 }
 
 std::vector<uint32_t> CacheClient::Candidates(const BlockKey& key, bool for_write) const {
@@ -413,12 +424,38 @@ absl::StatusOr<uint64_t> CacheClient::ReadFromReplicas(const BlockKey& key, Fn&&
                                              " answered; last error: ", last.ToString()));
 }
 
+std::optional<absl::StatusOr<BlockBytes>> CacheClient::AcquireLocal(size_t index,
+                                                                    const BlockKey& key) {
+  Node& node = *nodes_[index];
+  std::shared_ptr<ShmClient> shm;
+  {
+    absl::MutexLock l(&node.shm_mu);
+    shm = node.shm;
+  }
+  if (shm == nullptr) return std::nullopt;
+  absl::StatusOr<BlockBytes> block = shm->Acquire(key);
+  if (block.ok() || absl::IsNotFound(block.status())) return block;
+  if (!shm->healthy()) {
+    // Broken (the node restarted, or a timeout): forget it; leases taken from it stay valid.
+    absl::MutexLock l(&node.shm_mu);
+    if (node.shm == shm) node.shm = nullptr;
+  }
+  return std::nullopt;  // not local, lease limit, or broken: UCX / gRPC serve this read
+}
+
 absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
+  BlockBytes local;
   auto data = std::make_shared<std::vector<uint8_t>>();
-  absl::StatusOr<uint64_t> n = ReadFromReplicas(key, [&](uint32_t node) {
+  absl::StatusOr<uint64_t> n = ReadFromReplicas(key, [&](uint32_t node) -> absl::StatusOr<uint64_t> {
+    if (std::optional<absl::StatusOr<BlockBytes>> b = AcquireLocal(node, key); b.has_value()) {
+      if (!b->ok()) return b->status();
+      local = **std::move(b);
+      return local.bytes.size();
+    }
     return GetOnNode(node, key, absl::Span<uint8_t>(), data.get());
   });
   if (!n.ok()) return n.status();
+  if (local.owner != nullptr) return local;
   BlockBytes out;
   out.bytes = absl::MakeConstSpan(*data);
   out.owner = std::move(data);
@@ -426,8 +463,19 @@ absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
 }
 
 absl::StatusOr<uint64_t> CacheClient::FetchInto(const BlockKey& key, absl::Span<uint8_t> buffer) {
-  return ReadFromReplicas(
-      key, [&](uint32_t node) { return GetOnNode(node, key, buffer, nullptr); });
+  return ReadFromReplicas(key, [&](uint32_t node) -> absl::StatusOr<uint64_t> {
+    if (std::optional<absl::StatusOr<BlockBytes>> b = AcquireLocal(node, key); b.has_value()) {
+      if (!b->ok()) return b->status();
+      const absl::Span<const uint8_t> bytes = (*b)->bytes;
+      if (bytes.size() > buffer.size()) {
+        return absl::OutOfRangeError(absl::StrCat("block ", key.ToHex(), " has ", bytes.size(),
+                                                  " bytes; the buffer holds ", buffer.size()));
+      }
+      std::memcpy(buffer.data(), bytes.data(), bytes.size());
+      return bytes.size();  // the lease is released when *b goes
+    }
+    return GetOnNode(node, key, buffer, nullptr);
+  });
 }
 
 std::vector<ClusterLookupResult> CacheClient::LookupCluster(absl::Span<const BlockKey> keys) {
@@ -592,25 +640,60 @@ absl::StatusOr<v1::DrainResponse> CacheClient::DrainNode(size_t index, bool undr
   return response;
 }
 
+void CacheClient::ConnectSharedMemory(Node& node, const v1::OpenDataPlaneResponse& response) {
+  if (response.shm_socket_path().empty()) {
+    node.no_shm.store(true);  // the node offers none
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<ShmClient>> shm =
+      ShmClient::Connect(response.shm_socket_path(), response.shm_token(),
+                         {.timeout = options_.rpc_timeout,
+                          .region_listener = options_.region_listener});
+  if (!shm.ok()) {
+    // Usually: the socket is not on this host. UCX / gRPC serve this node.
+    node.no_shm.store(true);
+    return;
+  }
+  absl::MutexLock l(&node.shm_mu);
+  node.shm = *std::move(shm);
+}
+
 void CacheClient::OpenDataPlanes() {
-  if (ucx_ == nullptr) return;
   for (size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = *nodes_[i];
-    if (node.ucx_session.load() >= 0 || node.no_data_plane.load()) continue;
-    // One OpenDataPlane (one one-use token) per lane, each naming that lane's worker.
+    bool want_ucx =
+        ucx_ != nullptr && node.ucx_session.load() < 0 && !node.no_data_plane.load();
+    const bool want_shm =
+        options_.use_shared_memory && !node.no_shm.load() && !HasSharedMemory(i);
+    if (!want_ucx && !want_shm) continue;
+    // One OpenDataPlane (one one-use token) per UCX lane, each naming that lane's worker; the
+    // first also asks for the shared-memory session.
     std::vector<SessionTicket> tickets;
     absl::Status s;
-    for (int lane = 0; lane < ucx_->lanes() && s.ok(); ++lane) {
+    const int requests = want_ucx ? ucx_->lanes() : 1;
+    for (int lane = 0; lane < requests; ++lane) {
       v1::OpenDataPlaneRequest request;
-      request.set_client_worker_address(ucx_->WorkerAddress(lane));
+      if (want_ucx) request.set_client_worker_address(ucx_->WorkerAddress(lane));
+      request.set_want_shared_memory(lane == 0 && want_shm);
       v1::OpenDataPlaneResponse response;
       grpc::ClientContext ctx;
       PrepareContext(&ctx, absl::Now() + options_.rpc_timeout);
       s = FromGrpcStatus(StubFor(node)->OpenDataPlane(&ctx, request, &response));
+      if (!s.ok()) break;
+      if (lane == 0 && want_shm) ConnectSharedMemory(node, response);
+      if (!want_ucx) break;
+      if (response.listener_address().empty()) {  // shared memory only: no UCX on the node
+        node.no_data_plane.store(true);
+        want_ucx = false;
+        break;
+      }
       tickets.push_back({response.listener_address(), response.session_token()});
     }
-    if (absl::IsFailedPrecondition(s)) node.no_data_plane.store(true);
-    if (!s.ok()) continue;  // no data plane there (or down): gRPC Get serves reads
+    if (absl::IsFailedPrecondition(s)) {  // neither UCX nor (when asked) shared memory
+      if (want_ucx) node.no_data_plane.store(true);
+      if (want_shm) node.no_shm.store(true);
+    }
+    if (!s.ok() || !want_ucx) continue;  // gRPC Get serves what no data plane does
     absl::StatusOr<int> session = ucx_->Connect(tickets, options_.rpc_timeout);
     if (session.ok()) node.ucx_session.store(*session);
   }
@@ -641,17 +724,17 @@ void CacheClient::ProbeLoop() {
         node.ejected_until = absl::Now() + node.eject_for;
       }
     }
-    if (ucx_ != nullptr) {
-      bool missing = false;
-      for (size_t i = 0; i < nodes_.size(); ++i) {
-        if (nodes_[i]->ucx_session.load() < 0 && !nodes_[i]->no_data_plane.load() &&
-            !IsEjected(i)) {
-          missing = true;
-        }
-      }
-      // Re-open sessions at most every ~second (cheap when nodes have no data plane).
-      if (missing && ++tick % 20 == 0) OpenDataPlanes();
+    bool missing = false;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      const Node& node = *nodes_[i];
+      const bool ucx_missing =
+          ucx_ != nullptr && node.ucx_session.load() < 0 && !node.no_data_plane.load();
+      const bool shm_missing =
+          options_.use_shared_memory && !node.no_shm.load() && !HasSharedMemory(i);
+      if ((ucx_missing || shm_missing) && !IsEjected(i)) missing = true;
     }
+    // Re-open sessions at most every ~second (cheap when nodes have no data plane).
+    if (missing && ++tick % 20 == 0) OpenDataPlanes();
   }
 }
 

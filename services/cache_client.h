@@ -5,9 +5,13 @@
 // failing node is ejected and a background prober brings it back. It implements BlockStore (tier
 // kRemote), so a worker stacks it under its own tiers.
 //
-// Data path: FetchInto() reads into a caller-provided buffer over the UCX data plane when the node
-// offers one (ucx_data_plane.h; concurrent calls spread over data_plane_lanes lanes per node),
-// else over the gRPC Get stream.
+// Data path: a node on the same host that offers the shared-memory data plane
+// (shm_data_plane.h) is read through its mapped memory: Get() returns bytes pointing into the
+// client's read-only mapping of the node's arena (zero copy; the node keeps them until the
+// BlockBytes is gone), FetchInto() copies from there. Otherwise, and for blocks the node holds
+// only outside its shared memory, FetchInto() reads into a caller-provided buffer over the UCX
+// data plane when the node offers one (ucx_data_plane.h; concurrent calls spread over
+// data_plane_lanes lanes per node), else over the gRPC Get stream, which also serves Get().
 //
 // Status codes: as the nodes return them (cache_service_core.h) for non-retriable errors;
 // UNAVAILABLE when no replica could be reached within the attempts; NOT_FOUND when every
@@ -17,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,10 +34,12 @@
 #include "absl/time/time.h"
 #include "cache/block_store.h"
 #include "kvblock/v1/cache.grpc.pb.h"
+#include "services/host_region_listener.h"
 #include "services/rendezvous.h"
 
 namespace kvblock {
 
+class ShmClient;
 class UcxClient;
 
 struct CacheClientOptions {
@@ -79,6 +86,13 @@ struct CacheClientOptions {
   // that concurrent FetchInto calls spread over; one OpenDataPlane per lane), 1..64.
   // Default: 8.
   uint32_t data_plane_lanes = 8;
+  // Read through a node's shared memory when it offers it and its socket is reachable (the node
+  // is on this host). Default: true.
+  bool use_shared_memory = true;
+  // Told when the client maps a node's shared region and before it unmaps it (borrowed,
+  // nullable, must outlive the client and every BlockBytes it returned; called from client
+  // threads). Default: none.
+  HostRegionListener* region_listener = nullptr;
 
   absl::Status Validate() const;
 };
@@ -104,7 +118,9 @@ class CacheClient final : public BlockStore {
   // DATA_LOSS), then writes to R replicas in parallel (ejected or draining nodes are replaced by
   // the next ones in rank); OK when min_write_replicas acknowledged.
   absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override;
-  // Reads the whole payload (gRPC) into memory owned by the returned BlockBytes.
+  // Zero copy from a node's shared memory when possible (the returned bytes point into the
+  // mapping and pin the block on the node while held), else reads the whole payload (gRPC)
+  // into memory owned by the returned BlockBytes.
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override;
   // Present if any replica has it; tier kRemote.
   void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override;
@@ -116,7 +132,7 @@ class CacheClient final : public BlockStore {
   std::vector<TierStats> Stats() const override;
 
   // Reads the payload into `buffer` (the caller's, e.g. pinned and registered) and returns its
-  // size: UCX when available, else gRPC. OUT_OF_RANGE if the buffer is smaller than the payload.
+  // size: a copy from shared memory, else UCX when available, else gRPC. OUT_OF_RANGE if the buffer is smaller than the payload.
   // Thread-safe.
   absl::StatusOr<uint64_t> FetchInto(const BlockKey& key, absl::Span<uint8_t> buffer);
   // Lookup with the node and its tier per key; unanswered keys are absent. Thread-safe.
@@ -131,6 +147,8 @@ class CacheClient final : public BlockStore {
   bool IsEjected(size_t node) const;
   // Whether a node's data plane session is open (UCX).
   bool HasDataPlane(size_t node) const;
+  // Whether a node's shared-memory session is open and healthy.
+  bool HasSharedMemory(size_t node) const;
 
  private:
   struct Node;
@@ -155,6 +173,13 @@ class CacheClient final : public BlockStore {
   absl::StatusOr<uint64_t> ReadFromReplicas(const BlockKey& key, Fn&& read);
   absl::StatusOr<std::vector<v1::LookupResult>> LookupOnNode(size_t node,
                                                              absl::Span<const BlockKey> keys);
+  // The node's block through its shared memory: nullopt when there is no usable session or the
+  // node answered "not local" or refused a lease (read another way); NOT_FOUND is the node's
+  // answer. A broken session is dropped (the prober opens a new one).
+  std::optional<absl::StatusOr<BlockBytes>> AcquireLocal(size_t node, const BlockKey& key);
+  // Connects to the node's shared-memory socket named in an OpenDataPlane answer.
+  void ConnectSharedMemory(Node& node, const v1::OpenDataPlaneResponse& response);
+  // Opens the missing UCX and shared-memory sessions.
   void OpenDataPlanes();
   void ProbeLoop();
 

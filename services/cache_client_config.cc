@@ -49,6 +49,8 @@ void AddClusterFlags(CLI::App& app, ClusterFlags* flags, const std::string& cred
   app.add_option("--timeout-s", flags->timeout_s, "Deadline of one RPC attempt, seconds")
       ->capture_default_str();
   app.add_flag("--no-ucx", flags->no_ucx, "Read over gRPC even when nodes offer UCX");
+  app.add_flag("--no-shm", flags->no_shm,
+               "Do not read through the shared memory of nodes on this host");
   app.add_option("--ucx-lanes", flags->ucx_lanes,
                  "UCX data-plane lanes per node (worker threads that concurrent reads spread over)")
       ->capture_default_str();
@@ -131,6 +133,7 @@ absl::StatusOr<CacheClientOptions> ClientOptionsFromFlags(const ClusterFlags& fl
   if (!(flags.timeout_s > 0)) return absl::InvalidArgumentError("--timeout-s must be > 0");
   o.rpc_timeout = absl::Seconds(flags.timeout_s);
   o.use_data_plane = !flags.no_ucx;
+  o.use_shared_memory = !flags.no_shm;
   if (flags.ucx_lanes < 1 || flags.ucx_lanes > UcxClientOptions::kMaxLanes) {
     return absl::InvalidArgumentError(
         absl::StrCat("--ucx-lanes must be in [1, ", UcxClientOptions::kMaxLanes, "]"));

@@ -31,6 +31,7 @@ struct ClusterFlags {
   std::string credential_prefix;  // set by AddClusterFlags; spells the credential flags
   double timeout_s = 5.0;         // per RPC attempt
   bool no_ucx = false;
+  bool no_shm = false;  // do not read through same-host nodes' shared memory
   uint32_t ucx_lanes = CacheClientOptions().data_plane_lanes;  // data-plane lanes per node
 
   bool given() const { return !cache.empty(); }

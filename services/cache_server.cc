@@ -1,5 +1,8 @@
 #include "services/cache_server.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +17,7 @@
 #include "services/server_credentials.h"
 #include "services/metrics/metrics_registry.h"
 #include "services/metrics/standard_metrics.h"
+#include "services/shm_data_plane.h"
 #include "services/ucx_data_plane.h"
 
 namespace kvblock {
@@ -82,6 +86,16 @@ class ServerMetrics final : public CacheServiceObserver {
   metrics::ServiceMetrics service_;
 };
 
+// CacheServerOptions::shm_socket with "auto" resolved.
+std::string ResolveShmSocket(const std::string& option, const std::string& listen) {
+  if (option != "auto") return option;
+  const char* runtime = std::getenv("XDG_RUNTIME_DIR");
+  const std::string dir = runtime != nullptr && runtime[0] != '\0' ? runtime : "/tmp";
+  std::string port = listen.substr(listen.rfind(':') + 1);
+  if (port.empty() || port == "0") port = absl::StrCat("pid", getpid());
+  return absl::StrCat(dir, "/kvblock-cache-", port, ".sock");
+}
+
 }  // namespace
 
 absl::Status CacheServerOptions::Validate() const {
@@ -111,11 +125,12 @@ struct CacheServer::Impl {
   ServerMetrics server_metrics;
   std::unique_ptr<TieredStore> store;
   std::unique_ptr<UcxServer> ucx;
+  std::unique_ptr<ShmServer> shm;
   std::unique_ptr<CacheServiceCore> core;
   std::unique_ptr<CacheGrpcService> service;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<metrics::MetricsHttpServer> http;
-  std::string grpc_address, ucx_address, metrics_address;
+  std::string grpc_address, ucx_address, metrics_address, shm_socket;
   bool stopped = false;
 };
 
@@ -139,6 +154,7 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
 
   TieredStoreOptions so;
   so.memory.capacity_bytes = m.options.memory_bytes;
+  so.memory.shared_arena = !m.options.shm_socket.empty();
   so.rocks.path = m.options.data_dir;
   so.rocks.create_if_missing = true;
   absl::StatusOr<SyncPolicy> sync = ParseSyncPolicy(m.options.sync);
@@ -161,9 +177,20 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
     m.ucx_address = m.ucx->address();
   }
 
+  if (!m.options.shm_socket.empty()) {
+    ShmServerOptions shm;
+    shm.socket_path = ResolveShmSocket(m.options.shm_socket, m.options.listen);
+    absl::StatusOr<std::unique_ptr<ShmServer>> server =
+        ShmServer::Start(std::move(shm), m.store.get(), &m.store->memory().arena(),
+                         &m.server_metrics);
+    if (!server.ok()) return server.status();
+    m.shm = *std::move(server);
+    m.shm_socket = m.shm->socket_path();
+  }
+
   if (service.node_id.empty()) service.node_id = m.options.listen;
   m.core = std::make_unique<CacheServiceCore>(service, m.store.get(), m.ucx.get(),
-                                              &m.server_metrics);
+                                              &m.server_metrics, m.shm.get());
   m.service = std::make_unique<CacheGrpcService>(m.core.get(), &m.server_metrics);
 
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
@@ -215,12 +242,20 @@ absl::StatusOr<std::unique_ptr<CacheServer>> CacheServer::Start(CacheServerOptio
               metrics::MetricType::kGauge},
              {{"kvblock_cache_server_data_plane_sessions",
                "Authenticated UCX data-plane sessions.", {}},
+              metrics::MetricType::kGauge},
+             {{"kvblock_cache_server_shm_connections",
+               "Open shared-memory data-plane connections.", {}},
+              metrics::MetricType::kGauge},
+             {{"kvblock_cache_server_shm_leases",
+               "Blocks leased to shared-memory clients (their bytes are kept).", {}},
               metrics::MetricType::kGauge}},
-            [core, ucx](metrics::CollectorSink& sink) {
+            [core, ucx, shm = m.shm.get()](metrics::CollectorSink& sink) {
               sink.Add(0, static_cast<double>(core->inflight_calls()));
               sink.Add(1, static_cast<double>(core->put_buffer_bytes()));
               sink.Add(2, core->draining() ? 1.0 : 0.0);
               sink.Add(3, ucx != nullptr ? ucx->authenticated_sessions() : 0.0);
+              sink.Add(4, shm != nullptr ? shm->connections() : 0.0);
+              sink.Add(5, shm != nullptr ? static_cast<double>(shm->leases()) : 0.0);
             });
         !id.ok()) {
       return id.status();
@@ -257,6 +292,7 @@ void CacheServer::Shutdown() {
     m.server->Wait();
   }
   m.ucx.reset();
+  m.shm.reset();  // closes every shm connection: the leased blocks go with the store
   if (m.http != nullptr) m.http->Stop();
   m.server.reset();
   m.service.reset();
@@ -267,6 +303,7 @@ void CacheServer::Shutdown() {
 const std::string& CacheServer::grpc_address() const { return impl_->grpc_address; }
 const std::string& CacheServer::ucx_address() const { return impl_->ucx_address; }
 const std::string& CacheServer::metrics_address() const { return impl_->metrics_address; }
+const std::string& CacheServer::shm_socket() const { return impl_->shm_socket; }
 BlockStore* CacheServer::store() { return impl_->store.get(); }
 CacheServiceCore* CacheServer::core() { return impl_->core.get(); }
 

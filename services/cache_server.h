@@ -1,7 +1,8 @@
 // CacheServer: one cache node (`kvblock cache-server`): a TieredStore (memory over RocksDB in
 // --data-dir) served over gRPC (kvblock.v1.CacheService on the callback API, plus the standard
 // grpc.health.v1 health service and server reflection), the UCX data plane (--ucx-listen), and
-// the metrics/dashboard HTTP endpoint (--metrics-listen). Shutdown drains: new calls are
+// the same-host shared-memory data plane (--shm-socket, shm_data_plane.h) and the
+// metrics/dashboard HTTP endpoint (--metrics-listen). Shutdown drains: new calls are
 // refused, in-flight calls get up to drain_timeout, then UCX stops and RocksDB closes cleanly.
 #pragma once
 
@@ -22,6 +23,11 @@ struct CacheServerOptions {
   std::string listen = "127.0.0.1:7070";
   // UCX data-plane listen address host:port; empty turns the data plane off. Default: "".
   std::string ucx_listen;
+  // Unix socket of the same-host shared-memory data plane (the memory tier's arena is then
+  // shared); empty turns it off. "auto" picks $XDG_RUNTIME_DIR (else /tmp) /
+  // kvblock-cache-<gRPC listen port>.sock, or -pid<pid> instead of the port when that is 0.
+  // Default: "" (`kvblock cache-server` defaults to "auto").
+  std::string shm_socket;
   // Directory of the RocksDB tier (created if missing; its parent must exist). Required.
   std::string data_dir;
   // Memory tier budget (bytes). Default: 1 GiB.
@@ -67,6 +73,8 @@ class CacheServer {
   const std::string& grpc_address() const;
   const std::string& ucx_address() const;
   const std::string& metrics_address() const;
+  // Path of the shared-memory socket; empty when off.
+  const std::string& shm_socket() const;
   // The node's store and core (valid until Shutdown); for tests and in-process tools.
   BlockStore* store();
   CacheServiceCore* core();

@@ -40,6 +40,7 @@ int RunCacheServer(ServerFlags& flags) {
   nlohmann::json ready = {{"grpc", (*server)->grpc_address()},
                           {"ucx", (*server)->ucx_address()},
                           {"metrics", (*server)->metrics_address()},
+                          {"shm", (*server)->shm_socket()},
                           {"startup_ms", startup_ms},
                           {"pid", static_cast<int>(getpid())}};
   if (!flags.ready_file.empty()) {
@@ -69,6 +70,11 @@ void AddCacheServerCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("cache-server", "Run a cache node (gRPC + UCX + metrics)");
   cmd->add_option("--listen", o.listen, "gRPC address host:port")->capture_default_str();
   cmd->add_option("--ucx-listen", o.ucx_listen, "UCX data-plane address host:port (off if empty)");
+  o.shm_socket = "auto";
+  cmd->add_option("--shm-socket", o.shm_socket,
+                  "Unix socket of the same-host shared-memory data plane (\"auto\": "
+                  "$XDG_RUNTIME_DIR or /tmp, kvblock-cache-<port>.sock; off if empty)")
+      ->capture_default_str();
   cmd->add_option("--data-dir", o.data_dir, "RocksDB directory (created if missing)")->required();
   cmd->add_option("--memory-bytes", o.memory_bytes, "Memory tier budget (e.g. 4GiB)")
       ->transform(CLI::AsSizeValue(false))

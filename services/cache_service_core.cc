@@ -47,8 +47,13 @@ v1::Tier ToProtoTier(StoreTier tier) {
 }
 
 CacheServiceCore::CacheServiceCore(CacheServiceOptions options, BlockStore* store,
-                                   DataPlaneSessions* data_plane, CacheServiceObserver* observer)
-    : options_(std::move(options)), store_(store), data_plane_(data_plane), observer_(observer) {}
+                                   DataPlaneSessions* data_plane, CacheServiceObserver* observer,
+                                   LocalSessions* local)
+    : options_(std::move(options)),
+      store_(store),
+      data_plane_(data_plane),
+      local_(local),
+      observer_(observer) {}
 
 absl::Status CacheServiceCore::Authenticate(const std::string* authorization) const {
   return CheckBearer(options_.auth_token, authorization);
@@ -299,7 +304,8 @@ absl::Status CacheServiceCore::Stats(const v1::StatsRequest& request,
 
 absl::Status CacheServiceCore::OpenDataPlane(const v1::OpenDataPlaneRequest& request,
                                              v1::OpenDataPlaneResponse* response) {
-  if (data_plane_ == nullptr) {
+  const bool local = request.want_shared_memory() && local_ != nullptr;
+  if (data_plane_ == nullptr && !local) {
     return absl::FailedPreconditionError(
         "this node runs without a UCX data plane (--ucx-listen unset); use Get");
   }
@@ -307,10 +313,13 @@ absl::Status CacheServiceCore::OpenDataPlane(const v1::OpenDataPlaneRequest& req
   if (request.client_worker_address().size() > 4096) {
     return absl::InvalidArgumentError("client_worker_address is longer than 4096 bytes");
   }
-  absl::StatusOr<v1::OpenDataPlaneResponse> r =
-      data_plane_->OpenSession(request.client_worker_address());
-  if (!r.ok()) return r.status();
-  *response = *std::move(r);
+  if (data_plane_ != nullptr) {
+    absl::StatusOr<v1::OpenDataPlaneResponse> r =
+        data_plane_->OpenSession(request.client_worker_address());
+    if (!r.ok()) return r.status();
+    *response = *std::move(r);
+  }
+  if (local) return local_->OpenLocalSession(response);
   return absl::OkStatus();
 }
 

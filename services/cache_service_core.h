@@ -11,7 +11,8 @@
 //    max_chunk_bytes, or more bytes in open Put streams than max_put_buffer_bytes.
 //  - DATA_LOSS: payload checksum mismatch. NOT_FOUND: Get of an absent key.
 //  - UNAVAILABLE: Put / OpenDataPlane on a draining node.
-//  - FAILED_PRECONDITION: OpenDataPlane on a node without a data plane.
+//  - FAILED_PRECONDITION: OpenDataPlane on a node without a data plane (neither UCX nor, when
+//    asked for, shared memory).
 #pragma once
 
 #include <atomic>
@@ -62,17 +63,25 @@ class DataPlaneSessions {
       std::string_view client_worker_address) = 0;
 };
 
+// Hands out same-host shared-memory sessions (the shm server implements it). Thread-safe.
+class LocalSessions {
+ public:
+  virtual ~LocalSessions() = default;
+  // Fills shm_socket_path and a fresh one-use shm_token into `response`.
+  virtual absl::Status OpenLocalSession(v1::OpenDataPlaneResponse* response) = 0;
+};
+
 // Receives one event per finished call and per byte flow (the server wires it to the metrics
 // registry). Implementations must be thread-safe.
 class CacheServiceObserver {
  public:
   virtual ~CacheServiceObserver() = default;
   virtual void OnCall(std::string_view method, absl::StatusCode code, absl::Duration latency) = 0;
-  // plane: "grpc" | "ucx"; direction: "in" | "out".
+  // plane: "grpc" | "ucx" | "shm"; direction: "in" | "out".
   virtual void OnBytes(std::string_view plane, std::string_view direction, uint64_t bytes) = 0;
   // The store's answer to a client's Lookup (hits by tier, misses).
   virtual void OnLookup(absl::Span<const LookupResult> results) = 0;
-  // The store's answer to a client's Get, over gRPC or UCX: the tier that served the block, or
+  // The store's answer to a client's Get, over gRPC, UCX or shared memory: the tier that served the block, or
   // kNone for a miss.
   virtual void OnGet(StoreTier served_by) = 0;
 };
@@ -129,10 +138,10 @@ class GetStream {
 
 class CacheServiceCore {
  public:
-  // `store` is borrowed and must outlive the core; `data_plane` (no UCX) and `observer` may be
-  // null. Options must have passed Validate().
+  // `store` is borrowed and must outlive the core; `data_plane` (no UCX), `observer` and
+  // `local` (no shared-memory data plane) may be null. Options must have passed Validate().
   CacheServiceCore(CacheServiceOptions options, BlockStore* store, DataPlaneSessions* data_plane,
-                   CacheServiceObserver* observer = nullptr);
+                   CacheServiceObserver* observer = nullptr, LocalSessions* local = nullptr);
 
   const CacheServiceOptions& options() const { return options_; }
 
@@ -173,6 +182,7 @@ class CacheServiceCore {
   const CacheServiceOptions options_;
   BlockStore* const store_;
   DataPlaneSessions* const data_plane_;
+  LocalSessions* const local_;
   CacheServiceObserver* const observer_;
   std::function<void(bool)> drain_listener_;
   std::atomic<bool> draining_{false};

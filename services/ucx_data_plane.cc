@@ -12,7 +12,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <random>
 #include <thread>
 
 #include "absl/algorithm/container.h"
@@ -25,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "cache/block_payload.h"
 #include "services/blocking_executor.h"
+#include "services/session_tokens.h"
 #include "ucp/api/ucp.h"
 
 namespace kvblock {
@@ -33,7 +33,7 @@ namespace {
 // Active message ids and headers of the data-plane protocol (host byte order: both ends of a
 // connection run this code on the same architecture family, x86-64 / aarch64 little-endian).
 enum AmId : uint32_t { kAmHello = 1, kAmHelloAck = 2, kAmFetch = 3, kAmData = 4 };
-constexpr size_t kTokenBytes = 32;
+constexpr size_t kTokenBytes = SessionTokens::kTokenBytes;
 
 struct HelloHeader {
   uint64_t hello_id;
@@ -225,16 +225,6 @@ void CloseEp(ucp_worker_h worker, ucp_ep_h ep, bool force) {
   }
 }
 
-std::string RandomToken() {
-  std::random_device rd;
-  std::string t(kTokenBytes, '\0');
-  for (size_t i = 0; i < kTokenBytes; i += 4) {
-    const uint32_t v = rd();
-    std::memcpy(&t[i], &v, 4);
-  }
-  return t;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -300,8 +290,8 @@ struct UcxServer::Impl {
   absl::Time last_sweep = absl::InfinitePast();
   bool stopping = false;  // ~UcxServer began: endpoints are gone, the reader pool is going
 
+  std::unique_ptr<SessionTokens> tokens;  // created in Start (the ttl is an option)
   mutable absl::Mutex mu;
-  absl::flat_hash_map<std::string, absl::Time> tokens ABSL_GUARDED_BY(mu);
   int authenticated ABSL_GUARDED_BY(mu) = 0;
 
   static void OnConnect(ucp_conn_request_h request, void* arg) {
@@ -352,8 +342,7 @@ struct UcxServer::Impl {
       }
     }
     for (ucp_ep_h ep : drop) DropEp(ep);
-    absl::MutexLock l(&mu);
-    absl::erase_if(tokens, [&](const auto& kv) { return kv.second < now; });
+    tokens->Sweep();
   }
 
   static ucs_status_t OnHello(void* arg, const void* header, size_t header_length, void* data,
@@ -369,18 +358,13 @@ struct UcxServer::Impl {
       HelloHeader h;
       std::memcpy(&h, header, sizeof(h));
       ack.hello_id = h.hello_id;
-      std::string token(reinterpret_cast<const char*>(h.token), kTokenBytes);
-      bool valid = false;
-      {
-        absl::MutexLock l(&self->mu);
-        auto t = self->tokens.find(token);
-        if (t != self->tokens.end() && t->second >= absl::Now()) {
-          valid = true;
-          self->tokens.erase(t);  // one use
-          if (!it->second.authenticated) ++self->authenticated;
-        }
-      }
+      const bool valid = self->tokens->Redeem(
+          std::string_view(reinterpret_cast<const char*>(h.token), kTokenBytes));
       if (valid) {
+        if (!it->second.authenticated) {
+          absl::MutexLock l(&self->mu);
+          ++self->authenticated;
+        }
         it->second.authenticated = true;
         ack.code = 0;
       }
@@ -556,6 +540,7 @@ absl::StatusOr<std::unique_ptr<UcxServer>> UcxServer::Start(UcxServerOptions opt
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  impl->tokens = std::make_unique<SessionTokens>(impl->options.token_ttl);
   impl->store = store;
   impl->observer = observer;
   Impl* raw = impl.get();
@@ -634,17 +619,11 @@ const std::string& UcxServer::address() const { return impl_->address; }
 
 absl::StatusOr<v1::OpenDataPlaneResponse> UcxServer::OpenSession(
     std::string_view client_worker_address) {
-  std::string token = RandomToken();
-  {
-    absl::MutexLock l(&impl_->mu);
-    if (impl_->tokens.size() >= 100000) {
-      return absl::ResourceExhaustedError("too many unused data-plane session tokens");
-    }
-    impl_->tokens[token] = absl::Now() + impl_->options.token_ttl;
-  }
+  absl::StatusOr<std::string> token = impl_->tokens->Mint();
+  if (!token.ok()) return token.status();
   v1::OpenDataPlaneResponse r;
   r.set_listener_address(impl_->address);
-  r.set_session_token(token);
+  r.set_session_token(*std::move(token));
   r.set_max_inflight_bytes(
       static_cast<uint32_t>(std::min<uint64_t>(impl_->options.max_inflight_bytes, UINT32_MAX)));
   return r;

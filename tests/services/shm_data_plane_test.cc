@@ -1,0 +1,544 @@
+// The same-host shared-memory data plane (services/shm_data_plane.h): a shared Arena mapped by a
+// second mapping, the ShmServer over a real memory tier with raw protocol frames (disconnects,
+// limits, malformed frames), and a real CacheServer on loopback + a Unix socket in a temp dir
+// read by the real CacheClient (zero-copy Get, leases across Delete and eviction, tokens,
+// absent keys, fallback to UCX when the socket is missing).
+#include "services/shm_data_plane.h"
+
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "cache/memory_tier.h"
+#include "cache/tiered_store.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "services/cache_client.h"
+#include "services/cache_server.h"
+#include "services/internal/shm_wire.h"
+#include "tests/services/cluster_test_util.h"
+
+namespace kvblock {
+namespace {
+
+namespace wire = internal::shm;
+using testing::RandomBlock;
+using testing::TempDir;
+using testing::TestBlock;
+
+// Waits (bounded: 5 s) until `done` holds.
+template <typename Fn>
+bool WaitFor(Fn done) {
+  const absl::Time end = absl::Now() + absl::Seconds(5);
+  while (!done()) {
+    if (absl::Now() > end) return false;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return true;
+}
+
+bool Same(absl::Span<const uint8_t> a, const std::vector<uint8_t>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), b.size()) == 0;
+}
+
+// Records the regions a client maps and unmaps.
+class RecordingListener final : public HostRegionListener {
+ public:
+  void OnMapped(absl::Span<const uint8_t> region) override {
+    absl::MutexLock l(&mu_);
+    mapped_.push_back(region);
+  }
+  void OnUnmapping(absl::Span<const uint8_t> region) override {
+    absl::MutexLock l(&mu_);
+    unmapped_.push_back(region);
+  }
+  bool Inside(absl::Span<const uint8_t> bytes) const {
+    absl::MutexLock l(&mu_);
+    for (absl::Span<const uint8_t> r : mapped_) {
+      if (bytes.data() >= r.data() && bytes.data() + bytes.size() <= r.data() + r.size()) {
+        return true;
+      }
+    }
+    return false;
+  }
+  size_t mapped() const {
+    absl::MutexLock l(&mu_);
+    return mapped_.size();
+  }
+  size_t unmapped() const {
+    absl::MutexLock l(&mu_);
+    return unmapped_.size();
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<absl::Span<const uint8_t>> mapped_, unmapped_;
+};
+
+TEST(SharedArenaTest, RegionFdMapsTheSamePages) {
+  ArenaOptions o;
+  o.capacity_bytes = 4 << 20;
+  o.region_bytes = 1 << 20;
+  o.shared = true;
+  auto arena = Arena::Create(o);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  ASSERT_EQ((*arena)->num_regions(), 4u);
+  auto p = (*arena)->Allocate(3000);
+  ASSERT_TRUE(p.ok());
+  std::mt19937_64 rng{std::random_device{}()};
+  for (int i = 0; i < 3000; ++i) (*p)[i] = static_cast<uint8_t>(rng());
+  const std::optional<ArenaLocation> loc = (*arena)->Locate(*p);
+  ASSERT_TRUE(loc.has_value());
+  const int fd = (*arena)->region_fd(loc->region);
+  ASSERT_GE(fd, 0);
+  const uint64_t length = (*arena)->region_length(loc->region);
+  void* view = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
+  ASSERT_NE(view, MAP_FAILED);
+  EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(view) + loc->offset, *p, 3000), 0);
+  (*p)[17] ^= 0xff;  // a write through the arena is seen through the other mapping
+  EXPECT_EQ(static_cast<uint8_t*>(view)[loc->offset + 17], (*p)[17]);
+  munmap(view, length);
+  EXPECT_EQ((*arena)->region_fd(4), -1);
+
+  o.shared = false;
+  auto plain = Arena::Create(o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->region_fd(0), -1);
+}
+
+// ShmServer over a shared memory tier, spoken to with raw frames and with ShmClient.
+class ShmServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({}); }
+
+  void Start(ShmServerOptions o) {
+    server_.reset();
+    MemoryTierOptions mo;
+    mo.capacity_bytes = 8 << 20;
+    mo.num_shards = 2;
+    mo.shared_arena = true;
+    mo.eviction = EvictionPolicyKind::kLru;  // a block read once is still evicted by newer ones
+    auto tier = MemoryTier::Create(mo);
+    ASSERT_TRUE(tier.ok()) << tier.status();
+    tier_ = *std::move(tier);
+    o.socket_path = dir_.Sub("shm.sock");
+    auto s = ShmServer::Start(o, tier_.get(), &tier_->arena(), nullptr);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+  }
+
+  std::string Token() {
+    v1::OpenDataPlaneResponse r;
+    EXPECT_TRUE(server_->OpenLocalSession(&r).ok());
+    EXPECT_EQ(r.shm_socket_path(), server_->socket_path());
+    return r.shm_token();
+  }
+
+  TestBlock PutBlock(uint32_t layers = 4, uint32_t tokens = 16) {
+    TestBlock b = RandomBlock(rng_, layers, tokens);
+    EXPECT_TRUE(tier_->Put(b.key, b.payload).ok());
+    return b;
+  }
+
+  // A raw connection that presented a valid token and received (and closed) the region fds.
+  int RawSession() {
+    absl::StatusOr<int> fd = wire::ConnectUnix(server_->socket_path());
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    wire::HelloBody hello;
+    const std::string token = Token();
+    std::memcpy(hello.token, token.data(), sizeof(hello.token));
+    EXPECT_TRUE(wire::SendStruct(*fd, wire::kHello, hello).ok());
+    auto ack = wire::RecvFrame(*fd, absl::Now() + absl::Seconds(5), -1, false);
+    EXPECT_TRUE(ack.ok()) << ack.status();
+    auto body = wire::BodyAs<wire::HelloAckBody>(*ack);
+    EXPECT_TRUE(body.ok() && body->code == 0);
+    for (uint32_t got = 0; got < tier_->arena().num_regions();) {
+      auto regions = wire::RecvFrame(*fd, absl::Now() + absl::Seconds(5), -1, true);
+      EXPECT_TRUE(regions.ok()) << regions.status();
+      if (!regions.ok()) break;
+      got += regions->fds.size();
+      for (int f : regions->fds) close(f);
+    }
+    return *fd;
+  }
+
+  absl::StatusOr<wire::AcquiredBody> RawAcquire(int fd, const BlockKey& key) {
+    if (auto s = wire::SendStruct(fd, wire::kAcquire, wire::AcquireBody{key.hi, key.lo}); !s.ok()) {
+      return s;
+    }
+    auto f = wire::RecvFrame(fd, absl::Now() + absl::Seconds(5), -1, false);
+    if (!f.ok()) return f.status();
+    return wire::BodyAs<wire::AcquiredBody>(*f);
+  }
+
+  // True when the server closed `fd` (end of stream within 5 s).
+  static bool ClosedByServer(int fd) {
+    auto f = wire::RecvFrame(fd, absl::Now() + absl::Seconds(5), -1, false);
+    return absl::IsUnavailable(f.status());
+  }
+
+  std::mt19937_64 rng_{std::random_device{}()};
+  TempDir dir_;
+  std::unique_ptr<MemoryTier> tier_;
+  std::unique_ptr<ShmServer> server_;
+};
+
+TEST_F(ShmServerTest, AcquireReadsTheTiersBytesInPlace) {
+  RecordingListener listener;
+  auto client = ShmClient::Connect(server_->socket_path(), Token(), {.region_listener = &listener});
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ((*client)->num_regions(), tier_->arena().num_regions());
+  EXPECT_EQ(listener.mapped(), tier_->arena().num_regions());
+  std::vector<TestBlock> blocks = {PutBlock(1, 1), PutBlock(4, 16), PutBlock(8, 256),
+                                   PutBlock(4, 1024)};
+  std::vector<BlockBytes> held;
+  for (const TestBlock& b : blocks) {
+    auto got = (*client)->Acquire(b.key);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(Same(got->bytes, b.payload)) << b.payload.size();
+    EXPECT_TRUE(listener.Inside(got->bytes));
+    EXPECT_EQ(got->tier, StoreTier::kMemory);
+    held.push_back(*std::move(got));
+  }
+  EXPECT_EQ(server_->leases(), blocks.size());
+  EXPECT_TRUE(absl::IsNotFound((*client)->Acquire(Hash128{rng_(), rng_()}).status()));
+  client->reset();  // the connection lives on while blocks are held
+  EXPECT_EQ(listener.unmapped(), 0u);
+  EXPECT_TRUE(Same(held[2].bytes, blocks[2].payload));
+  held.clear();
+  EXPECT_TRUE(WaitFor([&] { return server_->connections() == 0 && server_->leases() == 0; }));
+  EXPECT_EQ(listener.unmapped(), listener.mapped());
+}
+
+TEST_F(ShmServerTest, LeasedBlockSurvivesDeleteAndEviction) {
+  auto client = ShmClient::Connect(server_->socket_path(), Token(), {});
+  ASSERT_TRUE(client.ok()) << client.status();
+  TestBlock deleted = PutBlock(8, 256), evicted = PutBlock(8, 256);  // 1 MiB each
+  auto a = (*client)->Acquire(deleted.key);
+  auto b = (*client)->Acquire(evicted.key);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(tier_->Delete(deleted.key).ok());
+  // Fill the 8 MiB tier several times over: `evicted` goes, its allocation must not be reused.
+  for (int i = 0; i < 24; ++i) PutBlock(8, 256);
+  LookupResult r;
+  tier_->Lookup({&evicted.key, 1}, {&r, 1});
+  EXPECT_FALSE(r.present);
+  EXPECT_TRUE(Same(a->bytes, deleted.payload));
+  EXPECT_TRUE(Same(b->bytes, evicted.payload));
+  const uint64_t before = tier_->arena().allocated_bytes();
+  const uint64_t size = tier_->arena().RoundUp(deleted.payload.size());
+  *a = BlockBytes();
+  ASSERT_TRUE(WaitFor([&] { return server_->leases() == 1; }));
+  EXPECT_EQ(tier_->arena().allocated_bytes(), before - size);  // reclaimed after release
+  *b = BlockBytes();
+  ASSERT_TRUE(WaitFor([&] { return server_->leases() == 0; }));
+  EXPECT_EQ(tier_->arena().allocated_bytes(), before - 2 * size);
+}
+
+TEST_F(ShmServerTest, TokensAreCheckedAndUsedOnce) {
+  std::string wrong(SessionTokens::kTokenBytes, '\0');
+  for (char& c : wrong) c = static_cast<char>(rng_());
+  auto bad = ShmClient::Connect(server_->socket_path(), wrong, {});
+  EXPECT_TRUE(absl::IsUnauthenticated(bad.status())) << bad.status();
+  const std::string token = Token();
+  auto first = ShmClient::Connect(server_->socket_path(), token, {});
+  EXPECT_TRUE(first.ok()) << first.status();
+  auto again = ShmClient::Connect(server_->socket_path(), token, {});
+  EXPECT_TRUE(absl::IsUnauthenticated(again.status())) << again.status();
+  EXPECT_TRUE(WaitFor([&] { return server_->connections() == 1; }));
+}
+
+TEST_F(ShmServerTest, MissingSocketIsUnavailable) {
+  auto c = ShmClient::Connect(dir_.Sub("absent.sock"), Token(), {});
+  EXPECT_TRUE(absl::IsUnavailable(c.status())) << c.status();
+}
+
+TEST_F(ShmServerTest, ClientDisconnectDropsLeases) {
+  std::vector<TestBlock> blocks = {PutBlock(), PutBlock(), PutBlock()};
+  const int fd = RawSession();
+  for (const TestBlock& b : blocks) {
+    auto a = RawAcquire(fd, b.key);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->code, 0);
+    EXPECT_EQ(a->length, b.payload.size());
+  }
+  EXPECT_EQ(server_->leases(), 3u);
+  for (const TestBlock& b : blocks) ASSERT_TRUE(tier_->Delete(b.key).ok());
+  EXPECT_GT(tier_->arena().allocated_bytes(), 0u);  // pinned by the leases
+  close(fd);  // no RELEASE: the closed connection drops them
+  EXPECT_TRUE(WaitFor([&] { return server_->leases() == 0 && server_->connections() == 0; }));
+  EXPECT_EQ(tier_->arena().allocated_bytes(), 0u);
+}
+
+TEST_F(ShmServerTest, LeaseLimitPerConnection) {
+  ShmServerOptions o;
+  o.max_leases_per_connection = 4;
+  Start(o);
+  auto client = ShmClient::Connect(server_->socket_path(), Token(), {});
+  ASSERT_TRUE(client.ok()) << client.status();
+  const TestBlock b = PutBlock();
+  std::vector<BlockBytes> held;
+  for (int i = 0; i < 4; ++i) {
+    auto got = (*client)->Acquire(b.key);
+    ASSERT_TRUE(got.ok()) << got.status();
+    held.push_back(*std::move(got));
+  }
+  auto over = (*client)->Acquire(b.key);
+  EXPECT_TRUE(absl::IsResourceExhausted(over.status())) << over.status();
+  EXPECT_TRUE((*client)->healthy());
+  held.pop_back();
+  ASSERT_TRUE(WaitFor([&] { return server_->leases() == 3; }));
+  auto again = (*client)->Acquire(b.key);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(Same(again->bytes, b.payload));
+}
+
+TEST_F(ShmServerTest, ConnectionLimit) {
+  ShmServerOptions o;
+  o.max_connections = 2;
+  Start(o);
+  auto c1 = ShmClient::Connect(server_->socket_path(), Token(), {});
+  auto c2 = ShmClient::Connect(server_->socket_path(), Token(), {});
+  ASSERT_TRUE(c1.ok() && c2.ok());
+  ASSERT_TRUE(WaitFor([&] { return server_->connections() == 2; }));
+  auto c3 = ShmClient::Connect(server_->socket_path(), Token(), {});
+  EXPECT_TRUE(absl::IsUnavailable(c3.status())) << c3.status();
+}
+
+TEST_F(ShmServerTest, BlockOutsideTheArenaIsNotLocal) {
+  // A store whose bytes are not in the served arena (as a write-back buffer or a disk read the
+  // memory tier could not take): FAILED_PRECONDITION, so the client reads it another way.
+  auto other = MemoryTier::Create({.capacity_bytes = 4 << 20});
+  ASSERT_TRUE(other.ok());
+  const TestBlock b = RandomBlock(rng_);
+  ASSERT_TRUE((*other)->Put(b.key, b.payload).ok());
+  server_.reset();
+  auto s = ShmServer::Start({.socket_path = dir_.Sub("other.sock")}, other->get(), &tier_->arena(),
+                            nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  server_ = *std::move(s);
+  auto client = ShmClient::Connect(server_->socket_path(), Token(), {});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto got = (*client)->Acquire(b.key);
+  EXPECT_TRUE(absl::IsFailedPrecondition(got.status())) << got.status();
+  EXPECT_TRUE((*client)->healthy());
+}
+
+TEST_F(ShmServerTest, MalformedFramesCloseTheConnection) {
+  const TestBlock b = PutBlock();
+  const uint64_t unknown_lease = 777;
+  struct Case {
+    const char* name;
+    bool hello;  // present a token first
+    uint32_t type;
+    std::vector<uint8_t> body;
+  };
+  const std::vector<Case> cases = {
+      {"acquire before hello", false, wire::kAcquire, std::vector<uint8_t>(16, 1)},
+      {"unknown type", true, 99, {}},
+      {"short acquire", true, wire::kAcquire, std::vector<uint8_t>(15, 1)},
+      {"second hello", true, wire::kHello, std::vector<uint8_t>(SessionTokens::kTokenBytes, 2)},
+      {"release of an unknown lease", true, wire::kRelease,
+       std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(&unknown_lease),
+                            reinterpret_cast<const uint8_t*>(&unknown_lease) + 8)},
+      {"ragged release", true, wire::kRelease, std::vector<uint8_t>(12, 0)},
+      {"empty release", true, wire::kRelease, {}},
+      {"server-bound frame type", true, wire::kAcquired, std::vector<uint8_t>(40, 0)},
+  };
+  for (const Case& c : cases) {
+    int fd;
+    if (c.hello) {
+      fd = RawSession();
+      auto a = RawAcquire(fd, b.key);  // a lease the close must drop
+      ASSERT_TRUE(a.ok() && a->code == 0) << c.name;
+    } else {
+      auto raw = wire::ConnectUnix(server_->socket_path());
+      ASSERT_TRUE(raw.ok());
+      fd = *raw;
+    }
+    ASSERT_TRUE(wire::SendFrame(fd, c.type, c.body).ok()) << c.name;
+    EXPECT_TRUE(ClosedByServer(fd)) << c.name;
+    close(fd);
+    EXPECT_TRUE(WaitFor([&] { return server_->leases() == 0 && server_->connections() == 0; }))
+        << c.name;
+  }
+  // Frames the helpers would not send: longer than the limit, a header that lies about its
+  // length, and descriptors from the client.
+  for (int variant = 0; variant < 3; ++variant) {
+    const int fd = RawSession();
+    if (variant == 0) {
+      std::vector<uint8_t> big(sizeof(wire::FrameHeader) + wire::kMaxBodyBytes + 64, 0);
+      const wire::FrameHeader h{wire::kRelease, static_cast<uint32_t>(big.size() - 8)};
+      std::memcpy(big.data(), &h, sizeof(h));
+      ASSERT_EQ(send(fd, big.data(), big.size(), MSG_NOSIGNAL), static_cast<ssize_t>(big.size()));
+    } else if (variant == 1) {
+      const wire::FrameHeader h{wire::kAcquire, 16};  // but no body follows
+      ASSERT_EQ(send(fd, &h, sizeof(h), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(h)));
+    } else {
+      const int fds[1] = {fd};
+      ASSERT_TRUE(wire::SendFrame(fd, wire::kAcquire, std::vector<uint8_t>(16, 0), fds).ok());
+    }
+    EXPECT_TRUE(ClosedByServer(fd)) << variant;
+    close(fd);
+    EXPECT_TRUE(WaitFor([&] { return server_->connections() == 0; })) << variant;
+  }
+  // The server still serves well-formed clients.
+  auto client = ShmClient::Connect(server_->socket_path(), Token(), {});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto got = (*client)->Acquire(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(Same(got->bytes, b.payload));
+}
+
+TEST_F(ShmServerTest, SilentConnectionIsClosedAfterTheIoTimeout) {
+  ShmServerOptions o;
+  o.io_timeout = absl::Milliseconds(200);
+  Start(o);
+  auto fd = wire::ConnectUnix(server_->socket_path());
+  ASSERT_TRUE(fd.ok());
+  EXPECT_TRUE(ClosedByServer(*fd));
+  close(*fd);
+}
+
+TEST_F(ShmServerTest, StaleSocketIsReplacedLiveOneRefused) {
+  auto twin = ShmServer::Start({.socket_path = server_->socket_path()}, tier_.get(),
+                               &tier_->arena(), nullptr);
+  EXPECT_TRUE(absl::IsAlreadyExists(twin.status())) << twin.status();
+  auto plain = MemoryTier::Create({.capacity_bytes = 1 << 20});
+  ASSERT_TRUE(plain.ok());
+  auto unshared = ShmServer::Start({.socket_path = dir_.Sub("x.sock")}, plain->get(),
+                                   &(*plain)->arena(), nullptr);
+  EXPECT_TRUE(absl::IsFailedPrecondition(unshared.status())) << unshared.status();
+  // A socket file nobody listens on (a killed server's) is taken over.
+  const std::string path = server_->socket_path();
+  const int stale = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+  server_.reset();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  ASSERT_EQ(bind(stale, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+  close(stale);
+  auto again = ShmServer::Start({.socket_path = path}, tier_.get(), &tier_->arena(), nullptr);
+  EXPECT_TRUE(again.ok()) << again.status();
+}
+
+// A real cache server (gRPC + UCX + shm socket) and the real cluster client.
+class ShmClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CacheServerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.ucx_listen = "127.0.0.1:0";
+    o.shm_socket = dir_.Sub("node.sock");
+    o.data_dir = dir_.Sub("data");
+    o.memory_bytes = 16 << 20;
+    o.service.max_block_bytes = 4 << 20;
+    o.sync = "none";
+    auto s = CacheServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = *std::move(s);
+    ASSERT_EQ(server_->shm_socket(), dir_.Sub("node.sock"));
+  }
+
+  std::unique_ptr<CacheClient> Client(HostRegionListener* listener = nullptr) {
+    CacheClientOptions o;
+    o.members = {server_->grpc_address()};
+    o.replication = 1;
+    o.max_attempts = 1;
+    o.data_plane_lanes = 2;
+    o.region_listener = listener;
+    auto c = CacheClient::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *std::move(c);
+  }
+
+  MemoryTier& Memory() { return static_cast<TieredStore*>(server_->store())->memory(); }
+
+  std::mt19937_64 rng_{std::random_device{}()};
+  TempDir dir_;
+  std::unique_ptr<CacheServer> server_;
+};
+
+TEST_F(ShmClusterTest, GetIsZeroCopyFromTheNodesMemory) {
+  RecordingListener listener;
+  std::unique_ptr<CacheClient> client = Client(&listener);
+  ASSERT_TRUE(client->HasSharedMemory(0));
+  EXPECT_TRUE(client->HasDataPlane(0));
+  EXPECT_EQ(listener.mapped(), 1u);
+  std::vector<TestBlock> blocks = {RandomBlock(rng_, 1, 1), RandomBlock(rng_, 4, 16),
+                                   RandomBlock(rng_, 8, 256), RandomBlock(rng_, 4, 1024)};
+  for (const TestBlock& b : blocks) ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  for (const TestBlock& b : blocks) {
+    auto got = client->Get(b.key);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(Same(got->bytes, b.payload));
+    EXPECT_TRUE(listener.Inside(got->bytes)) << "not read in place";
+    std::vector<uint8_t> buffer(b.payload.size() + 100);
+    auto n = client->FetchInto(b.key, absl::MakeSpan(buffer));
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_TRUE(Same(absl::MakeConstSpan(buffer).first(*n), b.payload));
+    std::vector<uint8_t> small(b.payload.size() - 1);
+    EXPECT_TRUE(absl::IsOutOfRange(client->FetchInto(b.key, absl::MakeSpan(small)).status()));
+  }
+  auto absent = client->Get(Hash128{rng_(), rng_()});
+  EXPECT_TRUE(absl::IsNotFound(absent.status())) << absent.status();
+  client.reset();
+  EXPECT_EQ(listener.unmapped(), 1u);
+}
+
+TEST_F(ShmClusterTest, HeldBlockSurvivesDeleteAndIsReclaimedAfterRelease) {
+  std::unique_ptr<CacheClient> client = Client();
+  const TestBlock b = RandomBlock(rng_, 8, 512);  // 2 MiB
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  auto got = client->Get(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(client->Delete(b.key).ok());
+  EXPECT_TRUE(absl::IsNotFound(client->Get(b.key).status()));
+  // Churn the 16 MiB memory tier with other blocks.
+  for (int i = 0; i < 16; ++i) {
+    const TestBlock other = RandomBlock(rng_, 8, 512);
+    ASSERT_TRUE(client->Put(other.key, other.payload).ok());
+  }
+  EXPECT_TRUE(Same(got->bytes, b.payload));
+  const uint64_t before = Memory().arena().allocated_bytes();
+  *got = BlockBytes();
+  EXPECT_TRUE(WaitFor([&] {
+    return Memory().arena().allocated_bytes() == before - Memory().arena().RoundUp(b.payload.size());
+  }));
+}
+
+TEST_F(ShmClusterTest, MissingSocketFallsBackToUcx) {
+  ASSERT_EQ(unlink(server_->shm_socket().c_str()), 0);
+  std::unique_ptr<CacheClient> client = Client();
+  EXPECT_FALSE(client->HasSharedMemory(0));
+  ASSERT_TRUE(client->HasDataPlane(0));
+  const TestBlock b = RandomBlock(rng_, 8, 256);
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  std::vector<uint8_t> buffer(b.payload.size());
+  auto n = client->FetchInto(b.key, absl::MakeSpan(buffer));
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_TRUE(Same(buffer, b.payload));
+  auto got = client->Get(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(Same(got->bytes, b.payload));
+}
+
+TEST_F(ShmClusterTest, ClientWithoutSharedMemoryUsesUcx) {
+  CacheClientOptions o;
+  o.members = {server_->grpc_address()};
+  o.replication = 1;
+  o.data_plane_lanes = 1;
+  o.use_shared_memory = false;
+  auto client = CacheClient::Create(o);
+  ASSERT_TRUE(client.ok());
+  EXPECT_FALSE((*client)->HasSharedMemory(0));
+  EXPECT_TRUE((*client)->HasDataPlane(0));
+}
+
+}  // namespace
+}  // namespace kvblock
