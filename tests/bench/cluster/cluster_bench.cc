@@ -1,9 +1,10 @@
 // Cluster data-path benchmark: Get throughput and latency for 128 KiB / 1 MiB / 8 MiB payloads
-// from a real `kvblock cache-server` process on loopback, over the UCX data plane vs the gRPC Get
-// stream, against a plain memcpy bound measured in the same run (these machines are noisy: read
-// the ratios). Also batch Lookup keys/s. Then data-plane lanes: --fetchers threads calling
+// from a real `kvblock cache-server` process on loopback, through the same-host shared-memory
+// data plane (Get: zero copy into the node's mapping, then one memcpy of the bytes, as a GPU copy
+// would read them once), over the UCX data plane and over the gRPC Get stream, against a plain
+// memcpy bound measured in the same run (these machines are noisy: read the ratios). Also batch Lookup keys/s. Then data-plane lanes: --fetchers threads calling
 // FetchInto at once (each into its own buffer) for 8 MiB and 64 MiB payloads, per --lanes count,
-// against memcpy on one thread and on --fetchers threads, with the CPU the client and the server
+// and through shared memory (Get + memcpy), against memcpy on one thread and on --fetchers threads, with the CPU the client and the server
 // process used (cores busy = CPU seconds / wall seconds). Prints markdown tables
 // (docs/benchmarks.md) and a JSON line. --smoke: tiny run under ctest that checks every payload
 // byte for byte.
@@ -140,15 +141,18 @@ int Main(int argc, char** argv) {
           {"cache-server", "--listen", absl::StrCat("127.0.0.1:", grpc_port), "--ucx-listen",
            absl::StrCat("127.0.0.1:", ucx_port), "--data-dir", dir.Sub("data"), "--memory-bytes",
            "2GiB", "--max-block-bytes", "80MiB", "--auth-token-file", dir.Sub("token"), "--sync",
-           "none", "--ready-file", ready},
+           "none", "--shm-socket", dir.Sub("shm.sock"), "--ready-file", ready},
           dir.Sub("server.log")) ||
       !WaitForFile(ready, std::chrono::seconds(30))) {
     std::fprintf(stderr, "server did not start: %s\n",
                  ReadFileOrEmpty(dir.Sub("server.log")).c_str());
     return 1;
   }
-  auto make = [&](bool ucx, uint32_t lanes = CacheClientOptions().data_plane_lanes) {
+  // Each client reads over one path only: shared memory, UCX, or (neither) gRPC.
+  auto make = [&](bool ucx, uint32_t lanes = CacheClientOptions().data_plane_lanes,
+                  bool shm = false) {
     CacheClientOptions o;
+    o.use_shared_memory = shm;
     o.members = {absl::StrCat("127.0.0.1:", grpc_port)};
     o.replication = 1;
     o.auth_token = "bench-token";
@@ -159,11 +163,19 @@ int Main(int argc, char** argv) {
     if (!c.ok()) std::abort();
     return *std::move(c);
   };
-  auto ucx = make(true), grpc = make(false);
-  if (!ucx->HasDataPlane(0)) {
-    std::fprintf(stderr, "UCX data plane did not open\n");
+  auto ucx = make(true), grpc = make(false), shm = make(false, 1, true);
+  if (!ucx->HasDataPlane(0) || !shm->HasSharedMemory(0)) {
+    std::fprintf(stderr, "UCX or shared-memory data plane did not open\n");
     return 1;
   }
+  // Shared memory as a consumer sees it: Get (zero copy, a lease on the node), then one pass
+  // over the bytes into `dst` (what a GPU copy does), then the lease goes.
+  auto shm_copy = [&](const TestBlock& b, std::vector<uint8_t>& dst) {
+    absl::StatusOr<BlockBytes> got = shm->Get(b.key);
+    if (!got.ok() || got->bytes.size() != dst.size()) return false;
+    std::memcpy(dst.data(), got->bytes.data(), dst.size());
+    return true;
+  };
 
   std::mt19937_64 rng(42);
   struct Size {
@@ -174,8 +186,9 @@ int Main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   if (!lanes_only) {
     std::printf(
-        "| payload | memcpy GB/s | UCX GB/s | gRPC GB/s | UCX/memcpy | UCX/gRPC | "
-        "UCX p50/p99 us | gRPC p50/p99 us |\n|---|---|---|---|---|---|---|---|\n");
+        "| payload | memcpy GB/s | shm Get+copy GB/s | UCX GB/s | gRPC GB/s | shm/memcpy | "
+        "UCX/memcpy | shm/UCX | shm Get p50 us (no copy) | shm p50/p99 us | UCX p50/p99 us | "
+        "gRPC p50/p99 us |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const Size& sz : sizes) {
       std::vector<TestBlock> blocks;
       for (int i = 0; i < 4; ++i) {
@@ -198,6 +211,13 @@ int Main(int argc, char** argv) {
         std::memcpy(dst.data(), blocks[i % blocks.size()].payload.data(), bytes);
         return check(i);
       });
+      Stat sh = Measure(seconds, max_ops, bytes, [&](size_t i) {
+        return shm_copy(blocks[i % blocks.size()], dst) && check(i);
+      });
+      Stat get_only = Measure(seconds, max_ops, bytes, [&](size_t i) {
+        absl::StatusOr<BlockBytes> got = shm->Get(blocks[i % blocks.size()].key);
+        return got.ok() && got->bytes.size() == bytes;
+      });
       Stat u = Measure(seconds, max_ops, bytes, [&](size_t i) {
         auto n = ucx->FetchInto(blocks[i % blocks.size()].key, absl::MakeSpan(dst));
         return n.ok() && *n == bytes && check(i);
@@ -206,19 +226,26 @@ int Main(int argc, char** argv) {
         auto n = grpc->FetchInto(blocks[i % blocks.size()].key, absl::MakeSpan(dst));
         return n.ok() && *n == bytes && check(i);
       });
-      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f / %.0f | %.0f / %.0f |\n",
-                  sz.name, mem.gbps, u.gbps, g.gbps, u.gbps / mem.gbps, u.gbps / g.gbps, u.p50_us,
-                  u.p99_us, g.p50_us, g.p99_us);
+      std::printf(
+          "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f / %.0f | %.0f / %.0f "
+          "| %.0f / %.0f |\n",
+          sz.name, mem.gbps, sh.gbps, u.gbps, g.gbps, sh.gbps / mem.gbps, u.gbps / mem.gbps,
+          sh.gbps / u.gbps, get_only.p50_us, sh.p50_us, sh.p99_us, u.p50_us, u.p99_us, g.p50_us,
+          g.p99_us);
       results.push_back({{"payload", sz.name},
                          {"bytes", bytes},
                          {"memcpy_gbps", mem.gbps},
+                         {"shm_gbps", sh.gbps},
+                         {"shm_get_p50_us", get_only.p50_us},
+                         {"shm_p50_us", sh.p50_us},
+                         {"shm_p99_us", sh.p99_us},
                          {"ucx_gbps", u.gbps},
                          {"grpc_gbps", g.gbps},
                          {"ucx_p50_us", u.p50_us},
                          {"ucx_p99_us", u.p99_us},
                          {"grpc_p50_us", g.p50_us},
                          {"grpc_p99_us", g.p99_us},
-                         {"ops", {mem.ops, u.ops, g.ops}}});
+                         {"ops", {mem.ops, sh.ops, u.ops, g.ops}}});
       for (const auto& b : blocks) (void)grpc->Delete(b.key);
     }
     // Batch Lookup: 1024 keys per call, half present.
@@ -251,8 +278,8 @@ int Main(int argc, char** argv) {
             : std::vector<Size>{{"8 MiB", 32, 512}, {"64 MiB", 32, 4096}};
   std::printf("\nlanes: %d fetchers, FetchInto into one buffer each, blocks rotated\n\n", fetchers);
   std::printf(
-      "| payload | lanes | UCX GB/s | memcpy 1 thread GB/s | memcpy %d threads GB/s | "
-      "UCX / memcpy 1 thread | UCX / memcpy %d threads | fetch p50 ms | client cores | "
+      "| payload | path | GB/s | memcpy 1 thread GB/s | memcpy %d threads GB/s | "
+      "/ memcpy 1 thread | / memcpy %d threads | fetch p50 ms | client cores | "
       "server cores |\n|---|---|---|---|---|---|---|---|---|---|\n",
       fetchers, fetchers);
   for (const Size& sz : lane_sizes) {
@@ -282,28 +309,52 @@ int Main(int argc, char** argv) {
     Stat mem1 = MeasureParallel(1, seconds, max_ops, bytes, copy);
     Stat memn = MeasureParallel(fetchers, seconds, max_ops, bytes, copy);
     nlohmann::json runs = nlohmann::json::array();
+    auto report = [&](const std::string& path, const Stat& u, double client_cores,
+                      double server_cores) {
+      std::printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", sz.name,
+                  path.c_str(), u.gbps, mem1.gbps, memn.gbps, u.gbps / mem1.gbps,
+                  u.gbps / memn.gbps, u.p50_us / 1000, client_cores, server_cores);
+    };
+    auto measure = [&](auto&& fetch, double* client_cores, double* server_cores) {
+      for (int t = 0; t < fetchers; ++t) {  // warm-up: connections, registration caches
+        if (!fetch(t, 0)) std::exit(1);
+      }
+      const double client_cpu0 = CpuSeconds(getpid()), server_cpu0 = CpuSeconds(server.pid());
+      const absl::Time t0 = absl::Now();
+      Stat u = MeasureParallel(fetchers, seconds, max_ops, bytes, fetch);
+      const double wall = absl::ToDoubleSeconds(absl::Now() - t0);
+      *client_cores = (CpuSeconds(getpid()) - client_cpu0) / wall;
+      *server_cores = (CpuSeconds(server.pid()) - server_cpu0) / wall;
+      return u;
+    };
+    {
+      double client_cores = 0, server_cores = 0;
+      Stat u = measure(
+          [&](int t, size_t i) { return shm_copy(source(t, i), dst[t]) && check(t, i); },
+          &client_cores, &server_cores);
+      report("shm", u, client_cores, server_cores);
+      runs.push_back({{"path", "shm"},
+                      {"gbps", u.gbps},
+                      {"p50_us", u.p50_us},
+                      {"p99_us", u.p99_us},
+                      {"ops", u.ops},
+                      {"client_cores", client_cores},
+                      {"server_cores", server_cores}});
+    }
     for (uint32_t l : lanes) {
       auto client = make(true, l);
       if (!client->HasDataPlane(0)) {
         std::fprintf(stderr, "UCX data plane did not open with %u lanes\n", l);
         return 1;
       }
-      auto fetch = [&](int t, size_t i) {
-        auto n = client->FetchInto(source(t, i).key, absl::MakeSpan(dst[t]));
-        return n.ok() && *n == bytes && check(t, i);
-      };
-      for (int t = 0; t < fetchers; ++t) {  // warm-up: connections, registration caches
-        if (!fetch(t, 0)) return 1;
-      }
-      const double client_cpu0 = CpuSeconds(getpid()), server_cpu0 = CpuSeconds(server.pid());
-      const absl::Time t0 = absl::Now();
-      Stat u = MeasureParallel(fetchers, seconds, max_ops, bytes, fetch);
-      const double wall = absl::ToDoubleSeconds(absl::Now() - t0);
-      const double client_cores = (CpuSeconds(getpid()) - client_cpu0) / wall;
-      const double server_cores = (CpuSeconds(server.pid()) - server_cpu0) / wall;
-      std::printf("| %s | %u | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", sz.name,
-                  l, u.gbps, mem1.gbps, memn.gbps, u.gbps / mem1.gbps, u.gbps / memn.gbps,
-                  u.p50_us / 1000, client_cores, server_cores);
+      double client_cores = 0, server_cores = 0;
+      Stat u = measure(
+          [&](int t, size_t i) {
+            auto n = client->FetchInto(source(t, i).key, absl::MakeSpan(dst[t]));
+            return n.ok() && *n == bytes && check(t, i);
+          },
+          &client_cores, &server_cores);
+      report(absl::StrCat("UCX ", l, " lanes"), u, client_cores, server_cores);
       runs.push_back({{"lanes", l},
                       {"ucx_gbps", u.gbps},
                       {"p50_us", u.p50_us},
