@@ -39,8 +39,8 @@ constexpr int kWarpgroup = 128;  // threads
 constexpr int kConsumers = 2;    // consumer warpgroups
 constexpr int kThreads = (1 + kConsumers) * kWarpgroup;  // producer first
 constexpr int kConsumerWarps = kConsumers * 4;           // arrivals that free a stage
-constexpr int kProducerRegs = 40;  // setmaxnreg budgets: 128 x 40 + 256 x 232 <= 64K registers
-constexpr int kConsumerRegs = 232;
+constexpr int kProducerRegs = 56;  // setmaxnreg budgets: 128 x 56 + 256 x 224 <= 64K registers
+constexpr int kConsumerRegs = 224;
 constexpr int kStages = 3;          // depth of the K ring and of the V ring
 constexpr int kHalfRowBytes = 128;  // 64 bf16: one swizzled row
 constexpr int kQBytes = kRows * kD * 2;
@@ -169,17 +169,25 @@ __device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
 }
 
 // Copies rows [k0, k0 + kKeys) of one KV head's K or V (zeros past `end`) into a stage
-// ([half][key][64], swizzled) with the producer warpgroup's threads (`t` in 0..127).
+// ([half][key][64], swizzled) with the producer warpgroup's threads (`t` in 0..127). Thread t
+// copies 16-byte chunk t % 16 of keys t / 16 + 8j: as keys 8 apart share their swizzle phase,
+// its j-th copy is at fixed strides from the first (8 rows in shared memory, 8 keys in global),
+// so each copy costs a compare and the cp.async.
 __device__ __forceinline__ void IssueTileLoad(const bf16* src, int k0, int end, uint32_t dst,
                                               int t) {
-#pragma unroll 4
-  for (int it = 0; it < kKeys * (kD / 8) / kWarpgroup; ++it) {
-    const int i = t + it * kWarpgroup, key = i >> 4, c = i & 15;
-    const bool valid = k0 + key < end;
-    const int64_t off = valid ? int64_t{k0 + key} * kD + c * 8 : 0;
-    CpAsync16(dst + (c >> 3) * (kKeys * kHalfRowBytes) + Swizzle(key, c & 7), src + off, valid);
+  constexpr int kKeyStep = kWarpgroup / (kD / 8);  // 8 keys between a thread's copies
+  const int key0 = t / (kD / 8), c = t % (kD / 8);
+  const uint32_t dst0 = dst + (c >> 3) * (kKeys * kHalfRowBytes) + Swizzle(key0, c & 7);
+  const bf16* src0 = src + int64_t{k0 + key0} * kD + c * 8;
+#pragma unroll
+  for (int j = 0; j < kKeys / kKeyStep; ++j) {
+    const bool valid = k0 + key0 + j * kKeyStep < end;
+    CpAsync16(dst0 + j * kKeyStep * kHalfRowBytes, valid ? src0 + j * kKeyStep * kD : src, valid);
   }
 }
+static_assert(kWarpgroup % (kD / 8) == 0 && (kWarpgroup / (kD / 8)) % 8 == 0 &&
+                  kKeys % (kWarpgroup / (kD / 8)) == 0,
+              "IssueTileLoad: a thread's keys must share the swizzle phase and tile the keys");
 
 // Copies consumer warpgroup `wg`'s 64 query rows (CTA rows wg*64.., zeros past `rows`) into its
 // part of sQ ([half][64 rows][64], swizzled) with that warpgroup's threads (`t` in 0..127).
@@ -197,14 +205,19 @@ __device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const bf16*
   }
 }
 
+// A descriptor of the tile at addr + offset is the one at addr plus offset / 16: both are 16-byte
+// multiples and every shared address is below 2^18, so the 14-bit address field never carries.
+// The MMA issue loops below add constants to one descriptor instead of building each anew.
+
 // S = Q K^T for a warpgroup's 64 rows (Q at qa) and the K tile at sK: k-step kk covers dims
 // 16kk..16kk+15, in half kk/4 at byte 32 (kk%4) of each swizzled row. Issues one commit group.
 __device__ __forceinline__ void IssueQK(float (&s)[64], uint32_t qa, uint32_t sK) {
+  const uint64_t dq = Descriptor(qa, 16, 1024), dk = Descriptor(sK, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
     const uint32_t in_half = (kk & 3) * 32;
-    WgmmaSS(s, Descriptor(qa + (kk >> 2) * (64 * kHalfRowBytes) + in_half, 16, 1024),
-            Descriptor(sK + (kk >> 2) * (kKeys * kHalfRowBytes) + in_half, 16, 1024), kk > 0);
+    WgmmaSS(s, dq + (((kk >> 2) * (64 * kHalfRowBytes) + in_half) >> 4),
+            dk + (((kk >> 2) * (kKeys * kHalfRowBytes) + in_half) >> 4), kk > 0);
   }
   WgmmaCommit();
 }
@@ -212,10 +225,9 @@ __device__ __forceinline__ void IssueQK(float (&s)[64], uint32_t qa, uint32_t sK
 // apart); N = 128 dims as two 64-dim halves kKeys rows apart. Issues one commit group.
 __device__ __forceinline__ void IssuePV(float (&o)[64], const uint32_t (&pa)[kKeys / 16][4],
                                         uint32_t sV) {
+  const uint64_t dv = Descriptor(sV, kKeys * kHalfRowBytes, 1024);
 #pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    WgmmaRS(o, pa[kk], Descriptor(sV + kk * 16 * kHalfRowBytes, kKeys * kHalfRowBytes, 1024));
-  }
+  for (int kk = 0; kk < kKeys / 16; ++kk) WgmmaRS(o, pa[kk], dv + ((kk * 16 * kHalfRowBytes) >> 4));
   WgmmaCommit();
 }
 __device__ __forceinline__ void FenceP(uint32_t (&pa)[kKeys / 16][4]) {
