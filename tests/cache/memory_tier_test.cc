@@ -1,5 +1,7 @@
 #include "cache/memory_tier.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
 #include <random>
 #include <set>
@@ -84,6 +86,37 @@ TEST(ArenaTest, RegionsAreStableAndLocateFindsEveryAllocation) {
   int local = 0;
   EXPECT_FALSE(arena->Locate(&local).has_value());
   EXPECT_FALSE(arena->Allocate((1 << 20) + 64).ok());  // larger than a region
+}
+
+TEST(ArenaTest, SharedRegionFdMapsTheSamePages) {
+  ArenaOptions o;
+  o.capacity_bytes = 4 << 20;
+  o.region_bytes = 1 << 20;
+  o.shared = true;
+  auto arena = Arena::Create(o);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  ASSERT_EQ((*arena)->num_regions(), 4u);
+  auto p = (*arena)->Allocate(3000);
+  ASSERT_TRUE(p.ok());
+  std::mt19937_64 rng{std::random_device{}()};
+  for (int i = 0; i < 3000; ++i) (*p)[i] = static_cast<uint8_t>(rng());
+  const std::optional<ArenaLocation> loc = (*arena)->Locate(*p);
+  ASSERT_TRUE(loc.has_value());
+  const int fd = (*arena)->region_fd(loc->region);
+  ASSERT_GE(fd, 0);
+  const uint64_t length = (*arena)->region_length(loc->region);
+  void* view = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
+  ASSERT_NE(view, MAP_FAILED);
+  EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(view) + loc->offset, *p, 3000), 0);
+  (*p)[17] ^= 0xff;  // a write through the arena is seen through the other mapping
+  EXPECT_EQ(static_cast<uint8_t*>(view)[loc->offset + 17], (*p)[17]);
+  munmap(view, length);
+  EXPECT_EQ((*arena)->region_fd(4), -1);
+
+  o.shared = false;
+  auto plain = Arena::Create(o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->region_fd(0), -1);
 }
 
 TEST(ArenaTest, RejectsBadOptions) {

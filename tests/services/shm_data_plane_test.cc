@@ -1,11 +1,10 @@
-// The same-host shared-memory data plane (services/shm_data_plane.h): a shared Arena mapped by a
-// second mapping, the ShmServer over a real memory tier with raw protocol frames (disconnects,
-// limits, malformed frames), and a real CacheServer on loopback + a Unix socket in a temp dir
-// read by the real CacheClient (zero-copy Get, leases across Delete and eviction, tokens,
-// absent keys, fallback to UCX when the socket is missing).
+// The same-host shared-memory data plane (services/shm_data_plane.h): the ShmServer over a real
+// memory tier, spoken to with ShmClient and raw protocol frames (leases across Delete and
+// eviction, disconnects, limits, malformed frames), and a real CacheServer on loopback + a Unix
+// socket in a temp dir read by the real CacheClient (zero-copy Get, memory reclaimed after
+// release, absent keys, fallback to UCX when the socket is missing).
 #include "services/shm_data_plane.h"
 
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -79,37 +78,6 @@ class RecordingListener final : public HostRegionListener {
   mutable absl::Mutex mu_;
   std::vector<absl::Span<const uint8_t>> mapped_, unmapped_;
 };
-
-TEST(SharedArenaTest, RegionFdMapsTheSamePages) {
-  ArenaOptions o;
-  o.capacity_bytes = 4 << 20;
-  o.region_bytes = 1 << 20;
-  o.shared = true;
-  auto arena = Arena::Create(o);
-  ASSERT_TRUE(arena.ok()) << arena.status();
-  ASSERT_EQ((*arena)->num_regions(), 4u);
-  auto p = (*arena)->Allocate(3000);
-  ASSERT_TRUE(p.ok());
-  std::mt19937_64 rng{std::random_device{}()};
-  for (int i = 0; i < 3000; ++i) (*p)[i] = static_cast<uint8_t>(rng());
-  const std::optional<ArenaLocation> loc = (*arena)->Locate(*p);
-  ASSERT_TRUE(loc.has_value());
-  const int fd = (*arena)->region_fd(loc->region);
-  ASSERT_GE(fd, 0);
-  const uint64_t length = (*arena)->region_length(loc->region);
-  void* view = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
-  ASSERT_NE(view, MAP_FAILED);
-  EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(view) + loc->offset, *p, 3000), 0);
-  (*p)[17] ^= 0xff;  // a write through the arena is seen through the other mapping
-  EXPECT_EQ(static_cast<uint8_t*>(view)[loc->offset + 17], (*p)[17]);
-  munmap(view, length);
-  EXPECT_EQ((*arena)->region_fd(4), -1);
-
-  o.shared = false;
-  auto plain = Arena::Create(o);
-  ASSERT_TRUE(plain.ok());
-  EXPECT_EQ((*plain)->region_fd(0), -1);
-}
 
 // ShmServer over a shared memory tier, spoken to with raw frames and with ShmClient.
 class ShmServerTest : public ::testing::Test {
