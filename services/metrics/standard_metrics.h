@@ -73,7 +73,8 @@ absl::Status RegisterProcessMetrics(MetricsRegistry* registry, BuildInfo build =
 //   requests{method, code}: one per finished RPC/HTTP request; `code` is the absl/gRPC status
 //     code name ("OK", "NOT_FOUND", ...).
 //   request_duration{method}: seconds from request start to its last byte (LatencyBuckets).
-//   bytes{plane, direction}: payload bytes; plane "grpc" | "ucx" | "http", direction "in" | "out".
+//   bytes{plane, direction}: payload bytes; plane "grpc" | "ucx" | "shm" | "http", direction
+//     "in" | "out" ("shm": bytes leased to same-host readers).
 //   cache_hits{tier}: block keys found, by the tier that served them ("gpu", "memory", "disk",
 //     "remote"); cache_misses{}: block keys found nowhere. Count each requested key once.
 struct ServiceMetrics {

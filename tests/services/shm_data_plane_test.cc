@@ -17,6 +17,7 @@
 #include "cache/tiered_store.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "services/cache_client.h"
 #include "services/cache_server.h"
 #include "services/internal/shm_wire.h"
@@ -403,6 +404,7 @@ class ShmClusterTest : public ::testing::Test {
     o.listen = "127.0.0.1:0";
     o.ucx_listen = "127.0.0.1:0";
     o.shm_socket = dir_.Sub("node.sock");
+    o.metrics_listen = "127.0.0.1:0";
     o.data_dir = dir_.Sub("data");
     o.memory_bytes = 16 << 20;
     o.service.max_block_bytes = 4 << 20;
@@ -478,6 +480,28 @@ TEST_F(ShmClusterTest, HeldBlockSurvivesDeleteAndIsReclaimedAfterRelease) {
   EXPECT_TRUE(WaitFor([&] {
     return Memory().arena().allocated_bytes() == before - Memory().arena().RoundUp(b.payload.size());
   }));
+}
+
+TEST_F(ShmClusterTest, MetricsShowConnectionsLeasesAndBytes) {
+  std::unique_ptr<CacheClient> client = Client();
+  const TestBlock b = RandomBlock(rng_, 4, 64);
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  auto got = client->Get(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(absl::IsNotFound(client->Get(Hash128{rng_(), rng_()}).status()));
+  const std::string addr = server_->metrics_address();
+  httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  for (const std::string& want :
+       {std::string("kvblock_cache_server_shm_connections 1"),
+        std::string("kvblock_cache_server_shm_leases 1"),
+        "kvblock_bytes_total{plane=\"shm\",direction=\"out\"} " + std::to_string(b.payload.size()),
+        std::string("kvblock_cache_hits_total{tier=\"memory\"} 1"),
+        std::string("kvblock_cache_misses_total 1")}) {
+    EXPECT_NE(res->body.find(want), std::string::npos) << "missing: " << want;
+  }
 }
 
 TEST_F(ShmClusterTest, MissingSocketFallsBackToUcx) {
