@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -78,9 +79,12 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
     if (fds[0].revents != 0) break;
   }
   Frame frame;
-  std::vector<uint8_t> buffer(sizeof(FrameHeader) + kMaxBodyBytes);
+  // One byte more than the largest frame, so an oversized one shows as truncated. Not zeroed:
+  // only the bytes received are read.
+  constexpr size_t kBufferBytes = sizeof(FrameHeader) + kMaxBodyBytes + 1;
+  const std::unique_ptr<uint8_t[]> buffer = std::make_unique_for_overwrite<uint8_t[]>(kBufferBytes);
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerFrame)];
-  iovec iov{buffer.data(), buffer.size()};
+  iovec iov{buffer.get(), kBufferBytes};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -103,10 +107,12 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
   FrameHeader header{};
   if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
     bad = absl::InvalidArgumentError("shm frame truncated (too large)");
+  } else if (static_cast<size_t>(n) == kBufferBytes) {
+    bad = absl::InvalidArgumentError("shm frame larger than the limit");
   } else if (static_cast<size_t>(n) < sizeof(FrameHeader)) {
     bad = absl::InvalidArgumentError("shm frame shorter than its header");
   } else {
-    std::memcpy(&header, buffer.data(), sizeof(header));
+    std::memcpy(&header, buffer.get(), sizeof(header));
     if (header.length != static_cast<size_t>(n) - sizeof(FrameHeader)) {
       bad = absl::InvalidArgumentError("shm frame length does not match its header");
     } else if (!accept_fds && !frame.fds.empty()) {
@@ -118,7 +124,7 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
     return bad;
   }
   frame.type = header.type;
-  frame.body.assign(buffer.begin() + sizeof(FrameHeader), buffer.begin() + n);
+  frame.body.assign(buffer.get() + sizeof(FrameHeader), buffer.get() + n);
   return frame;
 }
 
