@@ -184,6 +184,24 @@ TEST_F(ShmServerTest, AcquireReadsTheTiersBytesInPlace) {
   EXPECT_EQ(listener.unmapped(), listener.mapped());
 }
 
+TEST_F(ShmServerTest, OpenDataPlaneHandsOutTheSocketWhenAsked) {
+  CacheServiceCore core(CacheServiceOptions(), tier_.get(), /*data_plane=*/nullptr, nullptr,
+                        server_.get());
+  v1::OpenDataPlaneRequest request;
+  v1::OpenDataPlaneResponse response;
+  // A node with shared memory but no UCX: only a client asking for shared memory gets a session.
+  EXPECT_TRUE(absl::IsFailedPrecondition(core.OpenDataPlane(request, &response)));
+  request.set_want_shared_memory(true);
+  ASSERT_TRUE(core.OpenDataPlane(request, &response).ok());
+  EXPECT_TRUE(response.listener_address().empty());
+  EXPECT_EQ(response.shm_socket_path(), server_->socket_path());
+  auto client = ShmClient::Connect(response.shm_socket_path(), response.shm_token(), {});
+  EXPECT_TRUE(client.ok()) << client.status();
+  v1::DrainResponse drained;
+  ASSERT_TRUE(core.Drain(v1::DrainRequest(), &drained).ok());
+  EXPECT_TRUE(absl::IsUnavailable(core.OpenDataPlane(request, &response)));
+}
+
 TEST_F(ShmServerTest, LeasedBlockSurvivesDeleteAndEviction) {
   auto client = ShmClient::Connect(server_->socket_path(), Token(), {});
   ASSERT_TRUE(client.ok()) << client.status();
