@@ -455,10 +455,14 @@ absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
     return GetOnNode(node, key, absl::Span<uint8_t>(), data.get());
   });
   if (!n.ok()) return n.status();
-  if (local.owner != nullptr) return local;
+  if (local.owner != nullptr) {
+    local.tier = StoreTier::kRemote;  // this client's tier, whichever of the node's served it
+    return local;
+  }
   BlockBytes out;
   out.bytes = absl::MakeConstSpan(*data);
   out.owner = std::move(data);
+  out.tier = StoreTier::kRemote;
   return out;
 }
 

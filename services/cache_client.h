@@ -120,7 +120,7 @@ class CacheClient final : public BlockStore {
   absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override;
   // Zero copy from a node's shared memory when possible (the returned bytes point into the
   // mapping and pin the block on the node while held), else reads the whole payload (gRPC)
-  // into memory owned by the returned BlockBytes.
+  // into memory owned by the returned BlockBytes. Its tier is kRemote either way.
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override;
   // Present if any replica has it; tier kRemote.
   void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override;

@@ -466,6 +466,7 @@ TEST_F(ShmClusterTest, GetIsZeroCopyFromTheNodesMemory) {
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_TRUE(Same(got->bytes, b.payload));
     EXPECT_TRUE(listener.Inside(got->bytes)) << "not read in place";
+    EXPECT_EQ(got->tier, StoreTier::kRemote);
     std::vector<uint8_t> buffer(b.payload.size() + 100);
     auto n = client->FetchInto(b.key, absl::MakeSpan(buffer));
     ASSERT_TRUE(n.ok()) << n.status();
