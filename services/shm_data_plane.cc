@@ -28,14 +28,7 @@ namespace kvblock {
 namespace {
 
 namespace wire = internal::shm;
-
-absl::Status Errno(std::string_view what, int err) {
-  return absl::UnavailableError(absl::StrCat(std::string(what), ": ", std::strerror(err)));
-}
-
-void CloseAll(const std::vector<int>& fds) {
-  for (int fd : fds) close(fd);
-}
+using wire::ErrnoStatus;
 
 }  // namespace
 
@@ -130,11 +123,11 @@ absl::Status ShmServer::Impl::Listen() {
           absl::StrCat("another server listens on the shm socket ", path));
     }
     if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return Errno(absl::StrCat("unlink of the stale shm socket ", path), errno);
+      return ErrnoStatus(absl::StrCat("unlink of the stale shm socket ", path), errno);
     }
   }
   listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (listen_fd < 0) return Errno("shm socket: socket", errno);
+  if (listen_fd < 0) return ErrnoStatus("shm socket: socket", errno);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
@@ -142,11 +135,11 @@ absl::Status ShmServer::Impl::Listen() {
     const int err = errno;
     close(listen_fd);
     listen_fd = -1;
-    return Errno(absl::StrCat("shm socket: bind to ", path), err);
+    return ErrnoStatus(absl::StrCat("shm socket: bind to ", path), err);
   }
-  if (listen(listen_fd, 64) != 0) return Errno("shm socket: listen", errno);
+  if (listen(listen_fd, 64) != 0) return ErrnoStatus("shm socket: listen", errno);
   stop_fd = eventfd(0, EFD_CLOEXEC);
-  if (stop_fd < 0) return Errno("shm socket: eventfd", errno);
+  if (stop_fd < 0) return ErrnoStatus("shm socket: eventfd", errno);
   return absl::OkStatus();
 }
 
@@ -402,8 +395,8 @@ absl::Status ShmClient::Connection::MapRegions(uint32_t count, absl::Time deadli
   while (regions.size() < count) {
     absl::StatusOr<wire::Frame> frame = wire::RecvFrame(fd, deadline, -1, /*accept_fds=*/true);
     if (!frame.ok()) return frame.status();
-    struct CloseFds {
-      ~CloseFds() { CloseAll(*fds); }
+    struct FdCloser {
+      ~FdCloser() { wire::CloseFds(*fds); }
       const std::vector<int>* fds;
     } closer{&frame->fds};
     wire::RegionsHeader header{};
@@ -421,12 +414,12 @@ absl::Status ShmClient::Connection::MapRegions(uint32_t count, absl::Time deadli
       std::memcpy(&length, frame->body.data() + sizeof(header) + i * sizeof(uint64_t),
                   sizeof(length));
       struct stat st {};
-      if (fstat(frame->fds[i], &st) != 0) return Errno("shm handshake: fstat", errno);
+      if (fstat(frame->fds[i], &st) != 0) return ErrnoStatus("shm handshake: fstat", errno);
       if (length == 0 || static_cast<uint64_t>(st.st_size) < length) {
         return absl::UnavailableError("shm handshake: region larger than its memfd");
       }
       void* base = mmap(nullptr, length, PROT_READ, MAP_SHARED | MAP_NORESERVE, frame->fds[i], 0);
-      if (base == MAP_FAILED) return Errno(absl::StrCat("mmap of ", length, " bytes"), errno);
+      if (base == MAP_FAILED) return ErrnoStatus(absl::StrCat("mmap of ", length, " bytes"), errno);
       regions.emplace_back(static_cast<const uint8_t*>(base), length);
       if (listener != nullptr) listener->OnMapped(regions.back());
     }

@@ -15,17 +15,13 @@
 #include "absl/time/clock.h"
 
 namespace kvblock::internal::shm {
-namespace {
-
-absl::Status Errno(std::string_view what, int err) {
+absl::Status ErrnoStatus(std::string_view what, int err) {
   return absl::UnavailableError(absl::StrCat(std::string(what), ": ", std::strerror(err)));
 }
 
-void CloseAll(const std::vector<int>& fds) {
+void CloseFds(absl::Span<const int> fds) {
   for (int fd : fds) close(fd);
 }
-
-}  // namespace
 
 absl::Status SendFrame(int fd, uint32_t type, absl::Span<const uint8_t> body,
                        absl::Span<const int> fds) {
@@ -58,7 +54,7 @@ absl::Status SendFrame(int fd, uint32_t type, absl::Span<const uint8_t> body,
       }
       return absl::OkStatus();
     }
-    if (errno != EINTR) return Errno("shm socket: sendmsg", errno);
+    if (errno != EINTR) return ErrnoStatus("shm socket: sendmsg", errno);
   }
 }
 
@@ -73,7 +69,7 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
     const int r = poll(fds, stop_fd >= 0 ? 2 : 1, ms);
     if (r < 0) {
       if (errno == EINTR) continue;
-      return Errno("shm socket: poll", errno);
+      return ErrnoStatus("shm socket: poll", errno);
     }
     if (stop_fd >= 0 && (fds[1].revents & POLLIN)) return absl::CancelledError("stopping");
     if (fds[0].revents != 0) break;
@@ -94,7 +90,7 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
   do {
     n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
-  if (n < 0) return Errno("shm socket: recvmsg", errno);
+  if (n < 0) return ErrnoStatus("shm socket: recvmsg", errno);
   if (n == 0) return absl::UnavailableError("shm socket: closed by the peer");
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -120,7 +116,7 @@ absl::StatusOr<Frame> RecvFrame(int fd, absl::Time deadline, int stop_fd, bool a
     }
   }
   if (!bad.ok()) {
-    CloseAll(frame.fds);
+    CloseFds(frame.fds);
     return bad;
   }
   frame.type = header.type;
@@ -138,7 +134,7 @@ absl::StatusOr<int> ConnectUnix(const std::string& path) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Errno("shm socket: socket", errno);
+  if (fd < 0) return ErrnoStatus("shm socket: socket", errno);
   int r;
   do {
     r = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
@@ -146,7 +142,7 @@ absl::StatusOr<int> ConnectUnix(const std::string& path) {
   if (r != 0) {
     const int err = errno;
     close(fd);
-    return Errno(absl::StrCat("shm socket: connect to ", path), err);
+    return ErrnoStatus(absl::StrCat("shm socket: connect to ", path), err);
   }
   return fd;
 }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -109,6 +110,11 @@ absl::StatusOr<T> BodyAs(const Frame& frame) {
   std::memcpy(&out, frame.body.data(), sizeof(T));
   return out;
 }
+
+// UNAVAILABLE "what: strerror(err)".
+absl::Status ErrnoStatus(std::string_view what, int err);
+// Closes every descriptor in `fds`.
+void CloseFds(absl::Span<const int> fds);
 
 // Connects a SOCK_SEQPACKET socket to `path` (close-on-exec). UNAVAILABLE with errno's text.
 absl::StatusOr<int> ConnectUnix(const std::string& path);
