@@ -132,6 +132,9 @@ void AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--encode-batch-tokens", f->server.core.encode_batch_tokens,
                   "Most tokens of missed blocks encoded in one backend pass")
       ->capture_default_str();
+  cmd->add_option("--fetch-threads", f->server.core.fetch_threads,
+                  "Cached blocks of one request fetched from the cache at once")
+      ->capture_default_str();
   cmd->add_option("--prefill-threads", f->server.core.prefill_threads,
                   "Threads that prefill requests")
       ->capture_default_str();

@@ -60,6 +60,9 @@ absl::Status EngineOptions::Validate() const {
   if (encode_batch_tokens <= 0) {
     return absl::InvalidArgumentError("engine: encode_batch_tokens <= 0");
   }
+  if (fetch_threads < 1 || fetch_threads > 64) {
+    return absl::InvalidArgumentError("engine: fetch_threads must be in 1..64");
+  }
   return absl::OkStatus();
 }
 
@@ -267,11 +270,12 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   }
   out.timings.lookup_ms = MsSince(t_lookup);
 
-  // Each usable fetched block is handed to the backend's MakeResident on a thread of its own as
-  // soon as it has arrived, so its copy to the device overlaps the fetches and encodings still
-  // running. The fetch writes only its blocks' views and held bytes, fetched_bytes, fetch_ms and
-  // fetch_status; MakeResident's thread only their resident handles; the encoding only the other
-  // blocks' entries and other fields.
+  // Found blocks are fetched by options_.fetch_threads workers at once, and each usable one is
+  // handed to the backend's MakeResident on a thread of its own as soon as it has arrived, so
+  // its copy to the device overlaps the fetches and encodings still running. The fetch writes
+  // only its blocks' views and held bytes, fetched_bytes, fetch_ms and fetch_status;
+  // MakeResident's thread only their resident handles; the encoding only the other blocks'
+  // entries and other fields.
   absl::Status fetch_status;
   std::atomic<bool> stop_fetch{false};
   std::mutex arrived_mu;
@@ -280,23 +284,35 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   bool fetch_ended = false;
   auto fetch_found = [&] {
     const Clock::time_point t0 = Clock::now();
-    for (size_t i : fetch) {
-      if (stop_fetch.load()) break;
-      absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
-      if (!got.ok()) {
-        if (absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
-        fetch_status = got.status();
-        break;
+    // fetch_threads workers take the found blocks in prompt order; a worker's result is
+    // published under arrived_mu.
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      for (size_t j = next++; j < fetch.size() && !stop_fetch.load(); j = next++) {
+        const size_t i = fetch[j];
+        absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
+        if (!got.ok() && absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
+        std::optional<BlockView> view;
+        if (got.ok()) view = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
+        std::lock_guard<std::mutex> lock(arrived_mu);
+        if (!got.ok()) {
+          if (fetch_status.ok()) fetch_status = got.status();
+          stop_fetch.store(true);
+          return;
+        }
+        out.fetched_bytes += got->bytes.size();
+        if (!view.has_value()) continue;
+        blocks.views[i] = view;
+        blocks.held[i] = *std::move(got);
+        arrived.push_back(i);
+        arrived_cv.notify_one();
       }
-      out.fetched_bytes += got->bytes.size();
-      blocks.views[i] =
-          UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
-      if (!blocks.views[i].has_value()) continue;
-      blocks.held[i] = *std::move(got);
-      std::lock_guard<std::mutex> lock(arrived_mu);
-      arrived.push_back(i);
-      arrived_cv.notify_one();
-    }
+    };
+    std::vector<std::thread> more;
+    const size_t workers = std::min<size_t>(options_.fetch_threads, fetch.size());
+    for (size_t w = 1; w < workers; ++w) more.emplace_back(worker);
+    worker();
+    for (std::thread& t : more) t.join();
     out.timings.fetch_ms = MsSince(t0);
     std::lock_guard<std::mutex> lock(arrived_mu);
     fetch_ended = true;

@@ -87,8 +87,13 @@ struct EngineOptions {
   // Most tokens of the blocks encoded in one backend pass (EncodeBlocks, a request's misses);
   // a longer block is encoded alone. Bounds the activation memory of a pass. Default: 4096.
   int64_t encode_batch_tokens = 4096;
+  // A request's blocks found in the store are fetched this many at once (threads, 1..64): one
+  // data-plane fetch moves bytes at about one core's copy rate, so several fill the link.
+  // Default: 8 (the cache client's default data-plane lanes).
+  int32_t fetch_threads = 8;
 
-  // INVALID_ARGUMENT for an invalid dtype, negative limits or encode_batch_tokens <= 0.
+  // INVALID_ARGUMENT for an invalid dtype, negative limits, encode_batch_tokens <= 0 or
+  // fetch_threads outside 1..64.
   absl::Status Validate() const;
 };
 

@@ -152,6 +152,7 @@ absl::StatusOr<std::unique_ptr<InferenceCore>> InferenceCore::Create(Runtime* ru
   EngineOptions eo;
   eo.max_new_tokens_limit = core->options_.max_new_tokens_limit;
   eo.encode_batch_tokens = core->options_.encode_batch_tokens;
+  eo.fetch_threads = core->options_.fetch_threads;
   eo.kv_dtype = core->options_.kv_dtype;
   // The runtime's backend (the one --backend chose), not a second copy of the weights.
   absl::StatusOr<std::unique_ptr<Engine>> engine =

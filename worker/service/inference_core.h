@@ -58,6 +58,9 @@ struct InferenceCoreOptions {
   // Most tokens of missed blocks encoded in one backend pass (EngineOptions::
   // encode_batch_tokens: bounds a pass's activation memory). Default: 4096.
   int64_t encode_batch_tokens = 4096;
+  // A request's cached blocks fetched from the store at once (EngineOptions::fetch_threads,
+  // 1..64). Default: 8.
+  int32_t fetch_threads = 8;
   // Most generated tokens per streamed GenerateResponse: tokens are written as they are sampled;
   // those sampled while the previous message is still being sent go together. Default: 8.
   int32_t stream_chunk_tokens = 8;

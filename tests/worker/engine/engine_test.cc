@@ -903,8 +903,9 @@ class HoldBackStore final : public testing::ForwardingStore {
 
 // Fetched blocks go to the backend's MakeResident as they arrive, not after the whole fetch:
 // the store hands out the last block only once the first has been made resident (a placement
-// after the fetch would leave that Get waiting in vain). Every fetched block is handed over once,
-// in fetch order, and the answer is the one of a request that encodes everything.
+// after the fetch would leave that Get waiting in vain). Every fetched block is handed over once
+// (in whatever order the concurrent fetches finish), and the answer is the one of a request that
+// encodes everything.
 TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
   const FixtureSpec f = testing::AllFixtures()[0];
   TempDir dir;
@@ -933,9 +934,81 @@ TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->cache_hits, static_cast<int64_t>(ref.blocks.size()));
   EXPECT_EQ(r->cache_misses, 0);
-  EXPECT_EQ(backend->placed_keys(), keys);
+  std::vector<BlockKey> placed = backend->placed_keys();
+  std::sort(placed.begin(), placed.end());
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(placed, keys);
   EXPECT_EQ(r->tokens, reference->tokens);
   EXPECT_EQ(r->logits, reference->logits);
+}
+
+// A store whose Gets each wait (up to `wait`, else DEADLINE_EXCEEDED) until `needed` Gets have
+// been in progress at once.
+class RendezvousStore final : public testing::ForwardingStore {
+ public:
+  RendezvousStore(BlockStore* inner, int needed, absl::Duration wait)
+      : ForwardingStore(inner), needed_(needed), wait_(wait) {}
+  absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (++in_flight_ >= needed_) met_ = true;
+      const bool met = mu_.AwaitWithTimeout(absl::Condition(&met_), wait_);
+      --in_flight_;
+      if (!met) return absl::DeadlineExceededError("fewer Gets than needed ran at once");
+    }
+    return inner_->Get(key);
+  }
+
+ private:
+  const int needed_;
+  const absl::Duration wait_;
+  absl::Mutex mu_;
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool met_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A request's found blocks are fetched fetch_threads at a time, shown without timing: the
+// store answers only once 4 Gets run at once, which 4 fetch threads reach and 1 does not (its
+// first Get waits in vain). The answer is the one of a request that encodes everything.
+TEST(EngineTest, FoundBlocksAreFetchedConcurrently) {
+  const FixtureSpec f = testing::AllFixtures()[0];
+  TempDir dir;
+  Loaded l = Load(f, dir / "cache");
+  Reference ref = testing::LoadReference(f.dir);
+  ASSERT_GE(ref.blocks.size(), 4u);
+  GenerateRequest req;
+  req.blocks = ref.blocks;
+  req.final_block = ref.final_block;
+  req.max_new_tokens = 4;
+  req.return_logits = true;
+  auto reference = l.engine->Generate(req);  // encodes every block (an empty store of its own)
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  std::unique_ptr<MemoryTier> inner = StoreWithBlocks(*l.engine, ref.blocks);
+  ASSERT_NE(inner, nullptr);
+  for (int threads : {4, 1}) {
+    SCOPED_TRACE(threads);
+    RendezvousStore store(inner.get(), 4, threads == 4 ? absl::Seconds(10) : absl::Milliseconds(50));
+    auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
+    ASSERT_TRUE(cpu.ok());
+    EngineOptions o;
+    o.fetch_threads = threads;
+    auto engine = Engine::Create(std::move(*cpu), &store, l.model.fingerprint, o);
+    ASSERT_TRUE(engine.ok());
+    auto r = (*engine)->Generate(req);
+    if (threads == 1) {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+      continue;
+    }
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->cache_hits, static_cast<int64_t>(ref.blocks.size()));
+    EXPECT_EQ(r->tokens, reference->tokens);
+    EXPECT_EQ(r->logits, reference->logits);
+  }
+  EngineOptions bad;
+  for (int threads : {0, 65}) {
+    bad.fetch_threads = threads;
+    EXPECT_EQ(bad.Validate().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 }  // namespace

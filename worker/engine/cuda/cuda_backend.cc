@@ -12,6 +12,8 @@
 #include "absl/synchronization/mutex.h"
 #include "kernels/cpu/rope.h"
 #include "worker/engine/cuda/gpu_tier.h"
+#include "worker/engine/cuda/host_regions.h"
+#include "worker/engine/cuda/layer_pipeline.h"
 
 namespace kvblock {
 namespace {
@@ -39,15 +41,17 @@ struct State {
   State(std::unique_ptr<CudaModel> m, const cuda::GpuTierOptions& tier_options,
         const CudaBackendOptions& o)
       : model(std::move(m)), tier(tier_options), options(o) {}
-  ~State() {
-    if (upload != nullptr) cudaStreamDestroy(upload);
-  }
   absl::Mutex mu;
   std::unique_ptr<CudaModel> model ABSL_GUARDED_BY(mu);
   cuda::GpuTier tier;
   const CudaBackendOptions options;
-  // MakeResident's copies, beside the model's stream (no lock: the tier is thread-safe).
-  cudaStream_t upload = nullptr;
+  // Host memory that fetched payloads may lie in (a co-located cache node's arena), registered
+  // as copies read it.
+  cuda::HostRegions host_regions;
+  // MakeResident's copies, on the pipeline's own stream beside the model's (fp8 dequantized
+  // there); its own lock, so placing blocks never waits for a model pass.
+  absl::Mutex upload_mu;
+  std::unique_ptr<cuda::LayerPipeline> upload ABSL_GUARDED_BY(upload_mu);
 };
 
 class CudaKvSequence final : public KvSequence {
@@ -99,6 +103,8 @@ class CudaBackendImpl final : public CudaBackend {
                       absl::Span<float> v) const override;
 
   TierStats GpuTierStats() const override { return state_->tier.Stats(); }
+  void AddHostRegion(absl::Span<const uint8_t> region) override { state_->host_regions.Add(region); }
+  void RemoveHostRegion(absl::Span<const uint8_t> region) override { state_->host_regions.Remove(region); }
 
  private:
   // Own slots for everything the context runs leave of the capacity.
@@ -310,13 +316,11 @@ absl::StatusOr<DeviceMemory> CudaBackendImpl::Upload(const BlockView& block) {
   }
   const size_t src_bytes = elems * cuda::DTypeBytes(src);
   if (src == want) {
-    CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(out->get(), host, src_bytes, cudaMemcpyHostToDevice, stream),
-                                  "block H2D"));
+    CB_RETURN_IF_ERROR(state_->host_regions.CopyToDevice(out->get(), host, src_bytes, stream));
   } else {
     absl::StatusOr<DeviceMemory> tmp = DeviceMemory::Allocate(src_bytes);
     if (!tmp.ok()) return tmp.status();
-    CB_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(tmp->get(), host, src_bytes, cudaMemcpyHostToDevice, stream),
-                                  "block H2D"));
+    CB_RETURN_IF_ERROR(state_->host_regions.CopyToDevice(tmp->get(), host, src_bytes, stream));
     CB_RETURN_IF_ERROR(cuda::Cast(src, want, tmp->get(), out->get(), elems, stream));
     CB_RETURN_IF_ERROR(model.Synchronize());  // before tmp is freed
   }
@@ -392,14 +396,28 @@ Backend::ResidentBlock CudaBackendImpl::FindResident(const BlockKey& key, int64_
 
 Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
   const BlockMeta& m = block.meta();
-  // Payloads the tier takes as they are: the model's geometry and dtype (AppendBlock converts
-  // the others).
+  // Payloads the tier takes: the model's geometry, in its dtype or fp8 (dequantized on the
+  // GPU); AppendBlock converts the others.
+  BlockMeta placed = m;
+  placed.dtype = state_->options.dtype;
   if (m.num_layers != config_.num_layers || m.num_kv_heads != config_.num_kv_heads ||
-      m.head_dim != config_.head_dim || m.dtype != state_->options.dtype ||
-      static_cast<int64_t>(DataBytes(m)) > state_->options.gpu_tier_bytes) {
+      m.head_dim != config_.head_dim || (m.dtype != placed.dtype && m.dtype != KvDtype::kFP8E4M3) ||
+      static_cast<int64_t>(DataBytes(placed)) > state_->options.gpu_tier_bytes) {
     return nullptr;
   }
-  if (!state_->tier.InsertFromHost(m.key, block, state_->upload).ok()) return nullptr;
+  if (ResidentBlock h = state_->tier.Find(m.key)) return h;
+  absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(placed));
+  if (!mem.ok()) return nullptr;
+  {
+    absl::MutexLock lock(&state_->upload_mu);
+    cuda::LayerPipeline& pipe = *state_->upload;
+    const cuda::LayerCopy copy{block, mem->get()};
+    if (!pipe.Enqueue({&copy, 1}, pipe.stream()).ok() ||
+        !CudaStatus(cudaStreamSynchronize(pipe.stream()), "MakeResident sync").ok()) {
+      return nullptr;
+    }
+  }
+  if (!state_->tier.Insert(m.key, cuda::GpuBlock{placed, std::move(*mem)}).ok()) return nullptr;
   return state_->tier.Find(m.key);  // null if already evicted by a concurrent insert
 }
 
@@ -577,10 +595,12 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeight
   cuda::GpuTierOptions to;
   to.capacity_bytes = options.gpu_tier_bytes;
   auto state = std::make_shared<State>(std::move(*model), to, options);
-  if (absl::Status s = cuda::CudaStatus(cudaStreamCreateWithFlags(&state->upload, cudaStreamNonBlocking),
-                                        "cudaStreamCreate");
-      !s.ok()) {
-    return s;
+  absl::StatusOr<std::unique_ptr<cuda::LayerPipeline>> upload =
+      cuda::LayerPipeline::Create(static_cast<int32_t>(config.num_layers), mo.dtype, &state->host_regions);
+  if (!upload.ok()) return upload.status();
+  {
+    absl::MutexLock lock(&state->upload_mu);
+    state->upload = std::move(*upload);
   }
   return std::unique_ptr<CudaBackend>(new CudaBackendImpl(std::move(state), config));
 }

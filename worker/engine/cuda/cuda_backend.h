@@ -7,8 +7,9 @@
 // BlockKey) costs no transfer at all. A block appended after the sequence has own tokens (or one
 // larger than the tier) is copied into the own slots with its K re-encoded (CudaModel::ImportKv).
 // The engine hands each block fetched from the store to MakeResident as soon as it arrives: a
-// payload in the model's dtype is copied into the tier then, on a stream of its own beside the
-// model's, while later blocks are still being fetched or encoded.
+// payload in the model's dtype, or in fp8 (dequantized on the GPU), is copied into the tier
+// then through a LayerPipeline of its own beside the model's stream, while later blocks are
+// still being fetched or encoded.
 // Own slots come from CudaModel's pool, allocated at the sequence's first Forward for the
 // capacity that the context runs leave.
 //
@@ -32,6 +33,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "cache/block_store.h"
 #include "cache/dtype.h"
 #include "worker/engine/backend.h"
@@ -68,6 +70,12 @@ class CudaBackend : public Backend {
  public:
   // The GPU tier's counters (hits: blocks appended without a transfer).
   virtual TierStats GpuTierStats() const = 0;
+  // Host memory that payloads handed to MakeResident/AppendBlock may lie in (a co-located cache
+  // node's arena as the cache client maps it): registered with CUDA chunk by chunk as copies
+  // read it, so they run at the pinned rate (cuda::HostRegions). Remove only once no payload
+  // in the region is held. Thread-safe.
+  virtual void AddHostRegion(absl::Span<const uint8_t> region) = 0;
+  virtual void RemoveHostRegion(absl::Span<const uint8_t> region) = 0;
 };
 
 // Uploads the weights (the host copy may be freed afterwards). FAILED_PRECONDITION without a

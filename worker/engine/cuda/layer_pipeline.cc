@@ -6,9 +6,10 @@
 
 namespace kvblock::cuda {
 
-absl::StatusOr<std::unique_ptr<LayerPipeline>> LayerPipeline::Create(int32_t layers, DType dtype) {
+absl::StatusOr<std::unique_ptr<LayerPipeline>> LayerPipeline::Create(int32_t layers, DType dtype,
+                                                                     HostRegions* regions) {
   if (layers <= 0) return absl::InvalidArgumentError("LayerPipeline: layers must be positive");
-  std::unique_ptr<LayerPipeline> p(new LayerPipeline(dtype));
+  std::unique_ptr<LayerPipeline> p(new LayerPipeline(dtype, regions));
   if (auto s = CudaStatus(cudaStreamCreateWithFlags(&p->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
       !s.ok()) {
     return s;
@@ -31,6 +32,11 @@ LayerPipeline::~LayerPipeline() {
   }
   if (start_ != nullptr) cudaEventDestroy(start_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status LayerPipeline::CopyIn(void* dst, absl::Span<const uint8_t> src) {
+  if (regions_ != nullptr) return regions_->CopyToDevice(dst, src.data(), src.size(), stream_);
+  return CudaStatus(cudaMemcpyAsync(dst, src.data(), src.size(), cudaMemcpyHostToDevice, stream_), "layer H2D");
 }
 
 absl::Status LayerPipeline::Enqueue(absl::Span<const LayerCopy> blocks, cudaStream_t after) {
@@ -63,19 +69,11 @@ absl::Status LayerPipeline::Enqueue(absl::Span<const LayerCopy> blocks, cudaStre
       const absl::Span<const uint8_t> src = b.block.Layer(l);
       char* dst = static_cast<char*>(b.device) + uint64_t{l} * 2 * LayerElements(m) * es;
       if (m.dtype != KvDtype::kFP8E4M3) {
-        if (auto s = CudaStatus(cudaMemcpyAsync(dst, src.data(), src.size(), cudaMemcpyHostToDevice, stream_),
-                                "layer H2D");
-            !s.ok()) {
-          return s;
-        }
+        if (auto s = CopyIn(dst, src); !s.ok()) return s;
         continue;
       }
       char* s8 = stage + uint64_t{l} * src.size();
-      if (auto s = CudaStatus(cudaMemcpyAsync(s8, src.data(), src.size(), cudaMemcpyHostToDevice, stream_),
-                              "fp8 layer H2D");
-          !s.ok()) {
-        return s;
-      }
+      if (auto s = CopyIn(s8, src); !s.ok()) return s;
       if (auto s = DequantizeFp8Layer(s8, static_cast<int32_t>(m.num_kv_heads), static_cast<int32_t>(m.num_tokens),
                                       static_cast<int32_t>(m.head_dim), dtype_, dst, stream_);
           !s.ok()) {

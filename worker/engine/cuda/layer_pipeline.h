@@ -7,6 +7,9 @@
 // device staging buffer and dequantized on the copy stream into the model's dtype (the attention
 // kernel stays untouched); other payloads must already be in the model's dtype.
 //
+// Copies go through a HostRegions when one is given, so payloads lying in a tracked host region
+// (a co-located cache node's arena) are read as registered memory.
+//
 // Thread safety: none; one pipeline per compute stream (callers serialize use).
 #pragma once
 
@@ -21,6 +24,7 @@
 #include "cache/block_payload.h"
 #include "kernels/cuda/layouts.h"
 #include "worker/engine/cuda/device_memory.h"
+#include "worker/engine/cuda/host_regions.h"
 
 namespace kvblock::cuda {
 
@@ -31,9 +35,11 @@ struct LayerCopy {
 
 class LayerPipeline {
  public:
-  // One copy stream and `layers` events; blocks are placed in `dtype`. INTERNAL for CUDA
-  // failures.
-  static absl::StatusOr<std::unique_ptr<LayerPipeline>> Create(int32_t layers, DType dtype);
+  // One copy stream and `layers` events; blocks are placed in `dtype`; `regions` (nullable,
+  // borrowed, must outlive the pipeline) registers the host regions copies read from. INTERNAL
+  // for CUDA failures.
+  static absl::StatusOr<std::unique_ptr<LayerPipeline>> Create(int32_t layers, DType dtype,
+                                                               HostRegions* regions = nullptr);
   ~LayerPipeline();
   LayerPipeline(const LayerPipeline&) = delete;
   LayerPipeline& operator=(const LayerPipeline&) = delete;
@@ -50,8 +56,11 @@ class LayerPipeline {
   cudaStream_t stream() const { return stream_; }
 
  private:
-  explicit LayerPipeline(DType dtype) : dtype_(dtype) {}
+  LayerPipeline(DType dtype, HostRegions* regions) : dtype_(dtype), regions_(regions) {}
+  // One host-to-device copy on the pipeline's stream, through regions_ when set.
+  absl::Status CopyIn(void* dst, absl::Span<const uint8_t> src);
   const DType dtype_;
+  HostRegions* const regions_;
   DeviceMemory staging_;  // fp8 layers before dequantization
   cudaStream_t stream_ = nullptr;
   cudaEvent_t start_ = nullptr;

@@ -1,0 +1,123 @@
+// HostRegions; see host_regions.h.
+#include "worker/engine/cuda/host_regions.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/kernels.h"
+
+namespace kvblock::cuda {
+namespace {
+
+// cudaHostRegisterReadOnly where the device supports it: the same-host data path maps a node's
+// arena read-only, and pinning a read-only mapping for writing fails.
+unsigned RegisterFlags() {
+  static const unsigned flags = [] {
+    int device = 0, read_only = 0;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, device) == cudaSuccess &&
+        read_only != 0) {
+      return unsigned{cudaHostRegisterReadOnly};
+    }
+    cudaGetLastError();
+    return unsigned{cudaHostRegisterDefault};
+  }();
+  return flags;
+}
+
+}  // namespace
+
+HostRegions::HostRegions(uint64_t chunk_bytes)
+    : chunk_bytes_(chunk_bytes > 0 && chunk_bytes % 4096 == 0 ? chunk_bytes : kDefaultChunkBytes) {}
+
+HostRegions::~HostRegions() {
+  absl::MutexLock lock(&mu_);
+  for (Region& r : regions_) {
+    for (size_t c = 0; c < r.registered.size(); ++c) {
+      if (r.registered[c]) cudaHostUnregister(const_cast<uint8_t*>(r.base + c * chunk_bytes_));
+    }
+  }
+}
+
+bool HostRegions::Add(absl::Span<const uint8_t> region) {
+  if (region.empty()) return false;
+  absl::MutexLock lock(&mu_);
+  for (const Region& r : regions_) {
+    if (region.data() < r.base + r.length && r.base < region.data() + region.size()) return false;
+  }
+  Region r;
+  r.base = region.data();
+  r.length = region.size();
+  r.registered.assign((r.length + chunk_bytes_ - 1) / chunk_bytes_, false);
+  regions_.push_back(std::move(r));
+  return true;
+}
+
+void HostRegions::Remove(absl::Span<const uint8_t> region) {
+  absl::MutexLock lock(&mu_);
+  auto it = std::find_if(regions_.begin(), regions_.end(),
+                         [&](const Region& r) { return r.base == region.data() && r.length == region.size(); });
+  if (it == regions_.end()) return;
+  for (size_t c = 0; c < it->registered.size(); ++c) {
+    if (!it->registered[c]) continue;
+    cudaHostUnregister(const_cast<uint8_t*>(it->base + c * chunk_bytes_));
+    registered_bytes_ -= std::min(chunk_bytes_, it->length - c * chunk_bytes_);
+  }
+  regions_.erase(it);
+}
+
+HostRegions::Region* HostRegions::FindLocked(const uint8_t* p) {
+  for (Region& r : regions_) {
+    if (p >= r.base && p < r.base + r.length) return &r;
+  }
+  return nullptr;
+}
+
+absl::Status HostRegions::RegisterLocked(Region& r, size_t chunk) {
+  if (r.registered[chunk]) return absl::OkStatus();
+  const uint64_t length = std::min(chunk_bytes_, r.length - chunk * chunk_bytes_);
+  void* at = const_cast<uint8_t*>(r.base + chunk * chunk_bytes_);
+  if (auto s = CudaStatus(cudaHostRegister(at, length, RegisterFlags()), "cudaHostRegister"); !s.ok()) return s;
+  r.registered[chunk] = true;
+  registered_bytes_ += length;
+  return absl::OkStatus();
+}
+
+absl::Status HostRegions::CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  const auto* from = static_cast<const uint8_t*>(src);
+  auto* to = static_cast<uint8_t*>(dst);
+  // Pieces: (offset in the copy, length); a source outside the regions is one piece.
+  std::vector<std::pair<size_t, size_t>> pieces;
+  {
+    absl::MutexLock lock(&mu_);
+    Region* r = bytes > 0 ? FindLocked(from) : nullptr;
+    if (r == nullptr || from + bytes > r->base + r->length) {
+      pieces.emplace_back(0, bytes);
+    } else {
+      for (size_t done = 0; done < bytes;) {
+        const uint64_t at = static_cast<uint64_t>(from + done - r->base);
+        const size_t chunk = at / chunk_bytes_;
+        if (auto s = RegisterLocked(*r, chunk); !s.ok()) return s;
+        const size_t n = std::min<uint64_t>(bytes - done, (chunk + 1) * chunk_bytes_ - at);
+        pieces.emplace_back(done, n);
+        done += n;
+      }
+    }
+  }
+  for (const auto& [at, n] : pieces) {
+    if (n == 0) continue;
+    if (auto s = CudaStatus(cudaMemcpyAsync(to + at, from + at, n, cudaMemcpyHostToDevice, stream), "host region H2D");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint64_t HostRegions::registered_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return registered_bytes_;
+}
+
+}  // namespace kvblock::cuda

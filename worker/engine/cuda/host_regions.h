@@ -1,0 +1,72 @@
+// HostRegions: host memory that another component owns (a co-located cache node's payload arena,
+// mapped into this process by the same-host data path) and from which blocks are copied to HBM.
+// The GPU copies pageable memory through a small staging buffer at a fraction of the link's
+// rate; registered (page-locked) memory it reads directly. Registering a whole arena up front
+// would pin, and so populate, all of it, so regions are registered lazily in fixed chunks, the
+// first time a copy reads from them, and stay registered until the region is removed.
+//
+// CopyToDevice splits a copy at chunk boundaries (one cudaMemcpyAsync per registered chunk, so
+// every piece is a direct DMA); a source outside every region is copied as it is.
+//
+// Thread safety: all methods are thread-safe. Remove must not race copies from the region: the
+// caller removes a region only once nothing reads from it (the owner of the mapping guarantees
+// that no block bytes in it are still held).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+
+namespace kvblock::cuda {
+
+class HostRegions {
+ public:
+  // Chunk size used for lazy registration: 256 MiB (a few ms of pinning per chunk; a 512-token
+  // block of an 8B model, 64 MiB, spans at most two).
+  static constexpr uint64_t kDefaultChunkBytes = uint64_t{256} << 20;
+
+  // `chunk_bytes` must be a positive multiple of 4096 (checked: kDefaultChunkBytes otherwise).
+  explicit HostRegions(uint64_t chunk_bytes = kDefaultChunkBytes);
+  // Unregisters every registered chunk.
+  ~HostRegions();
+  HostRegions(const HostRegions&) = delete;
+  HostRegions& operator=(const HostRegions&) = delete;
+
+  // Starts tracking `region` (nothing is registered yet). A region overlapping a tracked one is
+  // ignored. Returns whether it was added.
+  bool Add(absl::Span<const uint8_t> region);
+  // Unregisters the region's chunks and stops tracking it; unknown regions are ignored.
+  void Remove(absl::Span<const uint8_t> region);
+
+  // Enqueues the copy of `bytes` bytes from host `src` to device `dst` on `stream`. Pieces that
+  // lie in a tracked region are registered first (synchronously, once per chunk). INTERNAL with
+  // the CUDA error for a failed registration or copy.
+  absl::Status CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
+  // Bytes registered so far (for tests and logs).
+  uint64_t registered_bytes() const;
+
+ private:
+  struct Region {
+    const uint8_t* base = nullptr;
+    uint64_t length = 0;
+    std::vector<bool> registered;  // per chunk
+  };
+  // The region holding [p, p + n)'s first byte, or nullptr.
+  Region* FindLocked(const uint8_t* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RegisterLocked(Region& r, size_t chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint64_t chunk_bytes_;
+  mutable absl::Mutex mu_;
+  std::vector<Region> regions_ ABSL_GUARDED_BY(mu_);
+  uint64_t registered_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace kvblock::cuda
