@@ -120,6 +120,13 @@ class Backend {
     (void)block;
     return nullptr;
   }
+  // Host memory that payloads handed to MakeResident/AppendBlock may lie in: a co-located cache
+  // node's arena as the cache client maps it (the same-host data path). A backend that copies
+  // payloads to a device may register it for direct DMA (the CUDA backend does, chunk by chunk
+  // as copies read it); others ignore it. Remove only once no payload in the region is held.
+  // Thread-safe.
+  virtual void AddHostRegion(absl::Span<const uint8_t> region) { (void)region; }
+  virtual void RemoveHostRegion(absl::Span<const uint8_t> region) { (void)region; }
 
   // Copies positions [begin, begin + n) of `seq` as f32 [layers][kv_heads][n][head_dim] into k
   // and v (the payload's layout). INVALID_ARGUMENT for a range outside the sequence or wrong

@@ -13,6 +13,9 @@
 // Own slots come from CudaModel's pool, allocated at the sequence's first Forward for the
 // capacity that the context runs leave.
 //
+// Host regions (Backend::AddHostRegion) are registered with CUDA chunk by chunk as copies read
+// them (cuda::HostRegions), so blocks read from a co-located cache node's mapped arena go to HBM
+// at the pinned rate.
 // Payloads of the model's dtype go to HBM with one copy; other dtypes (f32 <-> bf16) are
 // converted on the GPU; f16 and fp8-e4m3 are dequantized on the host first.
 //
@@ -33,7 +36,6 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "absl/types/span.h"
 #include "cache/block_store.h"
 #include "cache/dtype.h"
 #include "worker/engine/backend.h"
@@ -70,12 +72,7 @@ class CudaBackend : public Backend {
  public:
   // The GPU tier's counters (hits: blocks appended without a transfer).
   virtual TierStats GpuTierStats() const = 0;
-  // Host memory that payloads handed to MakeResident/AppendBlock may lie in (a co-located cache
-  // node's arena as the cache client maps it): registered with CUDA chunk by chunk as copies
-  // read it, so they run at the pinned rate (cuda::HostRegions). Remove only once no payload
-  // in the region is held. Thread-safe.
-  virtual void AddHostRegion(absl::Span<const uint8_t> region) = 0;
-  virtual void RemoveHostRegion(absl::Span<const uint8_t> region) = 0;
+
 };
 
 // Uploads the weights (the host copy may be freed afterwards). FAILED_PRECONDITION without a

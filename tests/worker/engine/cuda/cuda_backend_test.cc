@@ -2,8 +2,8 @@
 // in f32 the same greedy tokens in block and full mode with logits within 1e-4 relative, and a
 // repeated request served from the GPU tier (no store read, no transfer) with the same tokens;
 // in bf16 the logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context
-// runs and over
-// blocks copied after own tokens, fp8 payloads, chunked Forward calls, concurrent requests,
+// runs and over blocks copied after own tokens, fp8 payloads (made resident from a registered
+// read-only host region), chunked Forward calls, concurrent requests,
 // batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend, and
 // batched ForwardBatch (block encoding) against Forward per sequence and the CPU backend.
 #include <cmath>
@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/worker/engine/cuda/fixture_dirs.h"
+#include "tests/worker/engine/cuda/read_only_mapping.h"
 #include "worker/engine/cpu_backend.h"
 #include "worker/engine/cuda/cuda_backend.h"
 #include "worker/engine/engine.h"
@@ -221,14 +222,20 @@ TEST(CudaBackend, ContextRunsCopiedBlocksAndFp8PayloadsMatchCpu) {
     auto sa = cb.NewSequence(512), sb = gb.NewSequence(512);
     ASSERT_TRUE(sa.ok() && sb.ok());
     // blocks[0] referenced in place (made resident first where the payload is in the model's
-    // dtype: MakeResident's copy, else AppendBlock's conversion), final block, then blocks[1]
-    // copied after own tokens.
+    // dtype or fp8: MakeResident's copy, else AppendBlock's conversion), final block, then
+    // blocks[1] copied after own tokens.
+    // The GPU side reads blocks[0] from a read-only mapping registered as a host region (as a
+    // co-located cache node's arena).
+    testing::ReadOnlyMapping mapped(payloads[0]);
+    gb.AddHostRegion(mapped.region());
     auto view0 = BlockView::Parse(payloads[0]), view1 = BlockView::Parse(payloads[1]);
-    ASSERT_TRUE(view0.ok() && view1.ok());
+    auto mapped0 = BlockView::Parse({mapped.data(), payloads[0].size()});
+    ASSERT_TRUE(view0.ok() && view1.ok() && mapped0.ok());
     ASSERT_TRUE(cb.AppendBlock(**sa, *view0).ok());
-    const Backend::ResidentBlock resident = gb.MakeResident(*view0);
-    EXPECT_EQ(resident != nullptr, payload == KvDtype::kF32);
-    ASSERT_TRUE((resident != nullptr ? gb.AppendResident(**sb, resident) : gb.AppendBlock(**sb, *view0)).ok());
+    const Backend::ResidentBlock resident = gb.MakeResident(*mapped0);
+    EXPECT_EQ(resident != nullptr, payload != KvDtype::kBF16);
+    ASSERT_TRUE((resident != nullptr ? gb.AppendResident(**sb, resident) : gb.AppendBlock(**sb, *mapped0)).ok());
+    gb.RemoveHostRegion(mapped.region());
     const int64_t vocab = fx.model.config.vocab_size;
     std::vector<float> la(vocab), lb(vocab);
     ASSERT_TRUE(cb.Forward(**sa, fx.final_block, 1, absl::MakeSpan(la)).ok());

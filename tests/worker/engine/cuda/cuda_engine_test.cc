@@ -5,9 +5,11 @@
 // within 8e-2 relative (greedy tokens may then differ). Fixture folders: fixture_dirs.h.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -15,9 +17,11 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/worker/engine/cuda/fixture_dirs.h"
+#include "tests/worker/engine/cuda/read_only_mapping.h"
 #include "worker/engine/cuda/cuda_backend.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
+#include "worker/engine/cuda/host_regions.h"
 #include "worker/engine/cuda/layer_pipeline.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
@@ -486,6 +490,52 @@ TEST(CudaEngine, GpuTierEvictsLeastRecentlyUsedUnderBudget) {
   ASSERT_TRUE(m.ok());
   too_big.memory = std::move(*m);
   EXPECT_EQ(tier.Insert(BlockKey{9, 9}, std::move(too_big)).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// HostRegions registers a tracked region chunk by chunk as copies read it (a read-only mapping,
+// as the same-host data path maps a cache node's arena), splits copies at chunk boundaries and
+// copies sources outside every region as they are; the bytes arrive intact either way.
+TEST(CudaEngine, HostRegionsRegisterChunksAsCopiesReadThem) {
+  constexpr size_t kChunk = 4 * 4096, kBytes = 5 * kChunk + 1000;
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint8_t> bytes(kBytes);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  testing::ReadOnlyMapping mapping(bytes);
+  ASSERT_NE(mapping.data(), nullptr);
+  auto dev = DeviceMemory::Allocate(kBytes);
+  ASSERT_TRUE(dev.ok());
+  auto registered = [](const void* p) {
+    cudaPointerAttributes a{};
+    const bool ok = cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost;
+    cudaGetLastError();
+    return ok;
+  };
+  HostRegions regions(kChunk);
+  ASSERT_TRUE(regions.Add(mapping.region()));
+  EXPECT_FALSE(regions.Add(mapping.region().subspan(kChunk, kChunk)));  // overlaps
+  // Offsets [chunk 1 + 100, chunk 3 + 5): chunks 1, 2 and 3 only.
+  const size_t from = kChunk + 100, n = 2 * kChunk - 95;
+  ASSERT_TRUE(regions.CopyToDevice(dev->get(), mapping.data() + from, n, nullptr).ok());
+  std::vector<uint8_t> back(kBytes);
+  ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_TRUE(std::equal(back.begin(), back.begin() + n, bytes.begin() + from));
+  EXPECT_EQ(regions.registered_bytes(), 3 * kChunk);
+  EXPECT_FALSE(registered(mapping.data()));
+  EXPECT_TRUE(registered(mapping.data() + kChunk));
+  EXPECT_TRUE(registered(mapping.data() + 3 * kChunk + 4095));
+  EXPECT_FALSE(registered(mapping.data() + 4 * kChunk));
+  // The whole region (its short last chunk too), then a source outside every region.
+  ASSERT_TRUE(regions.CopyToDevice(dev->get(), mapping.data(), kBytes, nullptr).ok());
+  ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, bytes);
+  EXPECT_EQ(regions.registered_bytes(), mapping.region().size());
+  std::vector<uint8_t> other(bytes.rbegin(), bytes.rend());
+  ASSERT_TRUE(regions.CopyToDevice(dev->get(), other.data(), kBytes, nullptr).ok());
+  ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, other);
+  regions.Remove(mapping.region());
+  EXPECT_EQ(regions.registered_bytes(), 0u);
+  EXPECT_FALSE(registered(mapping.data() + kChunk));
 }
 
 }  // namespace
