@@ -29,6 +29,7 @@
 #include "kernels/cuda/kernels.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
+#include "worker/engine/cuda/host_regions.h"
 #include "worker/engine/cuda/layer_pipeline.h"
 #include "services/cache_client.h"
 #include "services/cache_server.h"
@@ -172,12 +173,21 @@ absl::StatusOr<Baselines> MeasureBaselines(cuda::CudaModel& model, const BenchTt
   return b;
 }
 
-// Fetched block mode with one payload dtype: the whole request (fetch + verify, each block copied
-// to HBM as soon as it has arrived, then the prefill), its fetch+verify part alone, the
-// layer-wise copy under the prefill with the payloads already in pinned memory, the H2D floor (payload bytes / pinned H2D rate), and the first token's logits against
-// those of the bf16 blocks resident in the GPU tier.
+// How fetched blocks travel from the cache server to HBM.
+enum class FetchPath {
+  kUcx,  // FetchInto over the UCX data plane into pinned buffers, then H2D (the cross-host path)
+  kShm,  // Get through the node's shared memory (zero copy), H2D straight from its mapped arena
+};
+const char* PathName(FetchPath p) { return p == FetchPath::kUcx ? "UCX" : "shm"; }
+
+// Fetched block mode with one payload dtype and path: the whole request (fetch + verify, each
+// block copied to HBM as soon as it has arrived, then the prefill), its fetch+verify part alone,
+// the layer-wise copy under the prefill with the payloads already in pinned memory, the H2D floor
+// (payload bytes / pinned H2D rate), and the first token's logits against those of the bf16
+// blocks resident in the GPU tier.
 struct FetchResult {
   KvDtype dtype = KvDtype::kBF16;
+  FetchPath path = FetchPath::kUcx;
   double ms = 0, net_ms = 0, pinned_ms = 0, floor_ms = 0, gb = 0, logit_err = 0;
   bool same_token = false;
 };
@@ -185,23 +195,41 @@ struct LengthResult {
   int total = 0, blocks = 0;
   double block_ms = 0, full_ms = 0, block_floor_ms = 0, full_floor_ms = 0;
   double block_graph_ms = 0;  // block mode with the prefill replayed as a CUDA graph
-  // Fetched block mode, bf16 and fp8 payloads (see FetchResult).
-  FetchResult fetched[2];
+  // Fetched block mode: bf16 and fp8 payloads over each path (see FetchResult).
+  std::vector<FetchResult> fetched;
+};
+
+// Tells HostRegions which memory the shared-memory client maps.
+class RegionsListener final : public HostRegionListener {
+ public:
+  explicit RegionsListener(cuda::HostRegions* regions) : regions_(regions) {}
+  void OnMapped(absl::Span<const uint8_t> region) override { regions_->Add(region); }
+  void OnUnmapping(absl::Span<const uint8_t> region) override { regions_->Remove(region); }
+
+ private:
+  cuda::HostRegions* regions_;
 };
 
 // Fetched block mode (item 2 of the benchmark): a cache server in this process (memory tier over
-// RocksDB in a temporary folder, gRPC + UCX data plane on loopback), a CacheClient, pinned host
-// buffers for the payloads, device buffers for their KV and the layer-wise copy pipeline.
+// RocksDB in a temporary folder, gRPC + UCX + shared-memory data planes on loopback), a
+// CacheClient over UCX (pinned host buffers for the payloads) and one over shared memory (its
+// mapped regions registered with CUDA as copies read them), device buffers for the blocks' KV
+// and the layer-wise copy pipeline.
 struct FetchSetup {
   std::filesystem::path dir;
   std::unique_ptr<CacheServer> server;
-  std::unique_ptr<CacheClient> client;
+  cuda::HostRegions regions;
+  RegionsListener listener{&regions};
+  std::unique_ptr<CacheClient> client;      // UCX (else gRPC), shared memory off
+  std::unique_ptr<CacheClient> shm_client;  // shared memory; null when the node offers none
   std::string transport;
   cuda::PinnedMemory host;
   cuda::DeviceMemory device;
   std::unique_ptr<cuda::LayerPipeline> pipeline;
   ~FetchSetup() {
+    pipeline.reset();
     client.reset();
+    shm_client.reset();
     server.reset();
     std::error_code ec;
     if (!dir.empty()) std::filesystem::remove_all(dir, ec);
@@ -368,9 +396,15 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     co.replication = 1;
     co.rpc_timeout = absl::Seconds(30);  // 64 MiB puts on a loaded machine
     co.data_plane_lanes = o.fetch_threads;  // one lane (its own copying thread) per concurrent fetch
+    co.use_shared_memory = false;
     auto client = CacheClient::Create(co);
     if (!client.ok()) return client.status();
     fetch.client = std::move(*client);
+    co.use_shared_memory = true;
+    co.region_listener = &fetch.listener;
+    auto shm_client = CacheClient::Create(co);
+    if (!shm_client.ok()) return shm_client.status();
+    fetch.shm_client = std::move(*shm_client);
     const auto t_put = Clock::now();
     // bf16 payloads straight from the GPU tier; fp8 ones quantized here (per-head scales), on
     // `fetch_threads` threads (block i on thread i % threads).
@@ -415,7 +449,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     auto dev = cuda::DeviceMemory::Allocate(dev_need);
     if (!dev.ok()) return dev.status();
     fetch.device = std::move(*dev);
-    auto pipe = cuda::LayerPipeline::Create(spec.layers, cuda::DType::kBF16);
+    auto pipe = cuda::LayerPipeline::Create(spec.layers, cuda::DType::kBF16, &fetch.regions);
     if (!pipe.ok()) return pipe.status();
     fetch.pipeline = std::move(*pipe);
     // One fetch to open the data plane session before anything is timed.
@@ -423,6 +457,13 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     auto got = fetch.client->FetchInto(first, absl::MakeSpan(fetch.host.as<uint8_t>(), host_need));
     if (!got.ok()) return got.status();
     if (fetch.transport == "UCX" && !fetch.client->HasDataPlane(0)) fetch.transport = "gRPC (no UCX session)";
+    // The shared-memory client's first Get maps the node's arena; without that path, no shm rows.
+    auto shm_first = fetch.shm_client->Get(first);
+    if (!shm_first.ok()) return shm_first.status();
+    if (!fetch.shm_client->HasSharedMemory(0)) {
+      std::printf("the cache server offers no shared memory here: no shm rows\n");
+      fetch.shm_client.reset();
+    }
     std::printf("cache server in this process: %zu blocks as bf16 and fp8 (%.2f GB) put in %.1f s; fetch over %s, %d threads\n",
                 to_encode.size(), payload_total / 1e9, Ms(Clock::now() - t_put) / 1e3, fetch.transport.c_str(),
                 o.fetch_threads);
@@ -499,35 +540,45 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       const int32_t resident_token = first_token;
       std::vector<float> resident_logits(spec.vocab), logits(spec.vocab);
       BENCH_RETURN_IF_ERROR(model.CopyLogits(absl::MakeSpan(resident_logits)));
-      for (int di = 0; di < 2; ++di) {
-        FetchResult& fr = r.fetched[di];
-        fr.dtype = kFetchDtypes[di];
-        // Where each block's payload lands (pinned) and its KV goes (device), in prompt order.
+      for (KvDtype dtype : kFetchDtypes) {
+        // Where each block's payload lands (pinned, UCX path) and its KV goes (device), in
+        // prompt order.
         std::vector<uint64_t> host_at(blocks.size() + 1, 0), dev_at(blocks.size() + 1, 0);
         std::vector<BlockKey> keys;
         for (size_t i = 0; i < blocks.size(); ++i) {
-          const BlockMeta m{fingerprint, BlockKey{}, fr.dtype, uint32_t(spec.layers), uint32_t(spec.kv_heads),
+          const BlockMeta m{fingerprint, BlockKey{}, dtype, uint32_t(spec.layers), uint32_t(spec.kv_heads),
                             uint32_t(spec.head_dim), uint32_t(blocks[i].size())};
-          keys.push_back(ComputeBlockKey(fingerprint, fr.dtype, blocks[i]));
+          keys.push_back(ComputeBlockKey(fingerprint, dtype, blocks[i]));
           dev_at[i + 1] = dev_at[i] + blocks[i].size() * model.kv_bytes_per_token();
           host_at[i + 1] = host_at[i] + PayloadBytes(m);
         }
         std::vector<std::optional<BlockView>> views(blocks.size());
+        std::vector<BlockBytes> held(blocks.size());  // shm path: the leased blocks of a run
         auto device_at = [&](size_t i) -> void* { return fetch.device.as<char>() + dev_at[i]; };
         // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads),
         // then its whole payload goes to HBM on the pipeline's copy stream (in arrival order,
-        // fp8 dequantized there), overlapping the fetches still running.
+        // fp8 dequantized there), overlapping the fetches still running. UCX: into the pinned
+        // buffer; shm: a zero-copy Get, the copy reading the node's mapped arena.
         std::mutex copy_mu;
-        auto fetch_all = [&]() -> absl::Status {
+        auto fetch_all = [&](FetchPath path) -> absl::Status {
           std::vector<absl::Status> errors(o.fetch_threads);
           std::vector<std::thread> threads;
           for (int t = 0; t < o.fetch_threads; ++t) {
             threads.emplace_back([&, t] {
               for (size_t i = t; i < blocks.size() && errors[t].ok(); i += o.fetch_threads) {
-                absl::Span<uint8_t> dst(fetch.host.as<uint8_t>() + host_at[i], host_at[i + 1] - host_at[i]);
-                auto n = fetch.client->FetchInto(keys[i], dst);
-                if (!n.ok()) { errors[t] = n.status(); break; }
-                auto v = BlockView::Parse(dst.subspan(0, *n));
+                absl::Span<const uint8_t> payload;
+                if (path == FetchPath::kUcx) {
+                  absl::Span<uint8_t> dst(fetch.host.as<uint8_t>() + host_at[i], host_at[i + 1] - host_at[i]);
+                  auto n = fetch.client->FetchInto(keys[i], dst);
+                  if (!n.ok()) { errors[t] = n.status(); break; }
+                  payload = dst.subspan(0, *n);
+                } else {
+                  auto got = fetch.shm_client->Get(keys[i]);
+                  if (!got.ok()) { errors[t] = got.status(); break; }
+                  held[i] = *std::move(got);
+                  payload = held[i].bytes;
+                }
+                auto v = BlockView::Parse(payload);
                 if (!v.ok()) { errors[t] = v.status(); break; }
                 views[i] = *v;
                 std::lock_guard<std::mutex> lock(copy_mu);
@@ -561,38 +612,51 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
           BENCH_RETURN_IF_ERROR(fetch.pipeline->Enqueue(copies, model.stream()));
           return prefill_fetched();
         };
-        std::vector<double> net;
-        auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {
-          const auto t0 = Clock::now();
-          BENCH_RETURN_IF_ERROR(fetch_all());
-          net.push_back(Ms(Clock::now() - t0));
-          return prefill_fetched();
-        });
-        if (!fm.ok()) return fm.status();
-        BENCH_RETURN_IF_ERROR(model.CopyLogits(absl::MakeSpan(logits)));
-        double num = 0, den = 0;
-        for (int v = 0; v < spec.vocab; ++v) {
-          num += (double(logits[v]) - resident_logits[v]) * (double(logits[v]) - resident_logits[v]);
-          den += double(resident_logits[v]) * resident_logits[v];
+        double pinned_ms = 0;
+        for (FetchPath path : {FetchPath::kUcx, FetchPath::kShm}) {
+          if (path == FetchPath::kShm && fetch.shm_client == nullptr) continue;
+          FetchResult fr;
+          fr.dtype = dtype;
+          fr.path = path;
+          std::vector<double> net;
+          auto fm = MedianMs(o.warmup, std::max(o.runs, 10), [&]() -> absl::Status {
+            const auto t0 = Clock::now();
+            BENCH_RETURN_IF_ERROR(fetch_all(path));
+            net.push_back(Ms(Clock::now() - t0));
+            return prefill_fetched();  // waits for the copies: the leases may go after it
+          });
+          if (!fm.ok()) return fm.status();
+          BENCH_RETURN_IF_ERROR(model.CopyLogits(absl::MakeSpan(logits)));
+          double num = 0, den = 0;
+          for (int v = 0; v < spec.vocab; ++v) {
+            num += (double(logits[v]) - resident_logits[v]) * (double(logits[v]) - resident_logits[v]);
+            den += double(resident_logits[v]) * resident_logits[v];
+          }
+          fr.logit_err = std::sqrt(num / den);
+          fr.same_token = first_token == resident_token;
+          if (fr.dtype == KvDtype::kBF16 && (!fr.same_token || fr.logit_err > 1e-6)) {
+            return absl::InternalError("bench: fetched bf16 blocks gave other logits than the GPU-tier blocks");
+          }
+          fr.ms = *fm;
+          fr.net_ms = Median(std::vector<double>(net.begin() + std::min<size_t>(net.size(), o.warmup), net.end()));
+          if (path == FetchPath::kUcx) {  // views now point into the pinned buffer
+            auto pm = MedianMs(o.warmup, std::max(o.runs, 10), place_and_prefill);
+            if (!pm.ok()) return pm.status();
+            pinned_ms = *pm;
+          }
+          held.assign(blocks.size(), BlockBytes{});
+          fr.pinned_ms = pinned_ms;
+          fr.gb = double(host_at.back()) / 1e9;
+          fr.floor_ms = double(host_at.back()) / (base.h2d_gbps * 1e9) * 1e3;
+          std::printf("length %6d: fetched %s block mode over %s %.2f ms (fetch+verify %.2f ms), from pinned memory %.2f ms; "
+                      "%.2f GB / H2D = %.2f ms: %.2fx fetched, %.2fx pinned; logits rel err vs resident bf16 %.2e, "
+                      "first token %s\n",
+                      r.total, std::string(DtypeName(fr.dtype)).c_str(),
+                      path == FetchPath::kUcx ? fetch.transport.c_str() : "shared memory", fr.ms, fr.net_ms,
+                      fr.pinned_ms, fr.gb, fr.floor_ms, fr.ms / fr.floor_ms, fr.pinned_ms / fr.floor_ms, fr.logit_err,
+                      fr.same_token ? "same" : "different");
+          r.fetched.push_back(fr);
         }
-        fr.logit_err = std::sqrt(num / den);
-        fr.same_token = first_token == resident_token;
-        if (fr.dtype == KvDtype::kBF16 && (!fr.same_token || fr.logit_err > 1e-6)) {
-          return absl::InternalError("bench: fetched bf16 blocks gave other logits than the GPU-tier blocks");
-        }
-        fr.ms = *fm;
-        fr.net_ms = Median(std::vector<double>(net.begin() + std::min<size_t>(net.size(), o.warmup), net.end()));
-        auto pm = MedianMs(o.warmup, std::max(o.runs, 10), place_and_prefill);
-        if (!pm.ok()) return pm.status();
-        fr.pinned_ms = *pm;
-        fr.gb = double(host_at.back()) / 1e9;
-        fr.floor_ms = double(host_at.back()) / (base.h2d_gbps * 1e9) * 1e3;
-        std::printf("length %6d: fetched %s block mode %.2f ms (fetch+verify %.2f ms over %s), from pinned memory %.2f ms; "
-                    "%.2f GB / H2D = %.2f ms: %.2fx fetched, %.2fx pinned; logits rel err vs resident bf16 %.2e, "
-                    "first token %s\n",
-                    r.total, std::string(DtypeName(fr.dtype)).c_str(), fr.ms, fr.net_ms, fetch.transport.c_str(),
-                    fr.pinned_ms, fr.gb, fr.floor_ms, fr.ms / fr.floor_ms, fr.pinned_ms / fr.floor_ms, fr.logit_err,
-                    fr.same_token ? "same" : "different");
       }
     }
     if (!o.skip_full) {
@@ -627,13 +691,13 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   }
 
   if (!o.skip_fetch) {
-    std::printf("\n| total | payload | GB | H2D floor ms | fetched block mode ms | fetch+verify ms | pinned block mode ms | "
+    std::printf("\n| total | payload | path | GB | H2D floor ms | fetched block mode ms | fetch+verify ms | pinned block mode ms | "
                 "fetched / floor | pinned / floor | logits rel err vs bf16 GPU tier | first token |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto& r : results) {
       for (const FetchResult& f : r.fetched) {
-        std::printf("| %d | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e | %s |\n", r.total,
-                    std::string(DtypeName(f.dtype)).c_str(), f.gb, f.floor_ms, f.ms, f.net_ms, f.pinned_ms,
+        std::printf("| %d | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2e | %s |\n", r.total,
+                    std::string(DtypeName(f.dtype)).c_str(), PathName(f.path), f.gb, f.floor_ms, f.ms, f.net_ms, f.pinned_ms,
                     f.ms / f.floor_ms, f.pinned_ms / f.floor_ms, f.logit_err, f.same_token ? "same" : "different");
       }
     }
@@ -729,9 +793,9 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
           r.total, r.blocks, r.block_ms, r.block_graph_ms, r.block_floor_ms, r.full_ms, r.full_floor_ms, r.full_ms > 0 ? r.block_ms / r.full_ms : 0.0,
           absl::StrJoin(r.fetched, ", ", [](std::string* out, const FetchResult& f) {
             absl::StrAppend(out, absl::StrFormat(
-                "{\"dtype\": \"%s\", \"gb\": %.3f, \"ms\": %.3f, \"fetch_verify_ms\": %.3f, \"pinned_ms\": %.3f, "
+                "{\"dtype\": \"%s\", \"path\": \"%s\", \"gb\": %.3f, \"ms\": %.3f, \"fetch_verify_ms\": %.3f, \"pinned_ms\": %.3f, "
                 "\"h2d_floor_ms\": %.3f, \"logit_rel_err\": %.3e, \"same_first_token\": %s}",
-                std::string(DtypeName(f.dtype)), f.gb, f.ms, f.net_ms, f.pinned_ms, f.floor_ms, f.logit_err,
+                std::string(DtypeName(f.dtype)), PathName(f.path), f.gb, f.ms, f.net_ms, f.pinned_ms, f.floor_ms, f.logit_err,
                 f.same_token ? "true" : "false"));
           })));
     }
