@@ -158,7 +158,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
     rt->embedded = std::move(*store);
     rt->store = rt->embedded.get();
   } else {
-    absl::StatusOr<std::unique_ptr<CacheClient>> client = CacheClient::Create(options.cluster);
+    CacheClientOptions cluster = options.cluster;
+    cluster.region_listener = &rt->relay;
+    absl::StatusOr<std::unique_ptr<CacheClient>> client = CacheClient::Create(cluster);
     if (!client.ok()) return client.status();
     rt->cluster = std::move(*client);
     rt->store = rt->cluster.get();
@@ -177,6 +179,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
   if (!options.load_engine) return rt;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(rt->model, options.backend);
   if (!backend.ok()) return backend.status();
+  Backend* placing = backend->get();  // owned by the engine from here on
   EngineOptions eo;
   eo.kv_dtype = options.kv_dtype;
   eo.write_back = options.write_back;
@@ -184,7 +187,31 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
       Engine::Create(std::move(*backend), rt->store, rt->model.fingerprint, eo);
   if (!engine.ok()) return engine.status();
   rt->engine = std::move(*engine);
+  rt->relay.Attach(placing);
   return rt;
+}
+
+void BackendRegionRelay::OnMapped(absl::Span<const uint8_t> region) {
+  absl::MutexLock lock(&mu_);
+  mapped_.push_back(region);
+  if (backend_ != nullptr) backend_->AddHostRegion(region);
+}
+
+void BackendRegionRelay::OnUnmapping(absl::Span<const uint8_t> region) {
+  absl::MutexLock lock(&mu_);
+  std::erase_if(mapped_, [&](absl::Span<const uint8_t> r) { return r.data() == region.data(); });
+  if (backend_ != nullptr) backend_->RemoveHostRegion(region);
+}
+
+void BackendRegionRelay::Attach(Backend* backend) {
+  absl::MutexLock lock(&mu_);
+  if (backend_ != nullptr) {
+    for (absl::Span<const uint8_t> r : mapped_) backend_->RemoveHostRegion(r);
+  }
+  backend_ = backend;
+  if (backend_ != nullptr) {
+    for (absl::Span<const uint8_t> r : mapped_) backend_->AddHostRegion(r);
+  }
 }
 
 absl::Status CheckClusterReachable(CacheClient& client) {

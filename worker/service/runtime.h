@@ -105,8 +105,27 @@ struct RuntimeOptions {
   absl::Status Validate() const;
 };
 
-// Everything opened; members are destroyed in reverse order (engine before stores).
+// Hands the host regions the cache client maps (a co-located node's arena, the same-host data
+// path) to the backend, which is created after the client: regions mapped before Attach are
+// handed over then. Thread-safe.
+class BackendRegionRelay final : public HostRegionListener {
+ public:
+  void OnMapped(absl::Span<const uint8_t> region) override;
+  void OnUnmapping(absl::Span<const uint8_t> region) override;
+  // Starts (or with null, stops) forwarding to `backend` (borrowed until detached).
+  void Attach(Backend* backend);
+
+ private:
+  absl::Mutex mu_;
+  std::vector<absl::Span<const uint8_t>> mapped_ ABSL_GUARDED_BY(mu_);
+  Backend* backend_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+// Everything opened; members are destroyed in reverse order (engine before stores), the relay
+// detached from the backend first.
 struct Runtime {
+  ~Runtime() { relay.Attach(nullptr); }
+  BackendRegionRelay relay;                 // outlives the cluster client, which tells it
   LoadedModel model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<BlockStore> embedded;     // the embedded store, or the worker-local tier
