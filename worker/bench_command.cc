@@ -375,6 +375,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     CacheServerOptions so;
     so.listen = "127.0.0.1:0";
     so.ucx_listen = "127.0.0.1:0";
+    so.shm_socket = (fetch.dir / "shm.sock").string();
     so.data_dir = (fetch.dir / "db").string();
     // Room to spare: the memory tier is sharded, and a block evicted to RocksDB would be read
     // from disk. A 512-token block of this model is 64 MiB plus its header.
