@@ -616,13 +616,17 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
   }
 }
 
+// Shared-memory floats for the combine kernel's split weights: whole 8-float groups (the
+// padding is zero), so its unrolled loops may read a group as one vector.
+__host__ __device__ constexpr int CombineWeightSlots(int splits) { return (splits + 7) / 8 * 8; }
+
 // Merges the splits' partials of one (sequence, token, head). The splits' weights
 // l_s * 2^(m_s - max m) go to shared memory first (dynamic, one float per split), so each
 // thread's sum over the splits is independent loads, unrolled, instead of a chain of dependent
 // ones.
 template <typename T>
 __global__ void CombineKernel(AttentionParams p, int splits, PartialOut ws) {
-  extern __shared__ float sW[];  // [splits]
+  extern __shared__ float sW[];  // [CombineWeightSlots(splits)], zero past `splits`
   const AttnSequence seq = p.seqs[blockIdx.z];
   const int t = blockIdx.y, h = blockIdx.x;
   if (t >= seq.q_len) return;
@@ -639,6 +643,7 @@ __global__ void CombineKernel(AttentionParams p, int splits, PartialOut ws) {
       const float ms = ws.ml[(first + s * step) * 2], ls = ws.ml[(first + s * step) * 2 + 1];
       sW[s] = ls > 0.f ? ls * exp2f(ms - m) : 0.f;
     }
+    for (int s = splits + threadIdx.x; s < CombineWeightSlots(splits); s += 32) sW[s] = 0.f;
   }
   __syncthreads();
   float den = 0.f;
@@ -762,7 +767,7 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
   if (err != cudaSuccess || splits <= 1) return err;
   dim3 grid(p.num_heads, p.max_q_len, p.num_seqs);
   const int threads = p.head_dim >= 128 ? 128 : (p.head_dim >= 64 ? 64 : 32);
-  const size_t smem = static_cast<size_t>(splits) * sizeof(float);
+  const size_t smem = static_cast<size_t>(CombineWeightSlots(splits)) * sizeof(float);
   KVBLOCK_DISPATCH_DTYPE(p.dtype, T,
                          CombineKernel<T><<<grid, threads, smem, stream>>>(p, splits, ws));
   return cudaGetLastError();
