@@ -71,12 +71,17 @@ struct BlockHeader {
 };
 absl::StatusOr<BlockHeader> DecodeHeader(absl::Span<const uint8_t> bytes);
 
+// What BlockView::Parse checks of the data section: its checksum (kVerify), or, for bytes already
+// verified in this host's memory (BlockBytes::verified), only its size (kTrusted).
+enum class DataCheck { kVerify, kTrusted };
+
 // A decoded, verified, non-owning view of a payload. Valid while the bytes are.
 class BlockView {
  public:
-  // Verifies header, total size and data checksum. DATA_LOSS for checksum mismatches,
-  // INVALID_ARGUMENT for everything else malformed.
-  static absl::StatusOr<BlockView> Parse(absl::Span<const uint8_t> bytes);
+  // Verifies header, total size and (unless kTrusted) data checksum. DATA_LOSS for checksum
+  // mismatches, INVALID_ARGUMENT for everything else malformed.
+  static absl::StatusOr<BlockView> Parse(absl::Span<const uint8_t> bytes,
+                                         DataCheck check = DataCheck::kVerify);
 
   const BlockMeta& meta() const { return meta_; }
   // Raw bytes of one layer (scales, K, V). `layer` must be < num_layers.

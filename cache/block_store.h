@@ -36,6 +36,12 @@ struct BlockBytes {
   // The tier that answered the Get (a TieredStore reports kDisk for a block it had to read
   // from disk, even though it then promoted it). kNone where the producer does not say.
   StoreTier tier = StoreTier::kNone;
+  // The payload was verified (header and data checksum) when the store took it, and these bytes
+  // have stayed in this host's memory since: a cache node's arena read in place over the
+  // same-host data path. A consumer may then skip re-hashing the data
+  // (BlockView::Parse(bytes, DataCheck::kTrusted)). False wherever the bytes crossed a network
+  // or a disk after their last check, or the producer does not say.
+  bool verified = false;
 };
 
 struct LookupResult {

@@ -457,6 +457,7 @@ absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
   if (!n.ok()) return n.status();
   if (local.owner != nullptr) {
     local.tier = StoreTier::kRemote;  // this client's tier, whichever of the node's served it
+    if (options_.verify_shared_memory) local.verified = false;
     return local;
   }
   BlockBytes out;

@@ -89,6 +89,10 @@ struct CacheClientOptions {
   // Read through a node's shared memory when it offers it and its socket is reachable (the node
   // is on this host). Default: true.
   bool use_shared_memory = true;
+  // Blocks read through shared memory come marked verified (BlockBytes::verified: the node's
+  // memory tier checked them on Put and they never left this host's memory), so consumers skip
+  // re-hashing them, as a memory tier's own reads do. True clears the mark. Default: false.
+  bool verify_shared_memory = false;
   // Told when the client maps a node's shared region and before it unmaps it (borrowed,
   // nullable, must outlive the client and every BlockBytes it returned; called from client
   // threads). Default: none.

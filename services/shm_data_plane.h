@@ -108,7 +108,8 @@ class ShmClient {
 
   // Zero copy: the returned bytes point into the mapping of the node's region and stay valid
   // and unchanged while held; letting go of the last copy sends RELEASE. The BlockBytes' tier
-  // is the node's (kMemory, or kDisk when the node promoted it from disk for this read).
+  // is the node's (kMemory, or kDisk when the node promoted it from disk for this read); it is
+  // marked verified (the node's memory tier checked it when it took it: BlockBytes::verified).
   // NOT_FOUND when absent on the node, FAILED_PRECONDITION when present but not in shared memory
   // (fetch it another way), RESOURCE_EXHAUSTED at the node's lease limit, UNAVAILABLE when the
   // connection broke, DEADLINE_EXCEEDED after options.timeout (the connection is then broken

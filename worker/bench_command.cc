@@ -579,10 +579,12 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
                 } else {
                   auto got = fetch.shm_client->Get(keys[i]);
                   if (!got.ok()) { errors[t] = got.status(); break; }
+                  if (!got->verified) { errors[t] = absl::InternalError("bench: shm bytes not marked verified"); break; }
                   held[i] = *std::move(got);
                   payload = held[i].bytes;
                 }
-                auto v = BlockView::Parse(payload);
+                // Re-hashed unless verified in this host's memory (the shm path; as the engine).
+                auto v = BlockView::Parse(payload, path == FetchPath::kShm ? DataCheck::kTrusted : DataCheck::kVerify);
                 if (!v.ok()) { errors[t] = v.status(); break; }
                 views[i] = *v;
                 std::lock_guard<std::mutex> lock(copy_mu);

@@ -146,9 +146,17 @@ TEST(BlockPayloadTest, ChecksumErrorsAreDataLoss) {
   ASSERT_TRUE(payload.ok());
   (*payload)[kBlockHeaderBytes + 17] ^= 0x10;
   EXPECT_EQ(BlockView::Parse(*payload).status().code(), absl::StatusCode::kDataLoss);
+  // Trusted data (verified earlier in this host's memory) is not re-hashed; the header and the
+  // size still are.
+  EXPECT_TRUE(BlockView::Parse(*payload, DataCheck::kTrusted).ok());
+  EXPECT_EQ(BlockView::Parse(absl::MakeConstSpan(*payload).first(payload->size() - 1), DataCheck::kTrusted)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   (*payload)[kBlockHeaderBytes + 17] ^= 0x10;
   (*payload)[30] ^= 0x10;  // inside the key
   EXPECT_EQ(BlockView::Parse(*payload).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(BlockView::Parse(*payload, DataCheck::kTrusted).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(BlockPayloadTest, Fp8ScalesPerHeadKeepSmallHeadsAccurate) {

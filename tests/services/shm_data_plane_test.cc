@@ -433,13 +433,14 @@ class ShmClusterTest : public ::testing::Test {
     ASSERT_EQ(server_->shm_socket(), dir_.Sub("node.sock"));
   }
 
-  std::unique_ptr<CacheClient> Client(HostRegionListener* listener = nullptr) {
+  std::unique_ptr<CacheClient> Client(HostRegionListener* listener = nullptr, bool verify = false) {
     CacheClientOptions o;
     o.members = {server_->grpc_address()};
     o.replication = 1;
     o.max_attempts = 1;
     o.data_plane_lanes = 2;
     o.region_listener = listener;
+    o.verify_shared_memory = verify;
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return *std::move(c);
@@ -467,6 +468,7 @@ TEST_F(ShmClusterTest, GetIsZeroCopyFromTheNodesMemory) {
     EXPECT_TRUE(Same(got->bytes, b.payload));
     EXPECT_TRUE(listener.Inside(got->bytes)) << "not read in place";
     EXPECT_EQ(got->tier, StoreTier::kRemote);
+    EXPECT_TRUE(got->verified);  // checked by the node's memory tier, never left this host
     std::vector<uint8_t> buffer(b.payload.size() + 100);
     auto n = client->FetchInto(b.key, absl::MakeSpan(buffer));
     ASSERT_TRUE(n.ok()) << n.status();
@@ -523,6 +525,20 @@ TEST_F(ShmClusterTest, MetricsShowConnectionsLeasesAndBytes) {
   }
 }
 
+// verify_shared_memory: the same zero-copy read, not marked verified (consumers re-hash it).
+TEST_F(ShmClusterTest, VerifySharedMemoryClearsTheVerifiedMark) {
+  RecordingListener listener;
+  std::unique_ptr<CacheClient> client = Client(&listener, /*verify=*/true);
+  ASSERT_TRUE(client->HasSharedMemory(0));
+  const TestBlock b = RandomBlock(rng_, 4, 64);
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  auto got = client->Get(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(listener.Inside(got->bytes));
+  EXPECT_TRUE(Same(got->bytes, b.payload));
+  EXPECT_FALSE(got->verified);
+}
+
 TEST_F(ShmClusterTest, MissingSocketFallsBackToUcx) {
   ASSERT_EQ(unlink(server_->shm_socket().c_str()), 0);
   std::unique_ptr<CacheClient> client = Client();
@@ -537,6 +553,7 @@ TEST_F(ShmClusterTest, MissingSocketFallsBackToUcx) {
   auto got = client->Get(b.key);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(Same(got->bytes, b.payload));
+  EXPECT_FALSE(got->verified);  // crossed a connection: consumers re-hash it
 }
 
 TEST_F(ShmClusterTest, ClientWithoutSharedMemoryUsesUcx) {

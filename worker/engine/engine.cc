@@ -21,12 +21,14 @@ double MsSince(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-// A payload from the store, parsed and checked against what the engine asked for; nullopt
-// (treated as a miss) if it is not usable.
+// A payload from the store, parsed (its data re-hashed unless the store marked it verified in
+// this host's memory) and checked against what the engine asked for; nullopt (treated as a
+// miss) if it is not usable.
 std::optional<BlockView> UsableHit(const BlockBytes& bytes, const BlockKey& key,
                                    const ModelFingerprint& model, KvDtype dtype, size_t tokens,
                                    const ModelConfig& c) {
-  absl::StatusOr<BlockView> view = BlockView::Parse(bytes.bytes);
+  absl::StatusOr<BlockView> view =
+      BlockView::Parse(bytes.bytes, bytes.verified ? DataCheck::kTrusted : DataCheck::kVerify);
   if (!view.ok()) return std::nullopt;
   const BlockMeta& m = view->meta();
   if (m.key != key || m.model != model || m.dtype != dtype || m.num_tokens != tokens ||
