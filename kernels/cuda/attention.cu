@@ -13,12 +13,14 @@
 //    Re-encoding a segment (rope_offset != 0) rotates the CTA's queries by -rope_offset once per
 //    segment instead of every K tile by +rope_offset: no extra pass over the KV and no pass over
 //    shared K. Causal CTAs run longest-first and skip the mask on tiles below the diagonal.
-//  - WgmmaAttentionKernel (attention_wgmma.cu): the same for full-prompt causal prefill (bf16,
-//    head_dim 128, one segment per sequence, no splits) on Hopper's warpgroup MMA.
+//  - WgmmaAttentionKernel (attention_wgmma.cu): the same for bf16, head_dim 128 launches of at
+//    least 128 rows per KV head (prefill, block-mode final blocks; any segments, key splits) on
+//    Hopper's warpgroup MMA; its key-split partials are merged by the same CombineKernel.
 //  - GenericAttentionKernel<T>: f32 or bf16, any even head_dim <= 256, one warp per query row,
 //    CUDA cores; used for f32 (tests at ~1e-5) and unusual shapes.
 #include <cfloat>
 
+#include "kernels/cuda/internal/attention_common.cuh"
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/launch.h"
@@ -31,22 +33,6 @@ constexpr int kMmaKeys = 64;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kGenericWarps = 4;
-
-struct KeyRange {
-  int begin, end;
-};
-
-// Keys [begin, end) that split `split` of `splits` handles for rows whose largest token is t_max.
-__device__ __forceinline__ KeyRange SplitRange(const AttnSequence& s, int split, int splits,
-                                               int t_max) {
-  int chunk = (s.num_keys + splits - 1) / splits;
-  chunk = (chunk + kMmaKeys - 1) / kMmaKeys * kMmaKeys;
-  KeyRange r;
-  r.begin = split * chunk;
-  r.end = min(s.num_keys, r.begin + chunk);
-  r.end = min(r.end, s.causal_start + t_max + 1);
-  return r;
-}
 
 __device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                            uint32_t& r3) {
@@ -77,35 +63,6 @@ struct Tile {
   int len;          // keys in the tile
   int rope_offset;  // the segment's re-encoding offset
 };
-
-// The segment cursor (segment index, its first key) for key k: seq.seg_end and the key count
-// when k is past the last key. The calling warp reads 32 segment lengths at a time with
-// independent loads and scans them, instead of one dependent load per segment (the last split of
-// a 64-block prompt starts 60 segments in). All 32 lanes must call it together.
-__device__ __forceinline__ void LocateKey(const AttentionParams& p, const AttnSequence& seq, int k,
-                                          int lane, int& seg, int& seg_start) {
-  seg = seq.seg_begin;
-  seg_start = 0;
-  for (int base = seq.seg_begin; base < seq.seg_end; base += 32) {
-    const int i = base + lane;
-    const int len = i < seq.seg_end ? p.segs[i].num_tokens : 0;
-    int incl = len;  // keys in segments base .. i
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += v;
-    }
-    const unsigned ends_after = __ballot_sync(0xffffffffu, seg_start + incl > k);
-    if (ends_after != 0) {
-      const int j = __ffs(ends_after) - 1;  // the first segment that ends after k holds it
-      seg = base + j;
-      seg_start += __shfl_sync(0xffffffffu, incl - len, j);
-      return;
-    }
-    seg_start += __shfl_sync(0xffffffffu, incl, 31);
-    seg = min(base + 32, seq.seg_end);
-  }
-}
 
 // The tile starting at key k0 (< end), advancing the segment cursor; false past the end.
 __device__ __forceinline__ bool FindTile(const AttentionParams& p, const AttnSequence& seq, int k0,
@@ -159,18 +116,11 @@ struct MmaShape {
 // copied to sQ with cp.async (IssueQLoad), then each thread rotates the chunks it copied
 // (RotateQ) with the segment's cos/sin table (RopeTable).
 
-// cos/sin of offset * inv_freq[i]: the angle (up to ~1e5 rad) reduced to [-pi, pi] in f64, then
-// the f32 intrinsics; an absolute error ~1e-6, far under bf16's rounding (a full f64 sincos would
-// need more registers than the kernel has left beside its accumulators).
+// cos/sin of offset * inv_freq[i] for the D/2 frequencies (RopeCosSin).
 template <int D>
 __device__ __forceinline__ void RopeTable(const float* inv_freq, int offset, float* sCos,
                                           float* sSin, int tid) {
-  for (int i = tid; i < D / 2; i += kMmaThreads) {
-    const double theta = static_cast<double>(offset) * inv_freq[i];
-    const double kTwoPi = 6.283185307179586;
-    const float r = static_cast<float>(fma(-rint(theta * (1.0 / kTwoPi)), kTwoPi, theta));
-    __sincosf(r, &sSin[i], &sCos[i]);
-  }
+  for (int i = tid; i < D / 2; i += kMmaThreads) RopeCosSin(offset, inv_freq[i], &sCos[i], &sSin[i]);
 }
 
 // Starts copying the CTA's query rows into sQ (zeros for rows past the sequence). Thread `tid`
@@ -360,13 +310,6 @@ __device__ __forceinline__ void AttendTile(const bf16* sQ, const bf16* tK, const
   }
 }
 
-// Writes one row's result: straight to `o` (normalized, storage type) without splits, else the
-// normalized partial and (m, l) to the workspace.
-struct PartialOut {
-  float* o;   // [seqs][splits][max_q_len][heads][D]
-  float* ml;  // [seqs][splits][max_q_len][heads][2]
-};
-
 template <int D, int WM>
 __global__ void __launch_bounds__(kMmaThreads)
     MmaAttentionKernel(AttentionParams p, int splits, PartialOut ws) {
@@ -395,7 +338,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int kvh = blockIdx.y / splits, split = blockIdx.y % splits;
   const int t_min = row0 / group;
   const int t_max = (row0 + rows - 1) / group;
-  const KeyRange range = SplitRange(seq, split, splits, t_max);
+  const KeyRange range = SplitRange(seq, split, splits, t_max, kMmaKeys);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, tq = lane & 3;
@@ -526,7 +469,7 @@ __global__ void __launch_bounds__(kGenericWarps * 32)
   const int kvh = blockIdx.y / splits, split = blockIdx.y % splits;
   const int t = r / group, h = kvh * group + r % group;
   const int D = p.head_dim, half = D / 2;
-  const KeyRange range = SplitRange(seq, split, splits, t);
+  const KeyRange range = SplitRange(seq, split, splits, t, kMmaKeys);
   const float scale_log2 = p.scale * kLog2e;
 
   const T* q = static_cast<const T*>(seq.q) + t * p.q_stride + h * D;
@@ -721,12 +664,13 @@ int MmaBlocksPerSm(const AttentionParams& p) {
 int32_t AttentionSplits(const AttentionParams& p, int num_sms) {
   if (p.num_splits > 0) return p.num_splits;
   const int group = p.num_heads / p.num_kv_heads;
-  const int rows = MmaRowsPerCta(p);
+  const bool wgmma = WgmmaAttentionApplies(p);  // one 128-row CTA per multiprocessor
+  const int rows = wgmma ? kWgmmaRowsPerCta : MmaRowsPerCta(p);
   const int64_t ctas =
       static_cast<int64_t>((p.max_q_len * group + rows - 1) / rows) * p.num_kv_heads * p.num_seqs;
   // Fill exactly one wave of resident CTAs: a second, partial wave would double the time of the
   // slowest split.
-  const int64_t slots = static_cast<int64_t>(MmaBlocksPerSm(p)) * num_sms;
+  const int64_t slots = static_cast<int64_t>(wgmma ? 1 : MmaBlocksPerSm(p)) * num_sms;
   int64_t splits = slots / ctas;
   const int64_t by_keys = p.max_keys / 256 > 1 ? p.max_keys / 256 : 1;
   if (splits > by_keys) splits = by_keys;
@@ -750,9 +694,10 @@ cudaError_t LaunchAttention(const AttentionParams& p, int32_t splits, void* work
   }
   const bool mma_ok = p.dtype == DType::kBF16 && (p.head_dim == 64 || p.head_dim == 128) &&
                       p.q_stride % 8 == 0 && p.o_stride % 8 == 0;
-  if (!force_generic && WgmmaAttentionApplies(p, splits)) return LaunchWgmmaAttention(p, stream);
   cudaError_t err;
-  if (mma_ok && !force_generic) {
+  if (!force_generic && WgmmaAttentionApplies(p)) {
+    err = LaunchWgmmaAttention(p, splits, ws, stream);
+  } else if (mma_ok && !force_generic) {
     err = p.head_dim == 64 ? LaunchMmaFor<64>(p, splits, ws, stream)
                            : LaunchMmaFor<128>(p, splits, ws, stream);
   } else {

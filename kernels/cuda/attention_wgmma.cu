@@ -1,14 +1,22 @@
-// Causal full-prompt prefill attention on Hopper's warpgroup MMA (wgmma, sm_90a only): bf16,
-// head_dim 128, each sequence over one segment of its own keys (rope_offset 0), no key splits.
-// Design and entry points in kernels/cuda/internal/attention_wgmma.h.
+// Attention on Hopper's warpgroup MMA (wgmma, sm_90a only): bf16, head_dim 128, sequences over
+// any segment table (cached blocks re-encoded, then their own keys, causal from causal_start),
+// optionally split over the key axis. Design and entry points in
+// kernels/cuda/internal/attention_wgmma.h.
 //
 // A CTA takes 128 query rows of one KV head (token-major (token, head in group) rows, as
-// MmaAttentionKernel, so GQA heads share every K/V tile) with three warpgroups, warp-specialised
-// as in FlashAttention-3:
-// - the producer warpgroup streams 128-key K and V tiles through two three-stage rings in shared
-//   memory with cp.async; per stage a "full" mbarrier (completed by the copies themselves,
-//   cp.async.mbarrier.arrive.noinc) and an "empty" one (the consumers' warps arrive when their
-//   wgmma has read the stage). It gives most of its registers back (setmaxnreg).
+// MmaAttentionKernel, so GQA heads share every K/V tile) and one split's key range, with three
+// warpgroups, warp-specialised as in FlashAttention-3:
+// - the producer warpgroup streams K and V tiles of up to 128 keys through two three-stage rings
+//   in shared memory with cp.async; a tile never straddles a segment (a segment's last tile may
+//   be partial). Per stage a "full" mbarrier (completed by the copies themselves,
+//   cp.async.mbarrier.arrive.noinc, and by one plain arrival that publishes the tile's key range
+//   and rope_offset in a small ring beside the tiles) and an "empty" one (the consumers' warps
+//   arrive when their wgmma has read the stage). It gives most of its registers back
+//   (setmaxnreg).
+// - each consumer warpgroup writes its 64 query rows into the swizzled Q buffer that wgmma reads,
+//   rotated by -rope_offset (q . R(o)k = R(-o)q . k): once at the start and again whenever a
+//   tile's segment has another offset than the one in the buffer (then generic-proxy writes,
+//   fence.proxy.async, a warpgroup barrier). Re-encoded K is never materialised.
 // - two consumer warpgroups own 64 rows each: S = Q K^T by eight wgmma.m64n128k16 with Q and K
 //   in shared memory (both K-major), the causal mask on tiles that cross the diagonal only, online
 //   softmax on the accumulator registers (log2 domain), then O += P V by eight wgmma.m64n128k16
@@ -17,7 +25,8 @@
 // Per iteration i a consumer issues S_i and O += P_{i-1} V_{i-1} together, then runs the softmax
 // of S_i while the latter is still on the tensor cores; the two consumers take turns issuing
 // (ping-pong through named barriers), so one's softmax runs under the other's MMAs. CTAs run
-// longest-first.
+// longest-first. With key splits each row's normalized partial and (m, l) go to the PartialOut
+// workspace that CombineKernel (attention.cu) merges, as MmaAttentionKernel's do.
 //
 // Shared-memory tiles are 128-byte rows (64 bf16 of the head dim; a 128-dim row is split into
 // two halves stored one after the other) in 1024-byte groups of 8 whose 16-byte chunks are
@@ -25,6 +34,7 @@
 // K-major operands and for V (rows = keys, 64 dims contiguous) as an MN-major one.
 #include <cfloat>
 
+#include "kernels/cuda/internal/attention_common.cuh"
 #include "kernels/cuda/internal/attention_wgmma.h"
 #include "kernels/cuda/internal/common.cuh"
 #include "kernels/cuda/internal/tensor_core.cuh"
@@ -33,7 +43,7 @@ namespace kvblock::cuda::internal {
 namespace {
 
 constexpr int kD = 128;          // head_dim
-constexpr int kRows = 128;       // query rows per CTA: two consumer warpgroups of 64
+constexpr int kRows = kWgmmaRowsPerCta;  // query rows per CTA: two consumer warpgroups of 64
 constexpr int kKeys = 128;       // keys per K/V tile
 constexpr int kWarpgroup = 128;  // threads
 constexpr int kConsumers = 2;    // consumer warpgroups
@@ -47,7 +57,17 @@ constexpr int kQBytes = kRows * kD * 2;
 constexpr int kTileBytes = kKeys * kD * 2;      // K or V of one tile
 constexpr int kAlign = 1024;                    // swizzle atoms start 1024-byte aligned
 constexpr int kBarrierBytes = 4 * kStages * 8;  // full/empty mbarriers of both rings
-constexpr int kSmemBytes = kAlign + kQBytes + 2 * kStages * kTileBytes + kBarrierBytes;
+
+// What the producer tells the consumers about the tile in a K stage (written before the stage's
+// full barrier completes, read before its empty barrier is arrived on).
+struct TileInfo {
+  int k0;           // global key index (within the sequence) of the tile's first key
+  int len;          // keys in the tile, 0..kKeys (0: an empty key range, every score masked)
+  int rope_offset;  // the segment's re-encoding offset
+  int last;         // nonzero for the CTA's last tile
+};
+constexpr int kInfoBytes = kStages * sizeof(TileInfo);
+constexpr int kSmemBytes = kAlign + kQBytes + 2 * kStages * kTileBytes + kBarrierBytes + kInfoBytes;
 static_assert(kSmemBytes <= 227 * 1024, "exceeds sm_90's opt-in shared memory");
 static_assert(kProducerRegs * kWarpgroup + kConsumerRegs * kConsumers * kWarpgroup <= 65536,
               "register budgets exceed the register file");
@@ -189,19 +209,49 @@ static_assert(kWarpgroup % (kD / 8) == 0 && (kWarpgroup / (kD / 8)) % 8 == 0 &&
                   kKeys % (kWarpgroup / (kD / 8)) == 0,
               "IssueTileLoad: a thread's keys must share the swizzle phase and tile the keys");
 
-// Copies consumer warpgroup `wg`'s 64 query rows (CTA rows wg*64.., zeros past `rows`) into its
-// part of sQ ([half][64 rows][64], swizzled) with that warpgroup's threads (`t` in 0..127).
-__device__ __forceinline__ void IssueQLoad(const AttentionParams& p, const bf16* q, int row0,
-                                           int rows, int group, int kvh, int wg, int t,
-                                           uint32_t sQ) {
+// Writes consumer warpgroup `wg`'s 64 query rows (CTA rows wg*64.., zeros past `rows`) into its
+// part of sQ ([half][64 rows][64], swizzled), rotated by -offset (RoPE's rotate-half pairs: dim d
+// with d + 64), with that warpgroup's threads (`t` in 0..127): thread t rotates dims 8c..8c+7
+// and 64+8c.. (c = t % 8) of rows t / 8 + 16j. Plain loads (the queries stay in L2) and
+// generic-proxy shared stores: the caller fences and synchronises before wgmma reads them.
+__device__ __forceinline__ void StoreQ(const AttentionParams& p, const bf16* q, int row0, int rows,
+                                       int group, int kvh, int wg, int t, uint32_t sQ,
+                                       int offset) {
+  constexpr int kHalfDim = kD / 2;
+  const int c = t % 8;
+  float cs[8], sn[8];
 #pragma unroll
-  for (int it = 0; it < 64 * (kD / 8) / kWarpgroup; ++it) {
-    const int i = t + it * kWarpgroup, rr = i >> 4, c = i & 15, r = wg * 64 + rr;
-    const bool valid = r < rows;
-    const int gr = row0 + r;
-    const bf16* src =
-        valid ? q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD + c * 8 : q;
-    CpAsync16(sQ + (c >> 3) * (64 * kHalfRowBytes) + Swizzle(rr, c & 7), src, valid);
+  for (int e = 0; e < 8; ++e) {
+    cs[e] = 1.f, sn[e] = 0.f;
+    if (offset != 0) RopeCosSin(offset, p.inv_freq[c * 8 + e], &cs[e], &sn[e]);
+  }
+#pragma unroll
+  for (int j = 0; j < 64 / 16; ++j) {
+    const int rr = t / 8 + 16 * j, r = wg * 64 + rr;
+    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+    if (r < rows) {
+      const int gr = row0 + r;
+      const bf16* src = q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD;
+      lo = *reinterpret_cast<const uint4*>(src + c * 8);
+      hi = *reinterpret_cast<const uint4*>(src + kHalfDim + c * 8);
+    }
+    if (offset != 0) {
+      bf16* l8 = reinterpret_cast<bf16*>(&lo);
+      bf16* h8 = reinterpret_cast<bf16*>(&hi);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
+        l8[e] = __float2bfloat16_rn(x0 * cs[e] + x1 * sn[e]);
+        h8[e] = __float2bfloat16_rn(x1 * cs[e] - x0 * sn[e]);
+      }
+    }
+    const uint32_t dst = sQ + Swizzle(rr, c);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(lo.x), "r"(lo.y),
+                 "r"(lo.z), "r"(lo.w)
+                 : "memory");
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 64 * kHalfRowBytes),
+                 "r"(hi.x), "r"(hi.y), "r"(hi.z), "r"(hi.w)
+                 : "memory");
   }
 }
 
@@ -254,20 +304,21 @@ struct OnlineSoftmax {
     }
   }
 
-  // Turns the raw scores of keys [k0, k0 + kKeys) into unnormalised probabilities (masked keys
-  // 0), updates the running maxima and sums, and returns in alpha the factor O's rows must be
-  // scaled by before this tile's P V is added.
-  __device__ __forceinline__ void Tile(float (&s)[64], int k0, float (&alpha)[2]) {
-    // A tile that every row of the CTA sees entirely needs no mask.
-    const bool masked = k0 + kKeys - 1 > seq.causal_start + t_min || k0 + kKeys > seq.num_keys;
+  // Turns the raw scores of the tile's keys [k0, k0 + len) (columns past len masked) into
+  // unnormalised probabilities (masked keys 0), updates the running maxima and sums, and returns
+  // in alpha the factor O's rows must be scaled by before this tile's P V is added.
+  __device__ __forceinline__ void Tile(float (&s)[64], int k0, int len, float (&alpha)[2]) {
+    // A full tile that every row of the CTA sees entirely needs no mask.
+    const bool masked = len < kKeys || k0 + kKeys - 1 > seq.causal_start + t_min;
     if (masked) {
 #pragma unroll
-      for (int b = 0; b < kKeys / 8; ++b) {
+      for (int hi = 0; hi < 2; ++hi) {
+        const int limit = min(len, last[hi] - k0 + 1);  // columns this row sees
 #pragma unroll
-        for (int hi = 0; hi < 2; ++hi) {
+        for (int b = 0; b < kKeys / 8; ++b) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            if (k0 + b * 8 + tq * 2 + e > last[hi]) s[b * 4 + hi * 2 + e] = -INFINITY;
+            if (b * 8 + tq * 2 + e >= limit) s[b * 4 + hi * 2 + e] = -INFINITY;
           }
         }
       }
@@ -336,10 +387,12 @@ __device__ __forceinline__ void RescaleO(float (&o)[64], const float (&alpha)[2]
 }
 
 // The K and V rings: stage s of K at sK0 + s tiles, of V at sV0 + s tiles; mbarriers full_k,
-// empty_k, full_v, empty_v of stage s at bars + (ring * kStages + s) * 8. Tile j uses stage
-// j % kStages in phase (j / kStages) & 1.
+// empty_k, full_v, empty_v of stage s at bars + (ring * kStages + s) * 8; the K stage's TileInfo
+// at info[s]. Tile j uses stage j % kStages in phase (j / kStages) & 1.
 struct Rings {
   uint32_t sK0, sV0, bars;
+  TileInfo* info;
+  __device__ TileInfo& Info(int j) const { return info[j % kStages]; }
   __device__ uint32_t K(int j) const { return sK0 + (j % kStages) * kTileBytes; }
   __device__ uint32_t V(int j) const { return sV0 + (j % kStages) * kTileBytes; }
   __device__ uint32_t Bar(int ring, int j) const {
@@ -352,18 +405,47 @@ struct Rings {
   __device__ static uint32_t Parity(int j) { return (j / kStages) & 1; }
 };
 
-// The producer warpgroup: tile j's K then V into their stages once the consumers freed them
-// (a fresh barrier counts as freed: the wait for parity 1 passes at once).
-__device__ __forceinline__ void ProduceTiles(const Rings& rings, const bf16* k, const bf16* v,
-                                             int num_tiles, int end, int t) {
-  for (int j = 0; j < num_tiles; ++j) {
+// The producer warpgroup: the tiles of keys [range.begin, range.end) of KV head kvh (at least
+// one: an empty range gives one tile of no keys), each tile's K then V into their stages once the
+// consumers freed them (a fresh barrier counts as freed: the wait for parity 1 passes at once);
+// thread 0 publishes each tile's TileInfo with its extra arrival on the full K barrier.
+__device__ __forceinline__ void ProduceTiles(const AttentionParams& p, const AttnSequence& seq,
+                                             const Rings& rings, KeyRange range, int kvh, int t) {
+  int seg, seg_start;
+  LocateKey(p, seq, range.begin, t & 31, seg, seg_start);
+  const bf16* none = static_cast<const bf16*>(seq.q);  // source of copies that read nothing
+  int k0 = range.begin;
+  for (int j = 0;; ++j) {
+    while (seg < seq.seg_end && k0 - seg_start >= p.segs[seg].num_tokens) {
+      seg_start += p.segs[seg].num_tokens;
+      ++seg;
+    }
+    const bool any = k0 < range.end && seg < seq.seg_end;  // past the end: a malformed table
+    TileInfo info{k0, 0, 0, 1};
+    const bf16 *k = none, *v = none;
+    int in_seg = 0;
+    if (any) {
+      const AttnSegment& sg = p.segs[seg];
+      in_seg = k0 - seg_start;
+      info.len = min(kKeys, min(range.end - k0, sg.num_tokens - in_seg));
+      info.rope_offset = sg.rope_offset;
+      info.last = k0 + info.len >= range.end;
+      k = static_cast<const bf16*>(sg.k) + kvh * sg.head_stride;
+      v = static_cast<const bf16*>(sg.v) + kvh * sg.head_stride;
+    }
     const uint32_t free_parity = Rings::Parity(j) ^ 1;
     MbarWait(rings.EmptyK(j), free_parity);
-    IssueTileLoad(k, j * kKeys, end, rings.K(j), t);
+    IssueTileLoad(k, in_seg, in_seg + info.len, rings.K(j), t);
+    if (t == 0) {
+      rings.Info(j) = info;
+      MbarArrive(rings.FullK(j));  // release: the consumers' wait acquires the info
+    }
     MbarArriveOnCopies(rings.FullK(j));
     MbarWait(rings.EmptyV(j), free_parity);
-    IssueTileLoad(v, j * kKeys, end, rings.V(j), t);
+    IssueTileLoad(v, in_seg, in_seg + info.len, rings.V(j), t);
     MbarArriveOnCopies(rings.FullV(j));
+    if (info.last) break;
+    k0 += info.len;
   }
   CpAsyncWait<0>();  // no copy outlives its thread
 }
@@ -379,14 +461,28 @@ __device__ __forceinline__ void ReleaseTile(uint32_t bar, int lane) {
   if (lane == 0) MbarArrive(bar);
 }
 
-__global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionParams p) {
+// Makes consumer warpgroup wg's Q rows rotated by -offset the ones its wgmma reads (none of its
+// wgmma may be pending).
+__device__ __forceinline__ void PrepareQ(const AttentionParams& p, const bf16* q, int row0,
+                                         int rows, int group, int kvh, int wg, int t, uint32_t qa,
+                                         int offset) {
+  StoreQ(p, q, row0, rows, group, kvh, wg, t, qa, offset);
+  FenceProxyAsync();
+  NamedBarrierSync(kQBarrier + wg, kWarpgroup);
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    WgmmaAttentionKernel(AttentionParams p, int splits, PartialOut ws) {
   extern __shared__ unsigned char smem[];
   const uint32_t raw = SmemAddr(smem);
-  const uint32_t sQ = raw + (kAlign - raw % kAlign) % kAlign;
+  const uint32_t pad = (kAlign - raw % kAlign) % kAlign;
+  const uint32_t sQ = raw + pad;
   Rings rings;
   rings.sK0 = sQ + kQBytes;
   rings.sV0 = rings.sK0 + kStages * kTileBytes;
   rings.bars = rings.sV0 + kStages * kTileBytes;
+  rings.info = reinterpret_cast<TileInfo*>(smem + pad + kQBytes + 2 * kStages * kTileBytes +
+                                           kBarrierBytes);
 
   const AttnSequence seq = p.seqs[blockIdx.z];
   const int group = p.num_heads / p.num_kv_heads;
@@ -396,15 +492,11 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   const int row0 = cta * kRows;
   if (row0 >= rows_total) return;
   const int rows = min(kRows, rows_total - row0);
-  const int kvh = blockIdx.y;
+  const int kvh = blockIdx.y / splits, split = blockIdx.y % splits;
   const int t_min = row0 / group, t_max = (row0 + rows - 1) / group;
-  const int end = min(seq.num_keys, seq.causal_start + t_max + 1);  // keys any row sees
-  // At least one tile, so the pipeline below is straight-line code (with no key, every score is
-  // masked and the rows come out zero).
-  const int num_tiles = max(1, (end + kKeys - 1) / kKeys);
 
   if (threadIdx.x < kStages) {
-    MbarInit(rings.FullK(threadIdx.x), kWarpgroup);
+    MbarInit(rings.FullK(threadIdx.x), kWarpgroup + 1);  // the copies and the TileInfo
     MbarInit(rings.FullV(threadIdx.x), kWarpgroup);
     MbarInit(rings.EmptyK(threadIdx.x), kConsumerWarps);
     MbarInit(rings.EmptyV(threadIdx.x), kConsumerWarps);
@@ -414,22 +506,14 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   const int t = threadIdx.x % kWarpgroup, lane = threadIdx.x & 31;
   if (threadIdx.x < kWarpgroup) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
-    const AttnSegment seg = p.segs[seq.seg_begin];
-    ProduceTiles(rings, static_cast<const bf16*>(seg.k) + kvh * seg.head_stride,
-                 static_cast<const bf16*>(seg.v) + kvh * seg.head_stride, num_tiles, end, t);
+    ProduceTiles(p, seq, rings, SplitRange(seq, split, splits, t_max, kKeys), kvh, t);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
   const int wg = threadIdx.x / kWarpgroup - 1;  // consumer 0 or 1
   const int other = wg ^ 1;
   const uint32_t qa = sQ + wg * (64 * kD * 2);
-  IssueQLoad(p, static_cast<const bf16*>(seq.q), row0, rows, group, kvh, wg, t, qa);
-  CpAsyncCommit();
-  CpAsyncWait<0>();
-  FenceProxyAsync();
-  NamedBarrierSync(kQBarrier + wg, kWarpgroup);
-  // Consumer 0 issues first.
-  if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
+  const bf16* q = static_cast<const bf16*>(seq.q);
 
   // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
   const int r_lo = wg * 64 + ((t >> 5) & 3) * 16 + (lane >> 2);
@@ -443,8 +527,13 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   uint32_t pa[kKeys / 16][4];  // P of the previous tile
 
   float s[64];
-  // Tile 0: S alone.
+  // Tile 0: the queries at its offset, then S alone.
   WaitTile(rings.FullK(0), 0);
+  TileInfo tile = rings.Info(0);
+  int q_offset = tile.rope_offset;  // the rotation of this consumer's rows in sQ
+  PrepareQ(p, q, row0, rows, group, kvh, wg, t, qa, q_offset);
+  // Consumer 0 issues first.
+  if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
   NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);  // this consumer's turn
   FenceRegs(s);
   WgmmaFence();
@@ -453,11 +542,18 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   WgmmaWait<0>();
   FenceRegs(s);
   ReleaseTile(rings.EmptyK(0), lane);
-  softmax.Tile(s, 0, alpha);
+  softmax.Tile(s, tile.k0, tile.len, alpha);
   ToBf16Fragments(s, pa);
-  // Tile i: S_i and O += P_{i-1} V_{i-1}, the softmax of S_i under the latter.
-  for (int i = 1; i < num_tiles; ++i) {
+  // Tile i: S_i and O += P_{i-1} V_{i-1}, the softmax of S_i under the latter. Each iteration
+  // ends with none of this consumer's wgmma pending, so sQ may be rewritten at its start.
+  int i = 1;
+  for (; !tile.last; ++i) {
     WaitTile(rings.FullK(i), i);
+    tile = rings.Info(i);
+    if (tile.rope_offset != q_offset) {  // a segment at another offset: rotate the queries anew
+      q_offset = tile.rope_offset;
+      PrepareQ(p, q, row0, rows, group, kvh, wg, t, qa, q_offset);
+    }
     WaitTile(rings.FullV(i - 1), i - 1);
     RescaleO(o, alpha);  // before taking the turn: the other consumer's MMAs wait less
     FenceRegs(o);
@@ -471,13 +567,14 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
     WgmmaWait<1>();  // S_i done; O += P_{i-1} V_{i-1} may still run
     FenceRegs(s);
     ReleaseTile(rings.EmptyK(i), lane);
-    softmax.Tile(s, i * kKeys, alpha);
+    softmax.Tile(s, tile.k0, tile.len, alpha);
     WgmmaWait<0>();  // O += P_{i-1} V_{i-1} done: O and pa are free, and so is V_{i-1}
     FenceRegs(o);
     FenceP(pa);
     ReleaseTile(rings.EmptyV(i - 1), lane);
     ToBf16Fragments(s, pa);
   }
+  const int num_tiles = i;
   // O += P V of the last tile, in turn (consumer 1 goes last and hands no turn back, so every
   // bar.sync meets exactly its arrivals).
   WaitTile(rings.FullV(num_tiles - 1), num_tiles - 1);
@@ -491,7 +588,8 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
   WgmmaWait<0>();
   FenceRegs(o);
 
-  // Full row sums, then the normalized rows this CTA owns.
+  // Full row sums, then the normalized rows this CTA owns: the output, or with key splits the
+  // split's partial and (m, l) for CombineKernel.
 #pragma unroll
   for (int hi = 0; hi < 2; ++hi) {
     float l = softmax.l_run[hi];
@@ -501,11 +599,26 @@ __global__ void __launch_bounds__(kThreads, 1) WgmmaAttentionKernel(AttentionPar
     if (r >= rows) continue;
     const int gr = row0 + r, token = gr / group, h = kvh * group + gr % group;
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* out = static_cast<bf16*>(seq.o) + int64_t{token} * p.o_stride + h * kD;
+    if (splits == 1) {
+      bf16* out = static_cast<bf16*>(seq.o) + int64_t{token} * p.o_stride + h * kD;
 #pragma unroll
-    for (int b = 0; b < kD / 8; ++b) {
-      *reinterpret_cast<uint32_t*>(out + b * 8 + tq * 2) =
-          PackBf16(o[b * 4 + hi * 2] * inv, o[b * 4 + hi * 2 + 1] * inv);
+      for (int b = 0; b < kD / 8; ++b) {
+        *reinterpret_cast<uint32_t*>(out + b * 8 + tq * 2) =
+            PackBf16(o[b * 4 + hi * 2] * inv, o[b * 4 + hi * 2 + 1] * inv);
+      }
+    } else {
+      const int64_t idx =
+          ((int64_t{blockIdx.z} * splits + split) * p.max_q_len + token) * p.num_heads + h;
+      float* out = ws.o + idx * kD;
+#pragma unroll
+      for (int b = 0; b < kD / 8; ++b) {
+        *reinterpret_cast<float2*>(out + b * 8 + tq * 2) =
+            make_float2(o[b * 4 + hi * 2] * inv, o[b * 4 + hi * 2 + 1] * inv);
+      }
+      if (tq == 0) {
+        ws.ml[idx * 2] = l > 0.f ? softmax.m_run[hi] : -INFINITY;
+        ws.ml[idx * 2 + 1] = l;
+      }
     }
   }
 }
@@ -529,23 +642,23 @@ bool WgmmaAttentionRunnable() {
   return ok;
 }
 
-bool WgmmaAttentionApplies(const AttentionParams& p, int32_t splits) {
+bool WgmmaAttentionApplies(const AttentionParams& p) {
   // Decode-like launches (fewer rows than one CTA holds) stay on the mma.sync kernel, whose
   // 16-row fragments waste less.
   const int64_t rows = int64_t{p.max_q_len} * (p.num_heads / p.num_kv_heads);
-  return p.single_segment && splits == 1 && rows >= kRows && p.scale > 0.f &&
-         p.dtype == DType::kBF16 && p.head_dim == kD && p.q_stride % 8 == 0 &&
-         p.o_stride % 8 == 0 && WgmmaAttentionRunnable();
+  return rows >= kRows && p.scale > 0.f && p.dtype == DType::kBF16 && p.head_dim == kD &&
+         p.q_stride % 8 == 0 && p.o_stride % 8 == 0 && WgmmaAttentionRunnable();
 }
 
-cudaError_t LaunchWgmmaAttention(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t LaunchWgmmaAttention(const AttentionParams& p, int32_t splits, PartialOut ws,
+                                 cudaStream_t stream) {
   // Idempotent and host-only; set on every launch so no static state is shared across threads.
   cudaError_t e = cudaFuncSetAttribute(WgmmaAttentionKernel,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (e != cudaSuccess) return e;
   const int group = p.num_heads / p.num_kv_heads;
-  const dim3 grid((p.max_q_len * group + kRows - 1) / kRows, p.num_kv_heads, p.num_seqs);
-  WgmmaAttentionKernel<<<grid, kThreads, kSmemBytes, stream>>>(p);
+  const dim3 grid((p.max_q_len * group + kRows - 1) / kRows, p.num_kv_heads * splits, p.num_seqs);
+  WgmmaAttentionKernel<<<grid, kThreads, kSmemBytes, stream>>>(p, splits, ws);
   return cudaGetLastError();
 }
 

@@ -59,10 +59,6 @@ struct AttentionParams {
   int32_t max_keys = 0;
   // Key-axis splits; 0 = choose from the shape (see AttentionNumSplits).
   int32_t num_splits = 0;
-  // Host-known promise: every sequence has exactly one segment, with rope_offset 0 (full
-  // prefill, no cached blocks). Lets bf16 head_dim 128 launches without splits use the Hopper
-  // wgmma kernel (kernels/cuda/internal/attention_wgmma.h). Default false: any segment table.
-  bool single_segment = false;
 };
 
 // RoPE on the fused QKV projection output, in place for Q, then K (rotated) and V are written to

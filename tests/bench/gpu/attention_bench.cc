@@ -133,7 +133,6 @@ void Build(const Options& o, const std::vector<int>& lens, const std::vector<int
     p.inv_freq = d_inv;
     p.max_q_len = q_len;
     p.max_keys = keys;
-    p.single_segment = segs.size() == 1 && offsets[0] == 0;  // prefill: the wgmma kernel on Hopper
     c.params.push_back(p);
   }
   absl::StatusOr<AttentionPlan> plan = PlanAttention(c.params[0], num_sms);

@@ -184,10 +184,6 @@ void RunAttention(const Shape& s, const std::vector<HostSeq>& seqs) {
   p.max_q_len = max_q;
   p.max_keys = max_keys;
   p.num_splits = s.splits;
-  // Full prefill (one segment at offset 0 per sequence) may take the Hopper wgmma kernel.
-  p.single_segment = std::all_of(seqs.begin(), seqs.end(), [](const HostSeq& h) {
-    return h.lens.size() == 1 && h.offsets[0] == 0;
-  });
   absl::StatusOr<AttentionPlan> plan = PlanAttention(p, NumSms());
   ASSERT_TRUE(plan.ok()) << plan.status();
   DeviceBuffer ws(plan->workspace_bytes);
@@ -303,6 +299,33 @@ TEST(CudaAttention, PrefillManyKeyTiles) {
   const Shape s{DType::kBF16, 128, 8, 2, 1, false};
   const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
   RunAttention(s, {MakeSeq(s, {2053}, {0}, 2053, 0, q_stride)});
+}
+
+TEST(CudaAttention, BlockModeManyBlocksAtHeadDim128) {
+  // Block mode at the wgmma kernel's shapes (bf16, D 128, >= 128 query rows per KV head): many
+  // cached blocks of odd lengths that are not multiples of its 128-key tiles (one of 1 key, one
+  // of 512, one empty), re-encoded to their prompt offsets, then a 50-token final block; a second
+  // request with fewer blocks and 40 tokens in the same launch; GQA 4 and 8; no split, forced
+  // splits whose boundaries fall inside blocks, and the planner's choice.
+  const auto request = [](const Shape& s, int blocks, int q_len) {
+    std::vector<int> lens, offsets;
+    int at = 0;
+    for (int b = 0; b < blocks; ++b) {
+      lens.push_back(b == 3 ? 1 : b == 5 ? 512 : b == 8 ? 0 : 100 + (b * 97) % 300);
+      offsets.push_back(at);
+      at += lens.back();
+    }
+    lens.push_back(q_len);
+    offsets.push_back(0);
+    const int64_t q_stride = int64_t{s.heads + 2 * s.kv_heads} * s.head_dim;
+    return MakeSeq(s, lens, offsets, q_len, at, q_stride);
+  };
+  for (auto [h, kvh] : {std::pair{16, 4}, std::pair{32, 4}}) {
+    for (int splits : {1, 7, 16, 0}) {
+      const Shape s{DType::kBF16, 128, h, kvh, splits, false};
+      RunAttention(s, {request(s, 23, 50), request(s, 9, 40)});
+    }
+  }
 }
 
 TEST(CudaAttention, BatchedDecode) {

@@ -443,7 +443,6 @@ absl::Status CudaModel::Forward(absl::Span<const ForwardSeq> seqs, absl::Span<co
   ap.inv_freq = inv_freq_.as<float>();
   ap.max_q_len = static_cast<int32_t>(max_q);
   ap.max_keys = static_cast<int32_t>(max_keys);
-  ap.single_segment = runs == 0;  // no context runs: each sequence's own segment only
   auto plan = PlanAttention(ap, num_sms_);
   if (!plan.ok()) return plan.status();
   if (plan->workspace_bytes > attn_ws_.bytes()) {
