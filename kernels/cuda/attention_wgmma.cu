@@ -209,51 +209,65 @@ static_assert(kWarpgroup % (kD / 8) == 0 && (kWarpgroup / (kD / 8)) % 8 == 0 &&
                   kKeys % (kWarpgroup / (kD / 8)) == 0,
               "IssueTileLoad: a thread's keys must share the swizzle phase and tile the keys");
 
-// Writes consumer warpgroup `wg`'s 64 query rows (CTA rows wg*64.., zeros past `rows`) into its
-// part of sQ ([half][64 rows][64], swizzled), rotated by -offset (RoPE's rotate-half pairs: dim d
-// with d + 64), with that warpgroup's threads (`t` in 0..127): thread t rotates dims 8c..8c+7
-// and 64+8c.. (c = t % 8) of rows t / 8 + 16j. Plain loads (the queries stay in L2) and
-// generic-proxy shared stores: the caller fences and synchronises before wgmma reads them.
-__device__ __forceinline__ void StoreQ(const AttentionParams& p, const bf16* q, int row0, int rows,
-                                       int group, int kvh, int wg, int t, uint32_t sQ,
-                                       int offset) {
-  constexpr int kHalfDim = kD / 2;
-  const int c = t % 8;
-  float cs[8], sn[8];
+// A consumer thread's share of its warpgroup's 64 query rows (CTA rows wg*64.., zeros past
+// `rows`), unrotated, kept in registers for the CTA's life: dims 8c..8c+7 (lo) and 64+8c..
+// (hi, its RoPE rotate-half partners) of rows t / 8 + 16j, c = t % 8, t in 0..127. 32 registers:
+// ptxas spills 36 bytes beside them, and block mode at 32K runs 0.093 ms instead of 0.107 ms
+// with the rows re-read from L2 at every segment change (docs/benchmarks.md).
+struct QRows {
+  static constexpr int kPer = 64 / (kWarpgroup / 8);  // rows per thread
+  uint4 lo[kPer], hi[kPer];
+
+  __device__ __forceinline__ void Load(const AttentionParams& p, const bf16* q, int row0, int rows,
+                                       int group, int kvh, int wg, int t) {
+    const int c = t % 8;
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    cs[e] = 1.f, sn[e] = 0.f;
-    if (offset != 0) RopeCosSin(offset, p.inv_freq[c * 8 + e], &cs[e], &sn[e]);
-  }
-#pragma unroll
-  for (int j = 0; j < 64 / 16; ++j) {
-    const int rr = t / 8 + 16 * j, r = wg * 64 + rr;
-    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-    if (r < rows) {
-      const int gr = row0 + r;
-      const bf16* src = q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD;
-      lo = *reinterpret_cast<const uint4*>(src + c * 8);
-      hi = *reinterpret_cast<const uint4*>(src + kHalfDim + c * 8);
-    }
-    if (offset != 0) {
-      bf16* l8 = reinterpret_cast<bf16*>(&lo);
-      bf16* h8 = reinterpret_cast<bf16*>(&hi);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
-        l8[e] = __float2bfloat16_rn(x0 * cs[e] + x1 * sn[e]);
-        h8[e] = __float2bfloat16_rn(x1 * cs[e] - x0 * sn[e]);
+    for (int j = 0; j < kPer; ++j) {
+      const int r = wg * 64 + t / 8 + 16 * j;
+      lo[j] = hi[j] = make_uint4(0, 0, 0, 0);
+      if (r < rows) {
+        const int gr = row0 + r;
+        const bf16* src = q + int64_t{gr / group} * p.q_stride + (kvh * group + gr % group) * kD;
+        lo[j] = *reinterpret_cast<const uint4*>(src + c * 8);
+        hi[j] = *reinterpret_cast<const uint4*>(src + kD / 2 + c * 8);
       }
     }
-    const uint32_t dst = sQ + Swizzle(rr, c);
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(lo.x), "r"(lo.y),
-                 "r"(lo.z), "r"(lo.w)
-                 : "memory");
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 64 * kHalfRowBytes),
-                 "r"(hi.x), "r"(hi.y), "r"(hi.z), "r"(hi.w)
-                 : "memory");
   }
-}
+
+  // Writes the rows rotated by -offset into the warpgroup's part of sQ ([half][64 rows][64],
+  // swizzled) with generic-proxy stores: the caller fences and synchronises before wgmma reads.
+  __device__ __forceinline__ void Store(const float* inv_freq, int t, uint32_t sQ,
+                                        int offset) const {
+    const int c = t % 8;
+    float cs[8], sn[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      cs[e] = 1.f, sn[e] = 0.f;
+      if (offset != 0) RopeCosSin(offset, inv_freq[c * 8 + e], &cs[e], &sn[e]);
+    }
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      uint4 l = lo[j], h = hi[j];
+      if (offset != 0) {
+        bf16* l8 = reinterpret_cast<bf16*>(&l);
+        bf16* h8 = reinterpret_cast<bf16*>(&h);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float x0 = __bfloat162float(l8[e]), x1 = __bfloat162float(h8[e]);
+          l8[e] = __float2bfloat16_rn(x0 * cs[e] + x1 * sn[e]);
+          h8[e] = __float2bfloat16_rn(x1 * cs[e] - x0 * sn[e]);
+        }
+      }
+      const uint32_t dst = sQ + Swizzle(t / 8 + 16 * j, c);
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(l.x), "r"(l.y),
+                   "r"(l.z), "r"(l.w)
+                   : "memory");
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 64 * kHalfRowBytes),
+                   "r"(h.x), "r"(h.y), "r"(h.z), "r"(h.w)
+                   : "memory");
+    }
+  }
+};
 
 // A descriptor of the tile at addr + offset is the one at addr plus offset / 16: both are 16-byte
 // multiples and every shared address is below 2^18, so the 14-bit address field never carries.
@@ -411,21 +425,23 @@ struct Rings {
 // thread 0 publishes each tile's TileInfo with its extra arrival on the full K barrier.
 __device__ __forceinline__ void ProduceTiles(const AttentionParams& p, const AttnSequence& seq,
                                              const Rings& rings, KeyRange range, int kvh, int t) {
-  int seg, seg_start;
-  LocateKey(p, seq, range.begin, t & 31, seg, seg_start);
+  int seg = seq.seg_begin, seg_start = 0;
+  if (range.begin > 0) LocateKey(p, seq, range.begin, t & 31, seg, seg_start);
   const bf16* none = static_cast<const bf16*>(seq.q);  // source of copies that read nothing
+  AttnSegment sg;  // p.segs[loaded]
+  int loaded = -1;
   int k0 = range.begin;
   for (int j = 0;; ++j) {
-    while (seg < seq.seg_end && k0 - seg_start >= p.segs[seg].num_tokens) {
-      seg_start += p.segs[seg].num_tokens;
-      ++seg;
+    for (; seg < seq.seg_end; ++seg) {  // the segment holding k0
+      if (seg != loaded) sg = p.segs[seg], loaded = seg;
+      if (k0 - seg_start < sg.num_tokens) break;
+      seg_start += sg.num_tokens;
     }
     const bool any = k0 < range.end && seg < seq.seg_end;  // past the end: a malformed table
     TileInfo info{k0, 0, 0, 1};
     const bf16 *k = none, *v = none;
     int in_seg = 0;
     if (any) {
-      const AttnSegment& sg = p.segs[seg];
       in_seg = k0 - seg_start;
       info.len = min(kKeys, min(range.end - k0, sg.num_tokens - in_seg));
       info.rope_offset = sg.rope_offset;
@@ -461,12 +477,11 @@ __device__ __forceinline__ void ReleaseTile(uint32_t bar, int lane) {
   if (lane == 0) MbarArrive(bar);
 }
 
-// Makes consumer warpgroup wg's Q rows rotated by -offset the ones its wgmma reads (none of its
-// wgmma may be pending).
-__device__ __forceinline__ void PrepareQ(const AttentionParams& p, const bf16* q, int row0,
-                                         int rows, int group, int kvh, int wg, int t, uint32_t qa,
-                                         int offset) {
-  StoreQ(p, q, row0, rows, group, kvh, wg, t, qa, offset);
+// Makes consumer warpgroup wg's Q rows rotated by -offset the ones its wgmma reads at qa (none
+// of its wgmma may be pending).
+__device__ __forceinline__ void PrepareQ(const QRows& qr, const float* inv_freq, int wg, int t,
+                                         uint32_t qa, int offset) {
+  qr.Store(inv_freq, t, qa, offset);
   FenceProxyAsync();
   NamedBarrierSync(kQBarrier + wg, kWarpgroup);
 }
@@ -513,7 +528,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = threadIdx.x / kWarpgroup - 1;  // consumer 0 or 1
   const int other = wg ^ 1;
   const uint32_t qa = sQ + wg * (64 * kD * 2);
-  const bf16* q = static_cast<const bf16*>(seq.q);
+  QRows qr;  // loads in flight while tile 0 arrives
+  qr.Load(p, static_cast<const bf16*>(seq.q), row0, rows, group, kvh, wg, t);
 
   // This thread's two accumulator rows (CTA-local): r_lo and r_lo + 8.
   const int r_lo = wg * 64 + ((t >> 5) & 3) * 16 + (lane >> 2);
@@ -531,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   WaitTile(rings.FullK(0), 0);
   TileInfo tile = rings.Info(0);
   int q_offset = tile.rope_offset;  // the rotation of this consumer's rows in sQ
-  PrepareQ(p, q, row0, rows, group, kvh, wg, t, qa, q_offset);
+  PrepareQ(qr, p.inv_freq, wg, t, qa, q_offset);
   // Consumer 0 issues first.
   if (wg == 1) NamedBarrierArrive(kTurnBarrier + 0, 2 * kWarpgroup);
   NamedBarrierSync(kTurnBarrier + wg, 2 * kWarpgroup);  // this consumer's turn
@@ -552,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     tile = rings.Info(i);
     if (tile.rope_offset != q_offset) {  // a segment at another offset: rotate the queries anew
       q_offset = tile.rope_offset;
-      PrepareQ(p, q, row0, rows, group, kvh, wg, t, qa, q_offset);
+      PrepareQ(qr, p.inv_freq, wg, t, qa, q_offset);
     }
     WaitTile(rings.FullV(i - 1), i - 1);
     RescaleO(o, alpha);  // before taking the turn: the other consumer's MMAs wait less
