@@ -17,6 +17,10 @@
 #include "services/ucx_data_plane.h"
 
 namespace kvblock {
+namespace {
+// The largest payload a node may announce; anything larger is a broken or hostile node.
+constexpr uint64_t kMaxAnnouncedBytes = uint64_t{4} << 30;
+}  // namespace
 
 bool IsNodeFailure(const absl::Status& status) {
   return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
@@ -286,7 +290,7 @@ absl::StatusOr<uint64_t> CacheClient::GetOnNode(size_t index, const BlockKey& ke
     if (msg.part_case() == v1::GetResponse::kPayloadBytes && !have_size) {
       have_size = true;
       expected = msg.payload_bytes();
-      if (expected > (uint64_t{4} << 30)) {
+      if (expected > kMaxAnnouncedBytes) {
         local = absl::InternalError(absl::StrCat(node.address, " announced a ", expected,
                                                  "-byte block"));
         ctx.TryCancel();
@@ -443,6 +447,28 @@ std::optional<absl::StatusOr<BlockBytes>> CacheClient::AcquireLocal(size_t index
   return std::nullopt;  // not local, lease limit, or broken: UCX / gRPC serve this read
 }
 
+absl::StatusOr<uint64_t> CacheClient::GetOverDataPlane(size_t index, const BlockKey& key,
+                                                       std::vector<uint8_t>& data) {
+  // UCX needs a buffer of the payload's size: one Lookup (microseconds against a fetch of
+  // megabytes) sizes it. Without a session, or if the block changed size meanwhile, gRPC
+  // streams it into a buffer it sizes itself.
+  if (ucx_ != nullptr && nodes_[index]->ucx_session.load() >= 0) {
+    absl::StatusOr<std::vector<v1::LookupResult>> found = LookupOnNode(index, {&key, 1});
+    if (!found.ok()) return found.status();
+    if (!found->front().present()) {
+      return absl::NotFoundError(absl::StrCat("block ", key.ToHex(), " is absent on ", nodes_[index]->address));
+    }
+    const uint64_t size = found->front().payload_bytes();
+    if (size > 0 && size <= kMaxAnnouncedBytes) {
+      data.resize(size);
+      absl::StatusOr<uint64_t> n = GetOnNode(index, key, absl::MakeSpan(data), nullptr);
+      if (n.ok()) data.resize(*n);
+      if (!absl::IsOutOfRange(n.status())) return n;
+    }
+  }
+  return GetOnNode(index, key, absl::Span<uint8_t>(), &data);
+}
+
 absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
   BlockBytes local;
   auto data = std::make_shared<std::vector<uint8_t>>();
@@ -452,7 +478,7 @@ absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
       local = **std::move(b);
       return local.bytes.size();
     }
-    return GetOnNode(node, key, absl::Span<uint8_t>(), data.get());
+    return GetOverDataPlane(node, key, *data);
   });
   if (!n.ok()) return n.status();
   if (local.owner != nullptr) {

@@ -11,7 +11,8 @@
 // BlockBytes is gone), FetchInto() copies from there. Otherwise, and for blocks the node holds
 // only outside its shared memory, FetchInto() reads into a caller-provided buffer over the UCX
 // data plane when the node offers one (ucx_data_plane.h; concurrent calls spread over
-// data_plane_lanes lanes per node), else over the gRPC Get stream, which also serves Get().
+// data_plane_lanes lanes per node), else over the gRPC Get stream; Get() does the same into a
+// buffer of its own, sized by a Lookup.
 //
 // Status codes: as the nodes return them (cache_service_core.h) for non-retriable errors;
 // UNAVAILABLE when no replica could be reached within the attempts; NOT_FOUND when every
@@ -123,8 +124,9 @@ class CacheClient final : public BlockStore {
   // the next ones in rank); OK when min_write_replicas acknowledged.
   absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override;
   // Zero copy from a node's shared memory when possible (the returned bytes point into the
-  // mapping and pin the block on the node while held), else reads the whole payload (gRPC)
-  // into memory owned by the returned BlockBytes. Its tier is kRemote either way.
+  // mapping and pin the block on the node while held), else reads the whole payload into memory
+  // owned by the returned BlockBytes: over UCX when the node has a session (a Lookup sizes the
+  // buffer first), else over gRPC. Its tier is kRemote either way.
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override;
   // Present if any replica has it; tier kRemote.
   void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override;
@@ -170,6 +172,9 @@ class CacheClient final : public BlockStore {
 
   absl::Status PutOnNode(size_t node, const BlockKey& key, absl::Span<const uint8_t> payload);
   // Reads into `buffer` (or, when `grow` is set, into *grow resized to fit).
+  // Get's read from one node that is not read through shared memory: UCX into `data` sized by
+  // a Lookup when the node has a session, else the gRPC stream.
+  absl::StatusOr<uint64_t> GetOverDataPlane(size_t node, const BlockKey& key, std::vector<uint8_t>& data);
   absl::StatusOr<uint64_t> GetOnNode(size_t node, const BlockKey& key, absl::Span<uint8_t> buffer,
                                      std::vector<uint8_t>* grow);
   // Shared read loop: calls `read(node)` over the candidates until one succeeds.

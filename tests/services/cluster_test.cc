@@ -114,7 +114,8 @@ TEST_F(ClusterTest, KillOneOfThreeUnderLoadThenRecoverFromRocksDb) {
   }
   ASSERT_GT(on_node0, 40);
 
-  // Readers: half FetchInto (UCX), half Get (gRPC); every result checked byte for byte.
+  // Readers: half FetchInto, half Get (both through shared memory, UCX or gRPC, whichever the
+  // node offers); every result checked byte for byte.
   std::atomic<bool> stop{false};
   std::atomic<int64_t> reads{0}, errors{0};
   std::vector<std::thread> readers;

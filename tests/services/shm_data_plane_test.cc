@@ -525,6 +525,38 @@ TEST_F(ShmClusterTest, MetricsShowConnectionsLeasesAndBytes) {
   }
 }
 
+// Without shared memory, Get reads over UCX (a Lookup sizes its buffer), not the gRPC stream:
+// the node counts the payload's bytes on the UCX plane and none on gRPC.
+TEST_F(ShmClusterTest, GetWithoutSharedMemoryReadsOverUcx) {
+  CacheClientOptions o;
+  o.members = {server_->grpc_address()};
+  o.replication = 1;
+  o.max_attempts = 1;
+  o.data_plane_lanes = 1;
+  o.use_shared_memory = false;
+  auto client = CacheClient::Create(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->HasDataPlane(0));
+  const TestBlock b = RandomBlock(rng_, 8, 256);
+  ASSERT_TRUE((*client)->Put(b.key, b.payload).ok());
+  auto got = (*client)->Get(b.key);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(Same(got->bytes, b.payload));
+  EXPECT_FALSE(got->verified);  // crossed a connection: consumers re-hash it
+  EXPECT_TRUE(absl::IsNotFound((*client)->Get(Hash128{rng_(), rng_()}).status()));
+  const std::string addr = server_->metrics_address();
+  httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200);
+  EXPECT_NE(res->body.find("kvblock_bytes_total{plane=\"ucx\",direction=\"out\"} " +
+                           std::to_string(b.payload.size())),
+            std::string::npos)
+      << res->body;
+  EXPECT_EQ(res->body.find("kvblock_bytes_total{plane=\"grpc\",direction=\"out\"}"), std::string::npos)
+      << res->body;
+}
+
 // verify_shared_memory: the same zero-copy read, not marked verified (consumers re-hash it).
 TEST_F(ShmClusterTest, VerifySharedMemoryClearsTheVerifiedMark) {
   RecordingListener listener;
