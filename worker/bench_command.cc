@@ -25,14 +25,16 @@
 #include <unistd.h>
 
 #include "cache/block_key.h"
-#include "kernels/cpu/rope.h"
 #include "kernels/cuda/kernels.h"
+#include "worker/engine/cuda/cuda_backend.h"
 #include "worker/engine/cuda/cuda_model.h"
 #include "worker/engine/cuda/gpu_tier.h"
 #include "worker/engine/cuda/host_regions.h"
 #include "worker/engine/cuda/layer_pipeline.h"
 #include "services/cache_client.h"
 #include "services/cache_server.h"
+#include "worker/engine/engine.h"
+#include "worker/model/config.h"
 #endif
 
 namespace kvblock {
@@ -91,26 +93,26 @@ absl::StatusOr<double> MedianMs(int warmup, int runs, Fn fn) {
   return Median(times);
 }
 
-cuda::CudaModelSpec Llama3_8B() {
-  cuda::CudaModelSpec s;
-  s.vocab = 128256;
-  s.hidden = 4096;
-  s.intermediate = 14336;
-  s.layers = 32;
-  s.heads = 32;
-  s.kv_heads = 8;
-  s.head_dim = 128;
-  s.rms_eps = 1e-5f;
-  kernels::RopeParams rp;
-  rp.type = kernels::RopeType::kLlama3;
-  rp.theta = 500000.0;
-  rp.factor = 8.0;
-  rp.low_freq_factor = 1.0;
-  rp.high_freq_factor = 4.0;
-  rp.original_max_position_embeddings = 8192;
-  s.inv_freq.resize(64);
-  (void)kernels::ComputeRopeInvFreq(rp, 128, 0, absl::MakeSpan(s.inv_freq));
-  return s;
+// Llama-3.1-8B's config.json in ModelConfig form (the shape every number here is for).
+ModelConfig Llama3_8BConfig() {
+  ModelConfig c;
+  c.architecture_name = "LlamaForCausalLM";
+  c.vocab_size = 128256;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_layers = 32;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.max_position_embeddings = 131072;
+  c.rms_norm_eps = 1e-5f;
+  c.rope.type = kernels::RopeType::kLlama3;
+  c.rope.theta = 500000.0;
+  c.rope.factor = 8.0;
+  c.rope.low_freq_factor = 1.0;
+  c.rope.high_freq_factor = 4.0;
+  c.rope.original_max_position_embeddings = 8192;
+  return c;
 }
 
 struct Baselines {
@@ -199,15 +201,30 @@ struct LengthResult {
   std::vector<FetchResult> fetched;
 };
 
-// Tells HostRegions which memory the shared-memory client maps.
+// Tells HostRegions which memory the shared-memory client maps, and remembers it (for the
+// engine's backend, made later).
 class RegionsListener final : public HostRegionListener {
  public:
   explicit RegionsListener(cuda::HostRegions* regions) : regions_(regions) {}
-  void OnMapped(absl::Span<const uint8_t> region) override { regions_->Add(region); }
-  void OnUnmapping(absl::Span<const uint8_t> region) override { regions_->Remove(region); }
+  void OnMapped(absl::Span<const uint8_t> region) override {
+    regions_->Add(region);
+    std::lock_guard<std::mutex> lock(mu_);
+    mapped_.push_back(region);
+  }
+  void OnUnmapping(absl::Span<const uint8_t> region) override {
+    regions_->Remove(region);
+    std::lock_guard<std::mutex> lock(mu_);
+    std::erase_if(mapped_, [&](absl::Span<const uint8_t> r) { return r.data() == region.data(); });
+  }
+  std::vector<absl::Span<const uint8_t>> mapped() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return mapped_;
+  }
 
  private:
   cuda::HostRegions* regions_;
+  mutable std::mutex mu_;
+  std::vector<absl::Span<const uint8_t>> mapped_;
 };
 
 // Fetched block mode (item 2 of the benchmark): a cache server in this process (memory tier over
@@ -235,6 +252,15 @@ struct FetchSetup {
     if (!dir.empty()) std::filesystem::remove_all(dir, ec);
   }
 };
+// The worker's own path (Engine over a CudaBackend) with bf16 blocks fetched from the cache
+// server: time to first token as Engine::Generate reports it, and what the request read.
+struct EngineResult {
+  int total = 0;
+  FetchPath path = FetchPath::kUcx;
+  double ttft_ms = 0, fetch_ms = 0, floor_ms = 0;
+  int64_t hits = 0;
+  uint64_t fetched_bytes = 0;
+};
 struct DecodeResult {
   int batch = 0;
   bool graphs = false;  // steps replayed as CUDA graphs
@@ -253,7 +279,11 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   BENCH_RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties"));
   const int max_len = *std::max_element(o.lengths.begin(), o.lengths.end());
   const int max_decode_batch = *std::max_element(o.decode_batches.begin(), o.decode_batches.end());
-  const cuda::CudaModelSpec spec = Llama3_8B();
+  const ModelConfig config = Llama3_8BConfig();
+  BENCH_RETURN_IF_ERROR(config.Validate());
+  absl::StatusOr<cuda::CudaModelSpec> spec_or = cuda::SpecFromConfig(config, config.max_position_embeddings);
+  if (!spec_or.ok()) return spec_or.status();
+  const cuda::CudaModelSpec& spec = *spec_or;
   cuda::CudaModelOptions mo;
   mo.dtype = cuda::DType::kBF16;
   mo.max_batch_tokens = std::max({max_len, o.encode_batch * o.passage, o.decode_context});
@@ -791,6 +821,90 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
   std::printf("GPU tier: %llu blocks, %.2f GB, %llu hits, %llu misses\n", (unsigned long long)ts.blocks, ts.bytes / 1e9,
               (unsigned long long)ts.hits, (unsigned long long)ts.misses);
 
+  // The worker's own path at this shape, last (the model's weights move into it): an Engine over
+  // a CudaBackend whose GPU tier holds one block, so each request fetches its bf16 blocks again
+  // from the cache server (the previous request's last block stays), `fetch_threads` at a time,
+  // each made resident as it arrives; over UCX and over shared memory.
+  std::vector<EngineResult> engine_results;
+  auto measure_engine = [&]() -> absl::Status {
+    CudaBackendOptions bo;
+    bo.dtype = KvDtype::kBF16;
+    bo.kv_pool_tokens = model.options().kv_pool_tokens;
+    bo.max_batch_tokens = model.options().max_batch_tokens;
+    bo.max_decode_batch = model.options().max_seqs;
+    bo.max_logit_rows = model.options().max_logit_rows;
+    bo.max_context_runs = model.options().max_context_runs;
+    const uint64_t kv_bytes_per_token = model.kv_bytes_per_token();
+    bo.gpu_tier_bytes = int64_t{o.passage} * int64_t(kv_bytes_per_token);
+    auto backend = CreateCudaBackend(*std::move(model_or), config, bo);
+    if (!backend.ok()) return backend.status();
+    // The shared-memory client's mapped regions now belong to the backend's registrations.
+    for (absl::Span<const uint8_t> r : fetch.listener.mapped()) {
+      fetch.regions.Remove(r);
+      (*backend)->AddHostRegion(r);
+    }
+    EngineOptions eo;
+    eo.kv_dtype = KvDtype::kBF16;
+    eo.write_back = false;
+    eo.fetch_threads = o.fetch_threads;
+    auto over_ucx = Engine::Create(*std::move(backend), fetch.client.get(), fingerprint, eo);
+    if (!over_ucx.ok()) return over_ucx.status();
+    std::unique_ptr<Engine> over_shm;
+    if (fetch.shm_client != nullptr) {
+      auto e = (*over_ucx)->WithStore(fetch.shm_client.get(), eo);
+      if (!e.ok()) return e.status();
+      over_shm = *std::move(e);
+    }
+    for (size_t li = 0; li < o.lengths.size(); ++li) {
+      GenerateRequest req;
+      req.blocks = prompt_blocks[li];
+      req.final_block = random_tokens(o.final_block);
+      req.max_new_tokens = 1;
+      uint64_t payload = 0;
+      for (const auto& b : req.blocks) payload += b.size() * kv_bytes_per_token + kBlockHeaderBytes;
+      for (FetchPath path : {FetchPath::kUcx, FetchPath::kShm}) {
+        Engine* engine = path == FetchPath::kUcx ? over_ucx->get() : over_shm.get();
+        if (engine == nullptr) continue;
+        EngineResult er;
+        er.total = o.lengths[li];
+        er.path = path;
+        er.floor_ms = double(payload) / (base.h2d_gbps * 1e9) * 1e3;
+        std::vector<double> ttft, fetch_ms;
+        for (int run = 0; run < o.warmup + std::max(o.runs, 10); ++run) {
+          absl::StatusOr<GenerateResult> g = engine->Generate(req);
+          if (!g.ok()) return g.status();
+          if (g->cache_misses != 0) return absl::InternalError("bench: the engine had to encode blocks the store holds");
+          if (run < o.warmup) continue;
+          ttft.push_back(g->timings.ttft_ms);
+          fetch_ms.push_back(g->timings.fetch_ms);
+          er.hits = g->cache_hits;
+          er.fetched_bytes = g->fetched_bytes;
+        }
+        er.ttft_ms = Median(ttft);
+        er.fetch_ms = Median(fetch_ms);
+        std::printf("length %6d: engine, bf16 blocks over %s: TTFT %.2f ms (fetch %.2f ms; %lld blocks, %.2f GB fetched), "
+                    "H2D floor %.2f ms: %.2fx\n",
+                    er.total, path == FetchPath::kUcx ? fetch.transport.c_str() : "shared memory", er.ttft_ms, er.fetch_ms,
+                    static_cast<long long>(er.hits), er.fetched_bytes / 1e9, er.floor_ms, er.ttft_ms / er.floor_ms);
+        std::fflush(stdout);
+        engine_results.push_back(er);
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (!o.skip_fetch) {
+    // Reported, not fatal: the measurements above stand on their own.
+    if (absl::Status st = measure_engine(); !st.ok()) {
+      std::printf("engine path FAILED: %s\n", std::string(st.message()).c_str());
+    }
+    std::printf("\n| total | engine path | TTFT ms | fetch ms | blocks fetched | GB fetched | H2D floor ms (all blocks) | TTFT / floor |\n"
+                "|---|---|---|---|---|---|---|---|\n");
+    for (const EngineResult& e : engine_results) {
+      std::printf("| %d | %s | %.2f | %.2f | %lld | %.2f | %.2f | %.2f |\n", e.total, PathName(e.path), e.ttft_ms,
+                  e.fetch_ms, static_cast<long long>(e.hits), e.fetched_bytes / 1e9, e.floor_ms, e.ttft_ms / e.floor_ms);
+    }
+  }
+
   if (!o.json_path.empty()) {
     std::string j = absl::StrFormat(
         "{\n \"gpu\": \"%s\",\n \"model\": \"llama-3-8b shape, random bf16\",\n \"final_block\": %d,\n \"passage\": %d,\n"
@@ -818,6 +932,14 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       items.push_back(absl::StrFormat("{\"batch\": %d, \"context\": %d, \"cuda_graph\": %s, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"floor_tokens_per_s\": %.1f}",
                                       d.batch, o.decode_context, d.graphs ? "true" : "false", d.step_ms, d.tokens_per_s,
                                       d.floor_tokens_per_s));
+    }
+    j += absl::StrJoin(items, ", ") + "],\n \"engine\": [";
+    items.clear();
+    for (const EngineResult& e : engine_results) {
+      items.push_back(absl::StrFormat("{\"total\": %d, \"path\": \"%s\", \"ttft_ms\": %.3f, \"fetch_ms\": %.3f, "
+                                      "\"blocks_fetched\": %d, \"gb_fetched\": %.3f, \"h2d_floor_ms\": %.3f}",
+                                      e.total, PathName(e.path), e.ttft_ms, e.fetch_ms, static_cast<int>(e.hits),
+                                      e.fetched_bytes / 1e9, e.floor_ms));
     }
     j += absl::StrJoin(items, ", ") + "]\n}\n";
     std::ofstream(o.json_path) << j;

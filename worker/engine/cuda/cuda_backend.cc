@@ -592,11 +592,29 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeight
   absl::StatusOr<std::unique_ptr<CudaModel>> model =
       CudaModel::FromHost(*spec, mo, cuda::HostModelFromWeights(weights));
   if (!model.ok()) return model.status();
+  return CreateCudaBackend(std::move(*model), config, options);
+}
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(std::unique_ptr<cuda::CudaModel> model,
+                                                               const ModelConfig& config,
+                                                               const CudaBackendOptions& options) {
+  CB_RETURN_IF_ERROR(options.Validate());
+  if (model == nullptr) return absl::InvalidArgumentError("cuda backend: no model");
+  const cuda::CudaModelOptions& mo = model->options();
+  const cuda::CudaModelSpec& spec = model->spec();
+  if (mo.dtype != *AsCudaDtype(options.dtype) || options.max_batch_tokens > mo.max_batch_tokens ||
+      options.kv_pool_tokens > mo.kv_pool_tokens || options.max_decode_batch > mo.max_seqs ||
+      options.max_context_runs > mo.max_context_runs ||
+      std::max(options.max_logit_rows, options.max_decode_batch) > mo.max_logit_rows ||
+      spec.layers != config.num_layers || spec.kv_heads != config.num_kv_heads ||
+      spec.head_dim != config.head_dim || spec.vocab != config.vocab_size) {
+    return absl::InvalidArgumentError("cuda backend: the model's shape or limits do not match the options");
+  }
   cuda::GpuTierOptions to;
   to.capacity_bytes = options.gpu_tier_bytes;
-  auto state = std::make_shared<State>(std::move(*model), to, options);
+  auto state = std::make_shared<State>(std::move(model), to, options);
   absl::StatusOr<std::unique_ptr<cuda::LayerPipeline>> upload =
-      cuda::LayerPipeline::Create(static_cast<int32_t>(config.num_layers), mo.dtype, &state->host_regions);
+      cuda::LayerPipeline::Create(spec.layers, mo.dtype, &state->host_regions);
   if (!upload.ok()) return upload.status();
   {
     absl::MutexLock lock(&state->upload_mu);

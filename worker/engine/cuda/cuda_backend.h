@@ -80,6 +80,12 @@ class CudaBackend : public Backend {
 absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(const ModelWeights& weights,
                                                                const ModelConfig& config,
                                                                const CudaBackendOptions& options = {});
+// A backend over a model already on the GPU (e.g. `kvblock bench ttft`'s random weights). The
+// options' dtype and limits must fit the model's (CudaModelOptions) and `config` must describe
+// its shape: INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(std::unique_ptr<cuda::CudaModel> model,
+                                                               const ModelConfig& config,
+                                                               const CudaBackendOptions& options);
 
 namespace cuda {
 // The GPU model's numbers for a parsed config (RoPE table for sequences up to `rope_seq_len`,

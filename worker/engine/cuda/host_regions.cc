@@ -34,8 +34,8 @@ HostRegions::HostRegions(uint64_t chunk_bytes)
 HostRegions::~HostRegions() {
   absl::MutexLock lock(&mu_);
   for (Region& r : regions_) {
-    for (size_t c = 0; c < r.registered.size(); ++c) {
-      if (r.registered[c]) cudaHostUnregister(const_cast<uint8_t*>(r.base + c * chunk_bytes_));
+    for (size_t c = 0; c < r.chunks.size(); ++c) {
+      if (r.chunks[c] == Region::kOurs) cudaHostUnregister(const_cast<uint8_t*>(r.base + c * chunk_bytes_));
     }
   }
 }
@@ -49,7 +49,7 @@ bool HostRegions::Add(absl::Span<const uint8_t> region) {
   Region r;
   r.base = region.data();
   r.length = region.size();
-  r.registered.assign((r.length + chunk_bytes_ - 1) / chunk_bytes_, false);
+  r.chunks.assign((r.length + chunk_bytes_ - 1) / chunk_bytes_, Region::kUnregistered);
   regions_.push_back(std::move(r));
   return true;
 }
@@ -59,9 +59,9 @@ void HostRegions::Remove(absl::Span<const uint8_t> region) {
   auto it = std::find_if(regions_.begin(), regions_.end(),
                          [&](const Region& r) { return r.base == region.data() && r.length == region.size(); });
   if (it == regions_.end()) return;
-  for (size_t c = 0; c < it->registered.size(); ++c) {
-    if (!it->registered[c]) continue;
-    cudaHostUnregister(const_cast<uint8_t*>(it->base + c * chunk_bytes_));
+  for (size_t c = 0; c < it->chunks.size(); ++c) {
+    if (it->chunks[c] == Region::kUnregistered) continue;
+    if (it->chunks[c] == Region::kOurs) cudaHostUnregister(const_cast<uint8_t*>(it->base + c * chunk_bytes_));
     registered_bytes_ -= std::min(chunk_bytes_, it->length - c * chunk_bytes_);
   }
   regions_.erase(it);
@@ -75,11 +75,18 @@ HostRegions::Region* HostRegions::FindLocked(const uint8_t* p) {
 }
 
 absl::Status HostRegions::RegisterLocked(Region& r, size_t chunk) {
-  if (r.registered[chunk]) return absl::OkStatus();
+  if (r.chunks[chunk] != Region::kUnregistered) return absl::OkStatus();
   const uint64_t length = std::min(chunk_bytes_, r.length - chunk * chunk_bytes_);
   void* at = const_cast<uint8_t*>(r.base + chunk * chunk_bytes_);
-  if (auto s = CudaStatus(cudaHostRegister(at, length, RegisterFlags()), "cudaHostRegister"); !s.ok()) return s;
-  r.registered[chunk] = true;
+  const cudaError_t err = cudaHostRegister(at, length, RegisterFlags());
+  if (err == cudaErrorHostMemoryAlreadyRegistered) {
+    cudaGetLastError();  // registered by someone else in this process: use it, leave it to them
+    r.chunks[chunk] = Region::kTheirs;
+  } else if (auto s = CudaStatus(err, "cudaHostRegister"); !s.ok()) {
+    return s;
+  } else {
+    r.chunks[chunk] = Region::kOurs;
+  }
   registered_bytes_ += length;
   return absl::OkStatus();
 }

@@ -6,7 +6,9 @@
 // first time a copy reads from them, and stay registered until the region is removed.
 //
 // CopyToDevice splits a copy at chunk boundaries (one cudaMemcpyAsync per registered chunk, so
-// every piece is a direct DMA); a source outside every region is copied as it is.
+// every piece is a direct DMA); a source outside every region is copied as it is. A chunk that
+// someone else in the process registered already (another HostRegions over the same mapping)
+// is used as it is and left to them.
 //
 // Thread safety: all methods are thread-safe. Remove must not race copies from the region: the
 // caller removes a region only once nothing reads from it (the owner of the mapping guarantees
@@ -50,14 +52,16 @@ class HostRegions {
   // the CUDA error for a failed registration or copy.
   absl::Status CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream);
 
-  // Bytes registered so far (for tests and logs).
+  // Bytes of tracked regions that copies read as registered memory so far, registered here or
+  // found registered already (for tests and logs).
   uint64_t registered_bytes() const;
 
  private:
   struct Region {
     const uint8_t* base = nullptr;
     uint64_t length = 0;
-    std::vector<bool> registered;  // per chunk
+    enum Chunk : uint8_t { kUnregistered, kOurs, kTheirs };
+    std::vector<Chunk> chunks;
   };
   // The region holding [p, p + n)'s first byte, or nullptr.
   Region* FindLocked(const uint8_t* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -533,6 +533,18 @@ TEST(CudaEngine, HostRegionsRegisterChunksAsCopiesReadThem) {
   ASSERT_TRUE(regions.CopyToDevice(dev->get(), other.data(), kBytes, nullptr).ok());
   ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_EQ(back, other);
+  // A second HostRegions over the same mapping uses the chunks as they are registered and
+  // leaves them to their owner.
+  {
+    HostRegions second(kChunk);
+    ASSERT_TRUE(second.Add(mapping.region()));
+    ASSERT_TRUE(second.CopyToDevice(dev->get(), mapping.data(), kBytes, nullptr).ok());
+    ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(back, bytes);
+    EXPECT_EQ(second.registered_bytes(), mapping.region().size());
+    second.Remove(mapping.region());
+  }
+  EXPECT_TRUE(registered(mapping.data() + kChunk));
   regions.Remove(mapping.region());
   EXPECT_EQ(regions.registered_bytes(), 0u);
   EXPECT_FALSE(registered(mapping.data() + kChunk));
