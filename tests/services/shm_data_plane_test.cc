@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -433,14 +434,16 @@ class ShmClusterTest : public ::testing::Test {
     ASSERT_EQ(server_->shm_socket(), dir_.Sub("node.sock"));
   }
 
-  std::unique_ptr<CacheClient> Client(HostRegionListener* listener = nullptr, bool verify = false) {
+  // A client of the node; `adjust` changes its options from the defaults used here.
+  std::unique_ptr<CacheClient> Client(HostRegionListener* listener = nullptr,
+                                      const std::function<void(CacheClientOptions&)>& adjust = {}) {
     CacheClientOptions o;
     o.members = {server_->grpc_address()};
     o.replication = 1;
     o.max_attempts = 1;
     o.data_plane_lanes = 2;
     o.region_listener = listener;
-    o.verify_shared_memory = verify;
+    if (adjust) adjust(o);
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return *std::move(c);
@@ -528,22 +531,15 @@ TEST_F(ShmClusterTest, MetricsShowConnectionsLeasesAndBytes) {
 // Without shared memory, Get reads over UCX (a Lookup sizes its buffer), not the gRPC stream:
 // the node counts the payload's bytes on the UCX plane and none on gRPC.
 TEST_F(ShmClusterTest, GetWithoutSharedMemoryReadsOverUcx) {
-  CacheClientOptions o;
-  o.members = {server_->grpc_address()};
-  o.replication = 1;
-  o.max_attempts = 1;
-  o.data_plane_lanes = 1;
-  o.use_shared_memory = false;
-  auto client = CacheClient::Create(o);
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->HasDataPlane(0));
+  std::unique_ptr<CacheClient> client = Client(nullptr, [](CacheClientOptions& o) { o.use_shared_memory = false; });
+  ASSERT_TRUE(client->HasDataPlane(0));
   const TestBlock b = RandomBlock(rng_, 8, 256);
-  ASSERT_TRUE((*client)->Put(b.key, b.payload).ok());
-  auto got = (*client)->Get(b.key);
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  auto got = client->Get(b.key);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(Same(got->bytes, b.payload));
   EXPECT_FALSE(got->verified);  // crossed a connection: consumers re-hash it
-  EXPECT_TRUE(absl::IsNotFound((*client)->Get(Hash128{rng_(), rng_()}).status()));
+  EXPECT_TRUE(absl::IsNotFound(client->Get(Hash128{rng_(), rng_()}).status()));
   const std::string addr = server_->metrics_address();
   httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
   auto res = http.Get("/metrics");
@@ -560,7 +556,8 @@ TEST_F(ShmClusterTest, GetWithoutSharedMemoryReadsOverUcx) {
 // verify_shared_memory: the same zero-copy read, not marked verified (consumers re-hash it).
 TEST_F(ShmClusterTest, VerifySharedMemoryClearsTheVerifiedMark) {
   RecordingListener listener;
-  std::unique_ptr<CacheClient> client = Client(&listener, /*verify=*/true);
+  std::unique_ptr<CacheClient> client =
+      Client(&listener, [](CacheClientOptions& o) { o.verify_shared_memory = true; });
   ASSERT_TRUE(client->HasSharedMemory(0));
   const TestBlock b = RandomBlock(rng_, 4, 64);
   ASSERT_TRUE(client->Put(b.key, b.payload).ok());

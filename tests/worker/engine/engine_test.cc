@@ -757,6 +757,28 @@ std::unique_ptr<MemoryTier> StoreWithBlocks(Engine& engine, const std::vector<st
   return *std::move(store);
 }
 
+// The fixture's blocks and final block as a request, the answer of `engine` encoding every block
+// itself (an empty store of its own), and a memory tier holding every block; a null store after
+// a test failure.
+struct FoundRequest {
+  GenerateRequest request;
+  GenerateResult reference;
+  std::unique_ptr<MemoryTier> store;
+};
+FoundRequest RequestWithStoredBlocks(Engine& engine, const Reference& ref, int32_t max_new_tokens) {
+  FoundRequest f;
+  f.request.blocks = ref.blocks;
+  f.request.final_block = ref.final_block;
+  f.request.max_new_tokens = max_new_tokens;
+  f.request.return_logits = true;
+  auto reference = engine.Generate(f.request);
+  EXPECT_TRUE(reference.ok()) << reference.status();
+  if (!reference.ok()) return f;
+  f.reference = *std::move(reference);
+  f.store = StoreWithBlocks(engine, ref.blocks);
+  return f;
+}
+
 // A store whose Gets wait until `encoding` is notified (up to `wait`), else fail
 // DEADLINE_EXCEEDED; a Get of `corrupt` returns half its payload and one of `evicted` NOT_FOUND
 // (as if evicted after the Lookup). Records the keys deleted.
@@ -911,23 +933,16 @@ TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
   TempDir dir;
   Loaded l = Load(f, dir / "cache");
   Reference ref = testing::LoadReference(f.dir);
-  GenerateRequest req;
-  req.blocks = ref.blocks;
-  req.final_block = ref.final_block;
-  req.max_new_tokens = 6;
-  req.return_logits = true;
-  auto reference = l.engine->Generate(req);  // encodes every block (an empty store of its own)
-  ASSERT_TRUE(reference.ok()) << reference.status();
-
-  std::unique_ptr<MemoryTier> inner = StoreWithBlocks(*l.engine, ref.blocks);
-  ASSERT_NE(inner, nullptr);
+  FoundRequest found = RequestWithStoredBlocks(*l.engine, ref, 6);
+  ASSERT_NE(found.store, nullptr);
+  const GenerateRequest& req = found.request;
   std::vector<BlockKey> keys;
   for (const auto& b : ref.blocks) keys.push_back(l.engine->KeyOf(b));
   auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
   ASSERT_TRUE(cpu.ok());
   auto placing = std::make_unique<PlacingBackend>(std::move(*cpu));
   PlacingBackend* backend = placing.get();
-  HoldBackStore store(inner.get(), keys.back(), &backend->placed);
+  HoldBackStore store(found.store.get(), keys.back(), &backend->placed);
   auto engine = Engine::Create(std::move(placing), &store, l.model.fingerprint);
   ASSERT_TRUE(engine.ok());
   auto r = (*engine)->Generate(req);
@@ -938,8 +953,8 @@ TEST(EngineTest, FetchedBlocksAreMadeResidentAsTheyArrive) {
   std::sort(placed.begin(), placed.end());
   std::sort(keys.begin(), keys.end());
   EXPECT_EQ(placed, keys);
-  EXPECT_EQ(r->tokens, reference->tokens);
-  EXPECT_EQ(r->logits, reference->logits);
+  EXPECT_EQ(r->tokens, found.reference.tokens);
+  EXPECT_EQ(r->logits, found.reference.logits);
 }
 
 // A store whose Gets each wait (up to `wait`, else DEADLINE_EXCEEDED) until `needed` Gets have
@@ -976,18 +991,12 @@ TEST(EngineTest, FoundBlocksAreFetchedConcurrently) {
   Loaded l = Load(f, dir / "cache");
   Reference ref = testing::LoadReference(f.dir);
   ASSERT_GE(ref.blocks.size(), 4u);
-  GenerateRequest req;
-  req.blocks = ref.blocks;
-  req.final_block = ref.final_block;
-  req.max_new_tokens = 4;
-  req.return_logits = true;
-  auto reference = l.engine->Generate(req);  // encodes every block (an empty store of its own)
-  ASSERT_TRUE(reference.ok()) << reference.status();
-  std::unique_ptr<MemoryTier> inner = StoreWithBlocks(*l.engine, ref.blocks);
-  ASSERT_NE(inner, nullptr);
+  FoundRequest found = RequestWithStoredBlocks(*l.engine, ref, 4);
+  ASSERT_NE(found.store, nullptr);
+  const GenerateRequest& req = found.request;
   for (int threads : {4, 1}) {
     SCOPED_TRACE(threads);
-    RendezvousStore store(inner.get(), 4, threads == 4 ? absl::Seconds(10) : absl::Milliseconds(50));
+    RendezvousStore store(found.store.get(), 4, threads == 4 ? absl::Seconds(10) : absl::Milliseconds(50));
     auto cpu = CreateCpuBackend(l.model.weights, l.model.config);
     ASSERT_TRUE(cpu.ok());
     EngineOptions o;
@@ -1001,8 +1010,8 @@ TEST(EngineTest, FoundBlocksAreFetchedConcurrently) {
     }
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->cache_hits, static_cast<int64_t>(ref.blocks.size()));
-    EXPECT_EQ(r->tokens, reference->tokens);
-    EXPECT_EQ(r->logits, reference->logits);
+    EXPECT_EQ(r->tokens, found.reference.tokens);
+    EXPECT_EQ(r->logits, found.reference.logits);
   }
   EngineOptions bad;
   for (int threads : {0, 65}) {
