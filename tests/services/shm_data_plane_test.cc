@@ -451,6 +451,15 @@ class ShmClusterTest : public ::testing::Test {
 
   MemoryTier& Memory() { return static_cast<TieredStore*>(server_->store())->memory(); }
 
+  // The node's /metrics page; empty (after a test failure) if it cannot be read.
+  std::string Metrics() {
+    const std::string addr = server_->metrics_address();
+    httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
+    auto res = http.Get("/metrics");
+    EXPECT_TRUE(res && res->status == 200);
+    return res && res->status == 200 ? res->body : std::string();
+  }
+
   std::mt19937_64 rng_{std::random_device{}()};
   TempDir dir_;
   std::unique_ptr<CacheServer> server_;
@@ -513,18 +522,14 @@ TEST_F(ShmClusterTest, MetricsShowConnectionsLeasesAndBytes) {
   auto got = client->Get(b.key);
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_TRUE(absl::IsNotFound(client->Get(Hash128{rng_(), rng_()}).status()));
-  const std::string addr = server_->metrics_address();
-  httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
-  auto res = http.Get("/metrics");
-  ASSERT_TRUE(res);
-  ASSERT_EQ(res->status, 200);
+  const std::string metrics = Metrics();
   for (const std::string& want :
        {std::string("kvblock_cache_server_shm_connections 1"),
         std::string("kvblock_cache_server_shm_leases 1"),
         "kvblock_bytes_total{plane=\"shm\",direction=\"out\"} " + std::to_string(b.payload.size()),
         std::string("kvblock_cache_hits_total{tier=\"memory\"} 1"),
         std::string("kvblock_cache_misses_total 1")}) {
-    EXPECT_NE(res->body.find(want), std::string::npos) << "missing: " << want;
+    EXPECT_NE(metrics.find(want), std::string::npos) << "missing: " << want;
   }
 }
 
@@ -540,17 +545,13 @@ TEST_F(ShmClusterTest, GetWithoutSharedMemoryReadsOverUcx) {
   EXPECT_TRUE(Same(got->bytes, b.payload));
   EXPECT_FALSE(got->verified);  // crossed a connection: consumers re-hash it
   EXPECT_TRUE(absl::IsNotFound(client->Get(Hash128{rng_(), rng_()}).status()));
-  const std::string addr = server_->metrics_address();
-  httplib::Client http(addr.substr(0, addr.rfind(':')), std::stoi(addr.substr(addr.rfind(':') + 1)));
-  auto res = http.Get("/metrics");
-  ASSERT_TRUE(res);
-  ASSERT_EQ(res->status, 200);
-  EXPECT_NE(res->body.find("kvblock_bytes_total{plane=\"ucx\",direction=\"out\"} " +
+  const std::string metrics = Metrics();
+  EXPECT_NE(metrics.find("kvblock_bytes_total{plane=\"ucx\",direction=\"out\"} " +
                            std::to_string(b.payload.size())),
             std::string::npos)
-      << res->body;
-  EXPECT_EQ(res->body.find("kvblock_bytes_total{plane=\"grpc\",direction=\"out\"}"), std::string::npos)
-      << res->body;
+      << metrics;
+  EXPECT_EQ(metrics.find("kvblock_bytes_total{plane=\"grpc\",direction=\"out\"}"), std::string::npos)
+      << metrics;
 }
 
 // verify_shared_memory: the same zero-copy read, not marked verified (consumers re-hash it).
