@@ -7,6 +7,7 @@ themselves, in every overlay:
   - the member list is exactly the StatefulSet's stable DNS names on the gRPC port;
   - the Indexed Job's --num-shards equals its completions and --shard is the completion index;
   - every $(VAR) is defined, every file a flag names is mounted (ConfigMap key, Secret key);
+  - a cache node's shared-memory socket is on a hostPath that the workers mount at the same path;
   - drain timing fits terminationGracePeriodSeconds; the memory tier fits the memory limit;
   - NetworkPolicies admit only workers and indexers to the cache's data ports;
   - ServiceMonitor jobs = prometheus.yml jobs = the jobs alerts and dashboard query; the
@@ -198,7 +199,7 @@ class ConsistencyTest(unittest.TestCase):
     def test_files_named_by_flags_are_mounted(self):
         # --cache names a members file when its value holds a '/' (else it is host:port,...).
         path_flags = {"config", "cache", "auth-token-file", "tls-cert", "tls-key", "tls-ca",
-                      "client-ca", "data-dir", "model", "corpus"}
+                      "client-ca", "data-dir", "model", "corpus", "shm-socket"}
         for overlay, objs in self.rendered.items():
             secrets = {s["metadata"]["name"]: s for s in dc.find(objs, "Secret")}
             for w, c in self.kvblock_containers(objs):
@@ -228,6 +229,25 @@ class ConsistencyTest(unittest.TestCase):
                         # RocksDB creates the directory, but only under an existing parent.
                         self.assertNotEqual(key, "", "data-dir should be a directory inside the volume")
                         self.assertNotIn("/", key)
+
+    def test_shm_socket_is_shared_with_the_workers(self):
+        # A cache node's --shm-socket must be on the machine's own filesystem (a hostPath), which
+        # every worker mounts at the same path: workers connect to the path the node advertises.
+        for overlay, objs in self.rendered.items():
+            cache = dc.one(objs, "StatefulSet", "kvblock-cache")
+            c = dc.pod_spec(cache)["containers"][0]
+            socket = [a.split("=", 1)[1] for a in c["args"] if dc.flag_name(a) == "shm-socket" and "=" in a]
+            if not socket or socket[0] == "":
+                continue
+            path = self.expand(objs, c, socket[0])
+            src = dc.mounted_file(objs, cache, c, path)
+            self.assertIsNotNone(src, "%s: --shm-socket=%s is not on a volume" % (overlay, path))
+            self.assertEqual(src[0], "hostPath", "%s: --shm-socket=%s is not on the machine's filesystem" % (overlay, path))
+            directory = os.path.dirname(path)
+            worker = dc.one(objs, "Deployment", "kvblock-worker")
+            wsrc = dc.mounted_file(objs, worker, dc.pod_spec(worker)["containers"][0], directory)
+            self.assertEqual(wsrc and wsrc[:2], src[:2], "%s: workers do not mount %s from the machine's %s"
+                             % (overlay, directory, src[1]))
 
     # --- ports and probes ----------------------------------------------------------------
     def test_ports_agree(self):

@@ -114,7 +114,7 @@ def configmap_by_prefix(objs, name):
 
 def mounted_file(objs, workload, container, path):
     """Where `path` inside `container` comes from: ('configMap'|'secret'|'pvc'|'emptyDir', source
-    name, key or sub-path) for the longest volumeMount prefix; None if nothing is mounted there."""
+    name, key or sub-path; 'hostPath', the machine's path, sub-path) for the longest volumeMount prefix; None if nothing is mounted there."""
     spec = pod_spec(workload)
     best = None
     for m in container.get("volumeMounts", []):
@@ -137,6 +137,8 @@ def mounted_file(objs, workload, container, path):
         return ("pvc", vol["persistentVolumeClaim"]["claimName"], rest)
     if "emptyDir" in vol:
         return ("emptyDir", vol["name"], rest)
+    if "hostPath" in vol:
+        return ("hostPath", vol["hostPath"]["path"], rest)
     return ("other", vol["name"], rest)
 
 
