@@ -90,7 +90,9 @@ absl::StatusOr<BlockBytes> LayeredStore::Get(const BlockKey& key) {
   absl::StatusOr<BlockBytes> local = local_->Get(key);
   if (local.ok() || local.status().code() != absl::StatusCode::kNotFound) return local;
   absl::StatusOr<BlockBytes> remote = remote_->Get(key);
-  if (remote.ok()) local_->Put(key, remote->bytes).IgnoreError();  // best-effort promotion
+  // Best-effort promotion, except for bytes read in place from this host's memory (a co-located
+  // node's arena, BlockBytes::verified): a local copy would only duplicate them.
+  if (remote.ok() && !remote->verified) local_->Put(key, remote->bytes).IgnoreError();
   return remote;
 }
 

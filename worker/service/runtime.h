@@ -34,7 +34,8 @@ struct LayeredStoreOptions {
   absl::Status Validate() const;
 };
 
-// Reads: local, then remote (a remote hit is copied into local). Writes: local now, remote in
+// Reads: local, then remote (a remote hit is copied into local, unless it lies in this host's
+// memory already: BlockBytes::verified, the same-host shared-memory path). Writes: local now, remote in
 // the background (Put returns without waiting for it). Lookup: local, then remote for the keys
 // local lacks. Thread-safe; owns neither store (both must outlive it).
 class LayeredStore final : public BlockStore {

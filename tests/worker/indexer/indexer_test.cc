@@ -14,6 +14,7 @@
 #include "cache/tiered_store.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cache/store_test_util.h"
 #include "tests/worker/fixture_util.h"
 #include "worker/demo/random_model.h"
 #include "worker/indexer/block_splitter.h"
@@ -402,6 +403,26 @@ TEST(LayeredStoreTest, WritesBackInTheBackgroundAndPromotesRemoteHits) {
   BlockKey absent = keys[0];
   absent.lo ^= 1;
   EXPECT_EQ(layered.Get(absent).status().code(), absl::StatusCode::kNotFound);
+
+  // A remote hit that lies in this host's memory already (a co-located node's arena read in
+  // place: marked verified) is not copied into the local tier.
+  class InPlaceRemote final : public testing::ForwardingStore {
+   public:
+    using ForwardingStore::ForwardingStore;
+    absl::StatusOr<BlockBytes> Get(const BlockKey& key) override {
+      absl::StatusOr<BlockBytes> got = inner_->Get(key);
+      if (got.ok()) got->verified = true;
+      return got;
+    }
+  };
+  auto fresh_local = MemoryTier::Create(mo);
+  ASSERT_TRUE(fresh_local.ok());
+  InPlaceRemote in_place(remote->get());
+  LayeredStore shared(fresh_local->get(), &in_place);
+  auto got = shared.Get(keys[4]);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->verified);
+  EXPECT_EQ((*fresh_local)->Get(keys[4]).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
