@@ -6,7 +6,9 @@
 #   3. `kvblock bench ttft $KVBLOCK_BENCH_ARGS` (or DEVICE_DIR/bin/ttft_bench, the same benchmark
 #      linked standalone) if KVBLOCK_BENCH_ARGS is set (e.g. "--runs 10");
 #   4. the Hugging Face baseline (DEVICE_DIR/tools/bench_hf_ttft.py) if KVBLOCK_HF=1;
-#   5. the storage and cluster benchmarks on this quiet host if KVBLOCK_HOST_BENCH=1.
+#   5. the storage and cluster benchmarks on this quiet host if KVBLOCK_HOST_BENCH=1;
+#   6. compute-sanitizer memcheck of the cuda_kernels_test cases KVBLOCK_MEMCHECK names (a gtest
+#      filter, e.g. 'CudaAttention.*') if it is set.
 # Logs and JSON go to $OUT (the device tool's output folder) or ./gpu-out. Exit status: the
 # number of failed steps.
 set -uo pipefail
@@ -74,6 +76,13 @@ if [ "${KVBLOCK_HOST_BENCH:-0}" = 1 ] && [ -x "$dev"/bin/storage_bench ]; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
   echo "=== cluster_bench (UCX and gRPC vs memcpy, one cache-server process)"
   "$dev"/bin/cluster_bench --seconds 1 --kvblock "$dev"/bin/kvblock 2>&1 | tee "$out/cluster_bench.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
+fi
+if [ -n "${KVBLOCK_MEMCHECK:-}" ] && [ -x "$dev"/bin/cuda_kernels_test ]; then
+  sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  echo "=== compute-sanitizer memcheck: cuda_kernels_test --gtest_filter=$KVBLOCK_MEMCHECK"
+  "$sanitizer" --tool memcheck --error-exitcode 1 "$dev"/bin/cuda_kernels_test --gtest_color=no \
+    --gtest_filter="$KVBLOCK_MEMCHECK" 2>&1 | tee "$out/memcheck.log" | tail -20
   [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 fi
 echo "run-gpu-tests: $failed failed step(s)"
