@@ -58,15 +58,18 @@ absl::StatusOr<int> ConnectAllLanes(UcxServer& server, UcxClient& client) {
   return client.Connect(tickets, absl::Seconds(10));
 }
 
-// A node serving blocks from a memory tier of its own and a client connected to it on every one
-// of its lanes (members destroyed client first, then the node, then the tier).
+// A node serving blocks from a memory tier of its own (through a GatedStore when a gated key is
+// given) and a client connected to it on every one of its lanes (members destroyed client first,
+// then the node, then the stores).
 struct LanesSetup {
   std::unique_ptr<MemoryTier> memory;
+  std::unique_ptr<GatedStore> gate;  // null unless gated
   std::unique_ptr<UcxServer> server;
   std::unique_ptr<UcxClient> client;
   int session = -1;
 };
-absl::StatusOr<LanesSetup> ServeOverLanes(const std::vector<TestBlock>& blocks, uint32_t lanes) {
+absl::StatusOr<LanesSetup> ServeOverLanes(const std::vector<TestBlock>& blocks, uint32_t lanes,
+                                          const BlockKey* gated = nullptr) {
   LanesSetup s;
   absl::StatusOr<std::unique_ptr<MemoryTier>> memory = MemoryTier::Create({});
   if (!memory.ok()) return memory.status();
@@ -74,7 +77,9 @@ absl::StatusOr<LanesSetup> ServeOverLanes(const std::vector<TestBlock>& blocks, 
   for (const TestBlock& b : blocks) {
     if (absl::Status put = s.memory->Put(b.key, b.payload); !put.ok()) return put;
   }
-  absl::StatusOr<std::unique_ptr<UcxServer>> server = UcxServer::Start({}, s.memory.get(), nullptr);
+  if (gated != nullptr) s.gate = std::make_unique<GatedStore>(s.memory.get(), *gated);
+  BlockStore* store = s.gate != nullptr ? static_cast<BlockStore*>(s.gate.get()) : s.memory.get();
+  absl::StatusOr<std::unique_ptr<UcxServer>> server = UcxServer::Start({}, store, nullptr);
   if (!server.ok()) return server.status();
   s.server = *std::move(server);
   absl::StatusOr<std::unique_ptr<UcxClient>> client = UcxClient::Create({.lanes = lanes});
@@ -100,26 +105,21 @@ bool Eventually(Fn&& done, absl::Duration limit = absl::Seconds(10)) {
 TEST(UcxServerTest, ASlowStoreReadDoesNotStallOtherFetches) {
   const ModelFingerprint m = RandomModel(std::random_device{}());
   TestBlock slow = MakeBlock(m, 1, 256, 4), fast = MakeBlock(m, 2, 256, 4);  // 128 KiB each
-  auto memory = MemoryTier::Create({}).value();
-  ASSERT_TRUE(memory->Put(slow.key, slow.payload).ok());
-  ASSERT_TRUE(memory->Put(fast.key, fast.payload).ok());
-  GatedStore store(memory.get(), slow.key);
-  auto server = UcxServer::Start({}, &store, nullptr);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = UcxClient::Create({.lanes = 1});  // every fetch on the same endpoint
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto session = ConnectAllLanes(**server, **client);
-  ASSERT_TRUE(session.ok()) << session.status();
+  absl::StatusOr<LanesSetup> setup = ServeOverLanes({slow, fast}, 1, &slow.key);  // one endpoint
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  GatedStore& store = *setup->gate;
+  UcxClient& client = *setup->client;
+  const int session = setup->session;
 
   std::vector<uint8_t> slow_out(slow.payload.size()), fast_out(fast.payload.size());
   absl::StatusOr<uint64_t> slow_n = absl::UnknownError("not run");
   std::thread slow_fetch([&] {
-    slow_n = (*client)->Fetch(*session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(30));
+    slow_n = client.Fetch(session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(30));
   });
   ASSERT_TRUE(store.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
   // The slow read is blocked inside the store; the same session still gets other blocks.
   for (int i = 0; i < 3; ++i) {
-    auto n = (*client)->Fetch(*session, fast.key, absl::MakeSpan(fast_out), absl::Seconds(5));
+    auto n = client.Fetch(session, fast.key, absl::MakeSpan(fast_out), absl::Seconds(5));
     ASSERT_TRUE(n.ok()) << n.status();
     EXPECT_EQ(fast_out, fast.payload);
   }
@@ -290,30 +290,25 @@ TEST(UcxLanesTest, AStoppedServerFailsEveryLaneWithUnavailable) {
 TEST(UcxLanesTest, ADeadlineOnOneLaneLeavesTheBufferAloneAndOtherLanesServe) {
   const ModelFingerprint m = RandomModel(std::random_device{}());
   TestBlock slow = MakeBlock(m, 1, 1024, 4, 8, 64), fast = MakeBlock(m, 2, 256, 4, 8, 64);
-  auto memory = MemoryTier::Create({}).value();
-  ASSERT_TRUE(memory->Put(slow.key, slow.payload).ok());
-  ASSERT_TRUE(memory->Put(fast.key, fast.payload).ok());
-  GatedStore store(memory.get(), slow.key);
-  auto server = UcxServer::Start({}, &store, nullptr);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = UcxClient::Create({.lanes = 2});
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto session = ConnectAllLanes(**server, **client);
-  ASSERT_TRUE(session.ok()) << session.status();
+  absl::StatusOr<LanesSetup> setup = ServeOverLanes({slow, fast}, 2, &slow.key);
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  GatedStore& store = *setup->gate;
+  UcxClient& client = *setup->client;
+  const int session = setup->session;
 
   // The slow fetch takes lane 0 (all idle: the lowest); while it waits in the store, fetches
   // go to lane 1 (fewer bytes outstanding) and are served.
   std::vector<uint8_t> slow_out(slow.payload.size(), 0xAB);
   absl::StatusOr<uint64_t> slow_n = absl::UnknownError("not run");
   std::thread slow_fetch([&] {
-    slow_n = (*client)->Fetch(*session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(2));
+    slow_n = client.Fetch(session, slow.key, absl::MakeSpan(slow_out), absl::Seconds(2));
   });
   const bool entered = store.entered.WaitForNotificationWithTimeout(absl::Seconds(10));
   if (!entered) slow_fetch.join();  // it timed out before reaching the store
   ASSERT_TRUE(entered);
   std::vector<uint8_t> fast_out(fast.payload.size());
   auto fetch_fast = [&] {
-    return (*client)->Fetch(*session, fast.key, absl::MakeSpan(fast_out), absl::Seconds(10));
+    return client.Fetch(session, fast.key, absl::MakeSpan(fast_out), absl::Seconds(10));
   };
   for (int i = 0; i < 3; ++i) {
     auto f = fetch_fast();
@@ -322,14 +317,14 @@ TEST(UcxLanesTest, ADeadlineOnOneLaneLeavesTheBufferAloneAndOtherLanesServe) {
   }
   slow_fetch.join();
   EXPECT_TRUE(absl::IsDeadlineExceeded(slow_n.status())) << slow_n.status();
-  EXPECT_EQ((*client)->FetchesPerLane(), (std::vector<uint64_t>{1, 3}));
+  EXPECT_EQ(client.FetchesPerLane(), (std::vector<uint64_t>{1, 3}));
   // The node now reads the block and would answer on lane 0, whose endpoint was closed.
   store.open.Notify();
   ASSERT_TRUE(store.read.WaitForNotificationWithTimeout(absl::Seconds(10)));
   // A fetch that lands on the closed lane fails at once with UNAVAILABLE.
   auto f = fetch_fast();
   EXPECT_TRUE(absl::IsUnavailable(f.status())) << f.status();
-  EXPECT_EQ((*client)->FetchesPerLane(), (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(client.FetchesPerLane(), (std::vector<uint64_t>{2, 3}));
   EXPECT_TRUE(std::all_of(slow_out.begin(), slow_out.end(), [](uint8_t v) { return v == 0xAB; }))
       << "bytes were written into the buffer of a fetch that had returned";
 }

@@ -38,28 +38,6 @@ struct Stat {
   int ops = 0;
 };
 
-// Runs `op` until `seconds` pass or `max_ops` ran; bytes per op `bytes`.
-template <typename Fn>
-Stat Measure(double seconds, int max_ops, uint64_t bytes, Fn&& op) {
-  std::vector<double> lat;
-  const absl::Time start = absl::Now(), end = start + absl::Seconds(seconds);
-  while (absl::Now() < end && static_cast<int>(lat.size()) < max_ops) {
-    const absl::Time t0 = absl::Now();
-    if (!op(lat.size())) {
-      std::fprintf(stderr, "operation failed\n");
-      std::exit(1);
-    }
-    lat.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
-  }
-  const double total = absl::ToDoubleSeconds(absl::Now() - start);
-  Stat s;
-  s.ops = static_cast<int>(lat.size());
-  s.gbps = static_cast<double>(bytes) * s.ops / total / 1e9;
-  s.p50_us = Percentile(lat, 50);
-  s.p99_us = Percentile(lat, 99);
-  return s;
-}
-
 // CPU seconds (user + system) process `pid` has used so far (0 when /proc cannot tell).
 double CpuSeconds(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
@@ -104,6 +82,12 @@ Stat MeasureParallel(int threads, double seconds, int max_ops, uint64_t bytes, F
   s.p50_us = Percentile(all, 50);
   s.p99_us = Percentile(all, 99);
   return s;
+}
+
+// MeasureParallel on one thread: `op(i)` (i = 0, 1, ...).
+template <typename Fn>
+Stat Measure(double seconds, int max_ops, uint64_t bytes, Fn&& op) {
+  return MeasureParallel(1, seconds, max_ops, bytes, [&](int, size_t i) { return op(i); });
 }
 
 int Main(int argc, char** argv) {
