@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -35,6 +36,7 @@
 #include "services/cache_server.h"
 #include "worker/engine/engine.h"
 #include "worker/model/config.h"
+#include "worker/service/runtime.h"
 #endif
 
 namespace kvblock {
@@ -201,30 +203,15 @@ struct LengthResult {
   std::vector<FetchResult> fetched;
 };
 
-// Tells HostRegions which memory the shared-memory client maps, and remembers it (for the
-// engine's backend, made later).
-class RegionsListener final : public HostRegionListener {
+// HostRegions as the target of the shared-memory client's regions (through FetchSetup's relay).
+class HostRegionsTarget final : public HostRegionListener {
  public:
-  explicit RegionsListener(cuda::HostRegions* regions) : regions_(regions) {}
-  void OnMapped(absl::Span<const uint8_t> region) override {
-    regions_->Add(region);
-    std::lock_guard<std::mutex> lock(mu_);
-    mapped_.push_back(region);
-  }
-  void OnUnmapping(absl::Span<const uint8_t> region) override {
-    regions_->Remove(region);
-    std::lock_guard<std::mutex> lock(mu_);
-    std::erase_if(mapped_, [&](absl::Span<const uint8_t> r) { return r.data() == region.data(); });
-  }
-  std::vector<absl::Span<const uint8_t>> mapped() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return mapped_;
-  }
+  explicit HostRegionsTarget(cuda::HostRegions* regions) : regions_(regions) {}
+  void OnMapped(absl::Span<const uint8_t> region) override { regions_->Add(region); }
+  void OnUnmapping(absl::Span<const uint8_t> region) override { regions_->Remove(region); }
 
  private:
   cuda::HostRegions* regions_;
-  mutable std::mutex mu_;
-  std::vector<absl::Span<const uint8_t>> mapped_;
 };
 
 // Fetched block mode (item 2 of the benchmark): a cache server in this process (memory tier over
@@ -236,13 +223,15 @@ struct FetchSetup {
   std::filesystem::path dir;
   std::unique_ptr<CacheServer> server;
   cuda::HostRegions regions;
-  RegionsListener listener{&regions};
+  HostRegionsTarget regions_target{&regions};
+  HostRegionRelay relay;                    // the shm client's regions: to `regions`, later the engine's backend
   std::unique_ptr<CacheClient> client;      // UCX (else gRPC), shared memory off
   std::unique_ptr<CacheClient> shm_client;  // shared memory; null when the node offers none
   std::string transport;
   cuda::PinnedMemory host;
   cuda::DeviceMemory device;
   std::unique_ptr<cuda::LayerPipeline> pipeline;
+  FetchSetup() { relay.Attach(&regions_target); }
   ~FetchSetup() {
     pipeline.reset();
     client.reset();
@@ -435,7 +424,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     if (!client.ok()) return client.status();
     fetch.client = std::move(*client);
     co.use_shared_memory = true;
-    co.region_listener = &fetch.listener;
+    co.region_listener = &fetch.relay;
     auto shm_client = CacheClient::Create(co);
     if (!shm_client.ok()) return shm_client.status();
     fetch.shm_client = std::move(*shm_client);
@@ -838,11 +827,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     bo.gpu_tier_bytes = int64_t{o.passage} * int64_t(kv_bytes_per_token);
     auto backend = CreateCudaBackend(*std::move(model_or), config, bo);
     if (!backend.ok()) return backend.status();
-    // The shared-memory client's mapped regions now belong to the backend's registrations.
-    for (absl::Span<const uint8_t> r : fetch.listener.mapped()) {
-      fetch.regions.Remove(r);
-      (*backend)->AddHostRegion(r);
-    }
+    Backend* placing = backend->get();  // owned by the engines from here on
     EngineOptions eo;
     eo.kv_dtype = KvDtype::kBF16;
     eo.write_back = false;
@@ -855,6 +840,11 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       if (!e.ok()) return e.status();
       over_shm = *std::move(e);
     }
+    // The shared-memory client's mapped regions go from the bench's HostRegions to the
+    // backend's registrations, and back to nobody before the engines (and the backend) go.
+    BackendRegions backend_regions(placing);
+    fetch.relay.Attach(&backend_regions);
+    absl::Cleanup detach = [&] { fetch.relay.Attach(nullptr); };
     for (size_t li = 0; li < o.lengths.size(); ++li) {
       GenerateRequest req;
       req.blocks = prompt_blocks[li];

@@ -554,6 +554,33 @@ TEST_F(ShmClusterTest, GetWithoutSharedMemoryReadsOverUcx) {
       << metrics;
 }
 
+// A relay given to the client at creation hands the regions mapped so far to each target
+// attached later (a worker's backend exists only after its client), takes them back from the
+// previous one, and forwards the unmapping when the client goes.
+TEST_F(ShmClusterTest, RelayHandsMappedRegionsToTargetsAttachedLater) {
+  HostRegionRelay relay;
+  RecordingListener first, second;
+  std::unique_ptr<CacheClient> client = Client(&relay);
+  ASSERT_TRUE(client->HasSharedMemory(0));
+  const TestBlock b = RandomBlock(rng_, 4, 64);
+  ASSERT_TRUE(client->Put(b.key, b.payload).ok());
+  {
+    auto got = client->Get(b.key);
+    ASSERT_TRUE(got.ok()) << got.status();
+    relay.Attach(&first);
+    EXPECT_EQ(first.mapped(), 1u);
+    EXPECT_TRUE(first.Inside(got->bytes));
+  }
+  relay.Attach(&second);
+  EXPECT_EQ(first.unmapped(), 1u);
+  EXPECT_EQ(second.mapped(), 1u);
+  EXPECT_EQ(second.unmapped(), 0u);
+  client.reset();
+  EXPECT_EQ(second.unmapped(), 1u);
+  EXPECT_EQ(first.mapped(), 1u);  // detached: told nothing more
+  relay.Attach(nullptr);
+}
+
 // verify_shared_memory: the same zero-copy read, not marked verified (consumers re-hash it).
 TEST_F(ShmClusterTest, VerifySharedMemoryClearsTheVerifiedMark) {
   RecordingListener listener;

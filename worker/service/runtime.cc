@@ -189,31 +189,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
       Engine::Create(std::move(*backend), rt->store, rt->model.fingerprint, eo);
   if (!engine.ok()) return engine.status();
   rt->engine = std::move(*engine);
-  rt->relay.Attach(placing);
+  rt->backend_regions = std::make_unique<BackendRegions>(placing);
+  rt->relay.Attach(rt->backend_regions.get());
   return rt;
-}
-
-void BackendRegionRelay::OnMapped(absl::Span<const uint8_t> region) {
-  absl::MutexLock lock(&mu_);
-  mapped_.push_back(region);
-  if (backend_ != nullptr) backend_->AddHostRegion(region);
-}
-
-void BackendRegionRelay::OnUnmapping(absl::Span<const uint8_t> region) {
-  absl::MutexLock lock(&mu_);
-  std::erase_if(mapped_, [&](absl::Span<const uint8_t> r) { return r.data() == region.data(); });
-  if (backend_ != nullptr) backend_->RemoveHostRegion(region);
-}
-
-void BackendRegionRelay::Attach(Backend* backend) {
-  absl::MutexLock lock(&mu_);
-  if (backend_ != nullptr) {
-    for (absl::Span<const uint8_t> r : mapped_) backend_->RemoveHostRegion(r);
-  }
-  backend_ = backend;
-  if (backend_ != nullptr) {
-    for (absl::Span<const uint8_t> r : mapped_) backend_->AddHostRegion(r);
-  }
 }
 
 absl::Status CheckClusterReachable(CacheClient& client) {

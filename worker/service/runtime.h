@@ -106,27 +106,24 @@ struct RuntimeOptions {
   absl::Status Validate() const;
 };
 
-// Hands the host regions the cache client maps (a co-located node's arena, the same-host data
-// path) to the backend, which is created after the client: regions mapped before Attach are
-// handed over then. Thread-safe.
-class BackendRegionRelay final : public HostRegionListener {
+// The host regions a cache client maps (a co-located node's arena), handed to a backend
+// (Backend::AddHostRegion): the target of the runtime's HostRegionRelay once the backend exists.
+class BackendRegions final : public HostRegionListener {
  public:
-  void OnMapped(absl::Span<const uint8_t> region) override;
-  void OnUnmapping(absl::Span<const uint8_t> region) override;
-  // Starts (or with null, stops) forwarding to `backend` (borrowed until detached).
-  void Attach(Backend* backend);
+  explicit BackendRegions(Backend* backend) : backend_(backend) {}
+  void OnMapped(absl::Span<const uint8_t> region) override { backend_->AddHostRegion(region); }
+  void OnUnmapping(absl::Span<const uint8_t> region) override { backend_->RemoveHostRegion(region); }
 
  private:
-  absl::Mutex mu_;
-  std::vector<absl::Span<const uint8_t>> mapped_ ABSL_GUARDED_BY(mu_);
-  Backend* backend_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Backend* backend_;
 };
 
 // Everything opened; members are destroyed in reverse order (engine before stores), the relay
 // detached from the backend first.
 struct Runtime {
   ~Runtime() { relay.Attach(nullptr); }
-  BackendRegionRelay relay;                 // outlives the cluster client, which tells it
+  HostRegionRelay relay;                    // outlives the cluster client, which tells it
+  std::unique_ptr<BackendRegions> backend_regions;  // the relay's target once the engine exists
   LoadedModel model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<BlockStore> embedded;     // the embedded store, or the worker-local tier
