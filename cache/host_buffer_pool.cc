@@ -135,10 +135,11 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   bool room = true;
   {
     absl::MutexLock lock(&s.mu);
-    // Best fit: the smallest idle slab that holds `bytes`, if it does not waste too much.
+    // Best fit: the smallest idle slab that holds `bytes`, if it is not much larger than the
+    // slab a new one would be.
     if (auto it = s.idle.lower_bound(bytes);
         it != s.idle.end() &&
-        static_cast<double>(it->first) <= options_.max_waste_ratio * static_cast<double>(bytes)) {
+        static_cast<double>(it->first) <= options_.max_waste_ratio * static_cast<double>(capacity)) {
       reused_capacity = it->first;
       reused = it->second;
       s.idle.erase(it);

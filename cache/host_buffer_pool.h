@@ -8,8 +8,8 @@
 // the GPU at a fraction of the link rate.
 //
 // Reuse: a Take of n bytes gets the smallest idle slab of capacity >= n if that capacity is at
-// most max_waste_ratio * n (best fit within bounded waste); otherwise a new slab of n rounded up
-// to slab_rounding_bytes. The pool holds at most capacity_bytes of slabs (taken and idle); a new
+// most max_waste_ratio times the size of a new slab for n (best fit within bounded waste);
+// otherwise a new slab: n rounded up to slab_rounding_bytes. The pool holds at most capacity_bytes of slabs (taken and idle); a new
 // slab that would not fit first frees idle slabs, largest first, and then fails with
 // RESOURCE_EXHAUSTED. Idle slabs are kept until the pool needs their room or is destroyed.
 #pragma once
@@ -58,8 +58,8 @@ struct HostBufferPoolOptions {
   // New slabs are rounded up to a multiple of this (bytes; a power of two >= 4096), so slightly
   // different sizes share slabs. Default: 2 MiB.
   uint64_t slab_rounding_bytes = uint64_t{2} << 20;
-  // An idle slab serves a Take of n bytes only if its capacity is at most this times n (>= 1).
-  // Default: 2.
+  // An idle slab serves a Take of n bytes only if its capacity is at most this times n rounded
+  // up to slab_rounding_bytes (>= 1). Default: 2.
   double max_waste_ratio = 2.0;
 
   // INVALID_ARGUMENT naming the bad field.

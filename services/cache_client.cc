@@ -447,8 +447,18 @@ std::optional<absl::StatusOr<BlockBytes>> CacheClient::AcquireLocal(size_t index
   return std::nullopt;  // not local, lease limit, or broken: UCX / gRPC serve this read
 }
 
+HostBuffer CacheClient::TakeBuffer(uint64_t bytes) {
+  if (options_.buffers != nullptr) {
+    absl::StatusOr<HostBuffer> taken = options_.buffers->Take(bytes);
+    if (taken.ok()) return *std::move(taken);
+    buffer_fallbacks_.fetch_add(1, std::memory_order_relaxed);
+  }
+  auto data = std::make_shared<std::vector<uint8_t>>(bytes);
+  return {absl::MakeSpan(*data), std::move(data)};
+}
+
 absl::StatusOr<uint64_t> CacheClient::GetOverDataPlane(size_t index, const BlockKey& key,
-                                                       std::vector<uint8_t>& data) {
+                                                       BlockBytes& out) {
   // UCX needs a buffer of the payload's size: one Lookup (microseconds against a fetch of
   // megabytes) sizes it. Without a session, or if the block changed size meanwhile, gRPC
   // streams it into a buffer it sizes itself.
@@ -460,36 +470,37 @@ absl::StatusOr<uint64_t> CacheClient::GetOverDataPlane(size_t index, const Block
     }
     const uint64_t size = found->front().payload_bytes();
     if (size > 0 && size <= kMaxAnnouncedBytes) {
-      data.resize(size);
-      absl::StatusOr<uint64_t> n = GetOnNode(index, key, absl::MakeSpan(data), nullptr);
-      if (n.ok()) data.resize(*n);
+      HostBuffer buffer = TakeBuffer(size);
+      absl::StatusOr<uint64_t> n = GetOnNode(index, key, buffer.bytes, nullptr);
+      if (n.ok()) {
+        out.bytes = buffer.bytes.first(*n);
+        out.owner = std::move(buffer.owner);
+      }
       if (!absl::IsOutOfRange(n.status())) return n;
     }
   }
-  return GetOnNode(index, key, absl::Span<uint8_t>(), &data);
+  auto data = std::make_shared<std::vector<uint8_t>>();
+  absl::StatusOr<uint64_t> n = GetOnNode(index, key, absl::Span<uint8_t>(), data.get());
+  if (n.ok()) {
+    out.bytes = absl::MakeConstSpan(*data);
+    out.owner = std::move(data);
+  }
+  return n;
 }
 
 absl::StatusOr<BlockBytes> CacheClient::Get(const BlockKey& key) {
-  BlockBytes local;
-  auto data = std::make_shared<std::vector<uint8_t>>();
+  BlockBytes out;  // verified only when read in place through shared memory
   absl::StatusOr<uint64_t> n = ReadFromReplicas(key, [&](uint32_t node) -> absl::StatusOr<uint64_t> {
     if (std::optional<absl::StatusOr<BlockBytes>> b = AcquireLocal(node, key); b.has_value()) {
       if (!b->ok()) return b->status();
-      local = **std::move(b);
-      return local.bytes.size();
+      out = **std::move(b);
+      return out.bytes.size();
     }
-    return GetOverDataPlane(node, key, *data);
+    return GetOverDataPlane(node, key, out);
   });
   if (!n.ok()) return n.status();
-  if (local.owner != nullptr) {
-    local.tier = StoreTier::kRemote;  // this client's tier, whichever of the node's served it
-    if (options_.verify_shared_memory) local.verified = false;
-    return local;
-  }
-  BlockBytes out;
-  out.bytes = absl::MakeConstSpan(*data);
-  out.owner = std::move(data);
-  out.tier = StoreTier::kRemote;
+  out.tier = StoreTier::kRemote;  // this client's tier, whichever of the node's served it
+  if (options_.verify_shared_memory) out.verified = false;
   return out;
 }
 

@@ -12,7 +12,9 @@
 // only outside its shared memory, FetchInto() reads into a caller-provided buffer over the UCX
 // data plane when the node offers one (ucx_data_plane.h; concurrent calls spread over
 // data_plane_lanes lanes per node), else over the gRPC Get stream; Get() does the same into a
-// buffer of its own, sized by a Lookup.
+// buffer of its own: over UCX one sized by a Lookup and taken from CacheClientOptions::buffers
+// when that is set (a GPU worker's pool of pinned, reused host buffers: no page faults per read,
+// and the copy to the device runs at the link rate), else a fresh vector; over gRPC a vector.
 //
 // Status codes: as the nodes return them (cache_service_core.h) for non-retriable errors;
 // UNAVAILABLE when no replica could be reached within the attempts; NOT_FOUND when every
@@ -34,6 +36,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "cache/block_store.h"
+#include "cache/host_buffer_pool.h"
 #include "kvblock/v1/cache.grpc.pb.h"
 #include "services/host_region_listener.h"
 #include "services/rendezvous.h"
@@ -98,6 +101,11 @@ struct CacheClientOptions {
   // nullable, must outlive the client and every BlockBytes it returned; called from client
   // threads). Default: none.
   HostRegionListener* region_listener = nullptr;
+  // Where Get's reads over UCX land (borrowed, nullable, must outlive the client; the buffers
+  // it hands out may outlive both, held by the returned BlockBytes). When its Take fails the
+  // read lands in a vector instead (counted: buffer_fallbacks()). Reads over gRPC and through
+  // shared memory do not use it. Default: none (a fresh vector per read).
+  HostBufferSource* buffers = nullptr;
 
   absl::Status Validate() const;
 };
@@ -126,7 +134,8 @@ class CacheClient final : public BlockStore {
   // Zero copy from a node's shared memory when possible (the returned bytes point into the
   // mapping and pin the block on the node while held), else reads the whole payload into memory
   // owned by the returned BlockBytes: over UCX when the node has a session (a Lookup sizes the
-  // buffer first), else over gRPC. Its tier is kRemote either way.
+  // buffer first; taken from options().buffers when set), else over gRPC. Its tier is kRemote
+  // either way.
   absl::StatusOr<BlockBytes> Get(const BlockKey& key) override;
   // Present if any replica has it; tier kRemote.
   void Lookup(absl::Span<const BlockKey> keys, absl::Span<LookupResult> out) override;
@@ -155,6 +164,9 @@ class CacheClient final : public BlockStore {
   bool HasDataPlane(size_t node) const;
   // Whether a node's shared-memory session is open and healthy.
   bool HasSharedMemory(size_t node) const;
+  // Get reads over UCX that landed in a vector because options().buffers could not serve them
+  // (monotonic). Thread-safe.
+  uint64_t buffer_fallbacks() const { return buffer_fallbacks_.load(std::memory_order_relaxed); }
 
  private:
   struct Node;
@@ -171,10 +183,13 @@ class CacheClient final : public BlockStore {
   absl::Duration Backoff(uint32_t attempt) const;
 
   absl::Status PutOnNode(size_t node, const BlockKey& key, absl::Span<const uint8_t> payload);
+  // Get's read from one node that is not read through shared memory: over UCX into a buffer
+  // sized by a Lookup (TakeBuffer) when the node has a session, else the gRPC stream into a
+  // vector. On success `out` holds the bytes and their owner.
+  absl::StatusOr<uint64_t> GetOverDataPlane(size_t node, const BlockKey& key, BlockBytes& out);
+  // A buffer of `bytes` bytes for a Get over UCX: from options_.buffers, else a vector.
+  HostBuffer TakeBuffer(uint64_t bytes);
   // Reads into `buffer` (or, when `grow` is set, into *grow resized to fit).
-  // Get's read from one node that is not read through shared memory: UCX into `data` sized by
-  // a Lookup when the node has a session, else the gRPC stream.
-  absl::StatusOr<uint64_t> GetOverDataPlane(size_t node, const BlockKey& key, std::vector<uint8_t>& data);
   absl::StatusOr<uint64_t> GetOnNode(size_t node, const BlockKey& key, absl::Span<uint8_t> buffer,
                                      std::vector<uint8_t>* grow);
   // Shared read loop: calls `read(node)` over the candidates until one succeeds.
@@ -196,6 +211,7 @@ class CacheClient final : public BlockStore {
   RendezvousHash ring_;
   std::vector<std::unique_ptr<Node>> nodes_;
   std::unique_ptr<UcxClient> ucx_;
+  std::atomic<uint64_t> buffer_fallbacks_{0};
   absl::Notification stop_;
   std::thread prober_;
 };

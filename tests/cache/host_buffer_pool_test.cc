@@ -107,21 +107,21 @@ TEST(HostBufferPool, BestFitAmongIdleSlabsWithinTheWasteBound) {
   // 3 MiB: the 4 MiB slab (the smallest that holds it), not the 8 MiB one.
   HostBuffer a = TakeOk(*pool, 3 * kMiB);
   EXPECT_EQ(a.bytes.data(), p4);
-  // 1 MiB: the 2 MiB slab is exactly at the bound (2x).
-  HostBuffer b = TakeOk(*pool, 1 * kMiB);
+  // 64 KiB: the 2 MiB slab (a new one would be 2 MiB too).
+  HostBuffer b = TakeOk(*pool, 64 << 10);
   EXPECT_EQ(b.bytes.data(), p2);
-  // 3 MiB again: only the 8 MiB slab is idle, beyond 2x: a new slab.
-  HostBuffer c = TakeOk(*pool, 3 * kMiB);
+  // 1 MiB: only the 8 MiB slab is idle, beyond 2x the 2 MiB a new slab takes: a new slab.
+  HostBuffer c = TakeOk(*pool, 1 * kMiB);
   EXPECT_NE(c.bytes.data(), p8);
   EXPECT_EQ(pool->Stats().idle_slabs, 1u);
-  // 5 MiB: the 8 MiB slab is within 2x.
-  HostBuffer d = TakeOk(*pool, 5 * kMiB);
+  // 3 MiB (a new slab would be 4 MiB): the 8 MiB slab is within 2x.
+  HostBuffer d = TakeOk(*pool, 3 * kMiB);
   EXPECT_EQ(d.bytes.data(), p8);
   const HostBufferPoolStats st = pool->Stats();
   EXPECT_EQ(st.reuses, 3u);
   EXPECT_EQ(st.allocations, 4u);
   EXPECT_EQ(st.slabs, 4u);
-  EXPECT_EQ(st.bytes_held, (2 + 4 + 8 + 4) * kMiB);
+  EXPECT_EQ(st.bytes_held, (2 + 4 + 8 + 2) * kMiB);
 }
 
 TEST(HostBufferPool, CapacityExhaustedUntilATakenSlabIsReleased) {

@@ -1,11 +1,15 @@
 // A real CacheServer in this process (TieredStore on a temp dir, gRPC on loopback, UCX data
 // plane) driven by the real CacheClient and by raw gRPC calls: auth on every method, mTLS with
 // certificates made by openssl at test time, limits over the wire, cut Put streams, health and
-// reflection, UCX session authentication, metrics, and a fuzz of malformed wire messages.
+// reflection, UCX session authentication, metrics, a fuzz of malformed wire messages, and Get
+// over UCX landing in buffers from a HostBufferSource (reused slabs; a vector when it refuses).
 #include "services/cache_server.h"
 
+#include <algorithm>
 #include <random>
 
+#include "absl/synchronization/mutex.h"
+#include "cache/host_buffer_pool.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "services/cache_client.h"
@@ -49,13 +53,15 @@ class ServerTest : public ::testing::Test {
     channel_ = grpc::CreateChannel(server_->grpc_address(), grpc::InsecureChannelCredentials());
   }
 
-  std::unique_ptr<CacheClient> Client(bool ucx, std::string token = kToken) {
+  std::unique_ptr<CacheClient> Client(bool ucx, std::string token = kToken,
+                                      HostBufferSource* buffers = nullptr) {
     CacheClientOptions o;
     o.members = {server_->grpc_address()};
     o.replication = 1;
     o.auth_token = std::move(token);
     o.use_data_plane = ucx;
     o.max_attempts = 1;
+    o.buffers = buffers;
     auto c = CacheClient::Create(o);
     EXPECT_TRUE(c.ok()) << c.status();
     return *std::move(c);
@@ -144,6 +150,96 @@ TEST_F(ServerTest, RoundTripOverGrpcAndUcxIsByteExact) {
   EXPECT_FALSE(lr.back().present);
   EXPECT_TRUE(grpc_client->Delete(blocks[0].key).ok());
   EXPECT_TRUE(absl::IsNotFound(grpc_client->Get(blocks[0].key).status()));
+}
+
+// A HostBufferPool that remembers the buffers it handed out, or refuses every Take.
+class RecordingSource final : public HostBufferSource {
+ public:
+  explicit RecordingSource(bool refuse) : refuse_(refuse) {
+    auto pool = HostBufferPool::Create({});
+    EXPECT_TRUE(pool.ok()) << pool.status();
+    pool_ = *std::move(pool);
+  }
+  absl::StatusOr<HostBuffer> Take(uint64_t bytes) override {
+    absl::MutexLock l(&mu_);
+    ++takes_;
+    if (refuse_) return absl::ResourceExhaustedError("refused by the test");
+    absl::StatusOr<HostBuffer> b = pool_->Take(bytes);
+    if (b.ok()) handed_.push_back(b->bytes);
+    return b;
+  }
+  // Whether `bytes` lie inside one buffer handed out.
+  bool HandedOut(absl::Span<const uint8_t> bytes) const {
+    absl::MutexLock l(&mu_);
+    return std::any_of(handed_.begin(), handed_.end(), [&](absl::Span<uint8_t> h) {
+      return bytes.data() >= h.data() && bytes.data() + bytes.size() <= h.data() + h.size();
+    });
+  }
+  int takes() const {
+    absl::MutexLock l(&mu_);
+    return takes_;
+  }
+  HostBufferPool& pool() { return *pool_; }
+
+ private:
+  const bool refuse_;
+  std::unique_ptr<HostBufferPool> pool_;
+  mutable absl::Mutex mu_;
+  std::vector<absl::Span<uint8_t>> handed_ ABSL_GUARDED_BY(mu_);
+  int takes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST_F(ServerTest, GetOverUcxLandsInBuffersFromTheSource) {
+  RecordingSource source(/*refuse=*/false), refusing(/*refuse=*/true);
+  auto ucx_client = Client(true, kToken, &source);
+  auto grpc_client = Client(false, kToken, &source);
+  auto fallback_client = Client(true, kToken, &refusing);
+  ASSERT_TRUE(ucx_client->HasDataPlane(0) && fallback_client->HasDataPlane(0));
+  std::vector<TestBlock> blocks;
+  for (int i = 0; i < 5; ++i) blocks.push_back(RandomBlock(rng_, 2 + 3 * i, 32 + 96 * i));
+  for (const auto& b : blocks) ASSERT_TRUE(grpc_client->Put(b.key, b.payload).ok());
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& b : blocks) {
+      auto got = ucx_client->Get(b.key);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_TRUE(source.HandedOut(got->bytes));
+      EXPECT_EQ(std::vector<uint8_t>(got->bytes.begin(), got->bytes.end()), b.payload);
+      EXPECT_EQ(got->tier, StoreTier::kRemote);
+      EXPECT_FALSE(got->verified);
+    }
+  }
+  EXPECT_EQ(source.takes(), 2 * static_cast<int>(blocks.size()));
+  EXPECT_EQ(ucx_client->buffer_fallbacks(), 0u);
+  // Each Get's buffer went back when its BlockBytes did: the second round reused the slabs.
+  const HostBufferPoolStats st = source.pool().Stats();
+  EXPECT_GE(st.reuses, blocks.size());
+  EXPECT_EQ(st.bytes_taken, 0u);
+  // A held block keeps its buffer out of the pool, and its bytes stay intact.
+  auto held = ucx_client->Get(blocks[4].key);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_GT(source.pool().Stats().bytes_taken, 0u);
+  auto other = ucx_client->Get(blocks[3].key);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NE(other->bytes.data(), held->bytes.data());
+  EXPECT_EQ(std::vector<uint8_t>(held->bytes.begin(), held->bytes.end()), blocks[4].payload);
+  // A miss is NOT_FOUND from the sizing Lookup, before any buffer is taken.
+  const int takes = source.takes();
+  EXPECT_TRUE(absl::IsNotFound(ucx_client->Get(Hash128{rng_(), 9}).status()));
+  EXPECT_EQ(source.takes(), takes);
+  // gRPC reads do not use the source.
+  auto over_grpc = grpc_client->Get(blocks[1].key);
+  ASSERT_TRUE(over_grpc.ok()) << over_grpc.status();
+  EXPECT_FALSE(source.HandedOut(over_grpc->bytes));
+  EXPECT_EQ(std::vector<uint8_t>(over_grpc->bytes.begin(), over_grpc->bytes.end()), blocks[1].payload);
+  EXPECT_EQ(source.takes(), takes);
+  // A source that refuses: every Get still succeeds, into a vector, and is counted.
+  for (const auto& b : blocks) {
+    auto got = fallback_client->Get(b.key);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(std::vector<uint8_t>(got->bytes.begin(), got->bytes.end()), b.payload);
+  }
+  EXPECT_EQ(refusing.takes(), static_cast<int>(blocks.size()));
+  EXPECT_EQ(fallback_client->buffer_fallbacks(), blocks.size());
 }
 
 TEST_F(ServerTest, UcxSessionNeedsAFreshTokenFromOpenDataPlane) {
