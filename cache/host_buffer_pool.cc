@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "cache/internal/tsan_mutex.h"
 
 namespace kvblock {
 namespace {
@@ -63,14 +64,14 @@ struct HostBufferPool::State {
       if (!allocator.deallocate(p).ok()) ++errors;
     }
     if (errors == 0) return;
-    absl::MutexLock lock(&mu);
+    internal::MutexLock lock(&mu);
     stats.free_errors += errors;
   }
 
   // A buffer's last owner let go: the slab goes idle, or is freed if the pool is gone.
   void Release(void* p, uint64_t capacity) {
     {
-      absl::MutexLock lock(&mu);
+      internal::MutexLock lock(&mu);
       stats.bytes_taken -= capacity;
       if (!closed) {
         idle.emplace(capacity, p);
@@ -106,7 +107,7 @@ HostBufferPool::HostBufferPool(const HostBufferPoolOptions& options, std::shared
 HostBufferPool::~HostBufferPool() {
   std::vector<std::pair<void*, uint64_t>> to_free;
   {
-    absl::MutexLock lock(&state_->mu);
+    internal::MutexLock lock(&state_->mu);
     state_->closed = true;
     for (const auto& [capacity, p] : state_->idle) to_free.emplace_back(p, capacity);
     state_->idle.clear();
@@ -120,7 +121,7 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   if (bytes == 0) return absl::InvalidArgumentError("host buffer pool: a buffer of 0 bytes");
   State& s = *state_;
   if (bytes > options_.capacity_bytes) {
-    absl::MutexLock lock(&s.mu);
+    internal::MutexLock lock(&s.mu);
     ++s.stats.exhausted;
     return absl::ResourceExhaustedError(absl::StrCat("host buffer pool: ", bytes,
                                                      " bytes asked, capacity ",
@@ -134,7 +135,7 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   uint64_t taken = 0;  // when there is no room: the bytes taken, for the message
   bool room = true;
   {
-    absl::MutexLock lock(&s.mu);
+    internal::MutexLock lock(&s.mu);
     // Best fit: the smallest idle slab that holds `bytes`, if it is not much larger than the
     // slab a new one would be.
     if (auto it = s.idle.lower_bound(bytes);
@@ -177,7 +178,7 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   }
   absl::StatusOr<void*> p = s.allocator.allocate(capacity);
   {
-    absl::MutexLock lock(&s.mu);
+    internal::MutexLock lock(&s.mu);
     if (p.ok() && *p != nullptr) {
       ++s.stats.allocations;
       ++s.stats.takes;
@@ -206,7 +207,7 @@ HostBuffer HostBufferPool::Wrap(void* slab, uint64_t capacity, uint64_t bytes) c
 }
 
 HostBufferPoolStats HostBufferPool::Stats() const {
-  absl::MutexLock lock(&state_->mu);
+  internal::MutexLock lock(&state_->mu);
   HostBufferPoolStats out = state_->stats;
   out.idle_slabs = state_->idle.size();
   return out;

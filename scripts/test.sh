@@ -26,13 +26,13 @@ configure_build build-fuzz -DKVBLOCK_CORE_ONLY=ON -DKVBLOCK_FUZZ=ON \
   -DKVBLOCK_FUZZ_SECONDS="${KVBLOCK_FUZZ_SECONDS:-30}"
 configure_build build
 ctest --test-dir build-fuzz --output-on-failure -j "$jobs"
-# ThreadSanitizer: only the storage concurrency stress test (label tsan) is built and run.
+# ThreadSanitizer: only the storage concurrency tests (label tsan) are built and run.
 mkdir -p build-tsan
 cmake -S . -B build-tsan -G Ninja -DKVBLOCK_CORE_ONLY=ON -DKVBLOCK_BUILD_BENCH=OFF \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread \
   >build-tsan.configure.log 2>&1 || { cat build-tsan.configure.log; exit 1; }
-cmake --build build-tsan -j "$jobs" --target store_stress_test
+cmake --build build-tsan -j "$jobs" --target store_stress_test host_buffer_pool_test
 ctest --test-dir build-tsan -L tsan --output-on-failure
 # The full suite runs last so its summary is the run's closing line.
 ctest --test-dir build --output-on-failure -j "$jobs"
