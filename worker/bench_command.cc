@@ -32,6 +32,7 @@
 #include "worker/engine/cuda/gpu_tier.h"
 #include "worker/engine/cuda/host_regions.h"
 #include "worker/engine/cuda/layer_pipeline.h"
+#include "worker/engine/cuda/pinned_memory.h"
 #include "services/cache_client.h"
 #include "services/cache_server.h"
 #include "worker/engine/engine.h"
@@ -825,6 +826,24 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     bo.max_context_runs = model.options().max_context_runs;
     const uint64_t kv_bytes_per_token = model.kv_bytes_per_token();
     bo.gpu_tier_bytes = int64_t{o.passage} * int64_t(kv_bytes_per_token);
+    // Over UCX the blocks land in pinned, reused host buffers, as in `kvblock worker`
+    // (RuntimeOptions::pinned_buffer_bytes): a client of its own over a pool that holds the
+    // longest request's blocks (a request keeps them until it ends).
+    HostBufferPoolOptions po;
+    for (const auto& blocks : prompt_blocks) {
+      uint64_t rounded = 0;
+      for (const auto& b : blocks) {
+        const uint64_t bytes = b.size() * kv_bytes_per_token + kBlockHeaderBytes;
+        rounded += (bytes + po.slab_rounding_bytes - 1) / po.slab_rounding_bytes * po.slab_rounding_bytes;
+      }
+      po.capacity_bytes = std::max(po.capacity_bytes, rounded);
+    }
+    auto pinned = cuda::CreatePinnedBufferPool(po);
+    if (!pinned.ok()) return pinned.status();
+    CacheClientOptions pinned_co = fetch.client->options();
+    pinned_co.buffers = pinned->get();
+    auto pinned_client = CacheClient::Create(pinned_co);
+    if (!pinned_client.ok()) return pinned_client.status();
     auto backend = CreateCudaBackend(*std::move(model_or), config, bo);
     if (!backend.ok()) return backend.status();
     Backend* placing = backend->get();  // owned by the engines from here on
@@ -832,7 +851,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
     eo.kv_dtype = KvDtype::kBF16;
     eo.write_back = false;
     eo.fetch_threads = o.fetch_threads;
-    auto over_ucx = Engine::Create(*std::move(backend), fetch.client.get(), fingerprint, eo);
+    auto over_ucx = Engine::Create(*std::move(backend), pinned_client->get(), fingerprint, eo);
     if (!over_ucx.ok()) return over_ucx.status();
     std::unique_ptr<Engine> over_shm;
     if (fetch.shm_client != nullptr) {
@@ -880,6 +899,11 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
         engine_results.push_back(er);
       }
     }
+    const HostBufferPoolStats ps = (*pinned)->Stats();
+    std::printf("engine path over %s: pinned buffers %llu takes (%llu reused), %.2f GB held; %llu reads fell back to "
+                "pageable memory\n",
+                fetch.transport.c_str(), (unsigned long long)ps.takes, (unsigned long long)ps.reuses, ps.bytes_held / 1e9,
+                (unsigned long long)(*pinned_client)->buffer_fallbacks());
     return absl::OkStatus();
   };
   if (!o.skip_fetch) {

@@ -26,6 +26,7 @@ struct WorkerFlags {
   ClusterFlags cluster;  // --cache SPEC, --cache-auth-token-file, --cache-tls-*
   std::string cache_dir;
   uint64_t memory_mb = 256;
+  uint64_t pinned_buffer_bytes = uint64_t{4} << 30;
   double drain_timeout_s = 10;
   std::string ready_file;
   WorkerServerOptions server;
@@ -50,6 +51,7 @@ int RunWorker(WorkerFlags& f) {
   ro.memory_bytes = f.memory_mb << 20;
   ro.cache_dir = f.cache_dir;
   ro.backend = f.backend;
+  ro.pinned_buffer_bytes = f.pinned_buffer_bytes;
   if (has_cluster) {
     absl::StatusOr<CacheClientOptions> co = ClientOptionsFromFlags(f.cluster);
     if (!co.ok()) return Fail(co.status());
@@ -110,6 +112,11 @@ void AddWorkerCommand(CLI::App& app) {
   cmd->add_option("--cache-dir", f->cache_dir,
                   "Embedded store directory (instead of a cache cluster)");
   cmd->add_option("--memory-mb", f->memory_mb, "Memory of the local tier / embedded store (MiB)")
+      ->capture_default_str();
+  cmd->add_option("--pinned-buffer-bytes", f->pinned_buffer_bytes,
+                  "Pinned host memory that blocks fetched from the cache over UCX land in, "
+                  "reused (e.g. 4GiB; --backend cuda with --cache; 0 = off)")
+      ->transform(CLI::AsSizeValue(false))
       ->capture_default_str();
   cmd->add_option("--listen", f->server.listen, "gRPC address host:port")->capture_default_str();
   cmd->add_option("--metrics-listen", f->server.metrics_listen,

@@ -14,10 +14,11 @@ export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/kvblock-ccache}"
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja >/dev/null
 # The GPU tests and kvblock, plus the storage and cluster benchmarks, which the GPU machine (16
 # otherwise idle cores, unlike the shared development VM) runs as a quiet-host measurement.
-targets=(cuda_kernels_test cuda_engine_test cuda_backend_test kvblock storage_bench cluster_bench)
+targets=(cuda_kernels_test cuda_engine_test cuda_backend_test pinned_memory_test kvblock storage_bench
+         cluster_bench)
 bins=(tests/kernels/cuda/cuda_kernels_test tests/worker/engine/cuda/cuda_engine_test
-      tests/worker/engine/cuda/cuda_backend_test kvblock tests/bench/storage/storage_bench
-      tests/bench/cluster/cluster_bench)
+      tests/worker/engine/cuda/cuda_backend_test tests/worker/engine/cuda/pinned_memory_test kvblock
+      tests/bench/storage/storage_bench tests/bench/cluster/cluster_bench)
 cmake --build "$build" -j "${KVBLOCK_JOBS:-2}" --target "${targets[@]}"
 bash scripts/gpu/pack.sh "$build" "${bins[@]}"
 shared="${KVBLOCK_SHARED_DIR:-../shared}"

@@ -6,6 +6,9 @@
 #include "absl/strings/str_join.h"
 #include "cache/memory_tier.h"
 #include "cache/tiered_store.h"
+#ifdef KVBLOCK_WITH_CUDA
+#include "worker/engine/cuda/pinned_memory.h"
+#endif
 
 namespace kvblock {
 
@@ -140,6 +143,26 @@ absl::Status RuntimeOptions::Validate() const {
   return backend.Validate();
 }
 
+namespace {
+
+// The pinned pool for the cluster client's reads when the engine computes on the GPU (nothing
+// otherwise, and nothing in a build without CUDA, where the cuda backend fails to open anyway).
+absl::Status OpenPinnedBuffers(const RuntimeOptions& options, Runtime& rt) {
+  if (!options.load_engine || options.backend.name != "cuda" || options.pinned_buffer_bytes == 0) {
+    return absl::OkStatus();
+  }
+#ifdef KVBLOCK_WITH_CUDA
+  HostBufferPoolOptions po;
+  po.capacity_bytes = options.pinned_buffer_bytes;
+  absl::StatusOr<std::unique_ptr<HostBufferPool>> pool = cuda::CreatePinnedBufferPool(po);
+  if (!pool.ok()) return pool.status();
+  rt.buffers = *std::move(pool);
+#endif
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   auto rt = std::make_unique<Runtime>();
@@ -162,6 +185,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
   } else {
     CacheClientOptions cluster = options.cluster;
     cluster.region_listener = &rt->relay;
+    if (absl::Status s = OpenPinnedBuffers(options, *rt); !s.ok()) return s;
+    cluster.buffers = rt->buffers.get();
     absl::StatusOr<std::unique_ptr<CacheClient>> client = CacheClient::Create(cluster);
     if (!client.ok()) return client.status();
     rt->cluster = std::move(*client);

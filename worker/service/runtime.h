@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "cache/block_store.h"
+#include "cache/host_buffer_pool.h"
 #include "services/cache_client.h"
 #include "worker/engine/backend_factory.h"
 #include "worker/engine/engine.h"
@@ -97,6 +98,11 @@ struct RuntimeOptions {
   bool write_back = true;
   // The compute backend. Default: cpu.
   BackendOptions backend;
+  // Page-locked host memory that blocks read from the cluster over UCX land in, reused across
+  // reads (bytes; CacheClientOptions::buffers, cuda::CreatePinnedBufferPool), when the backend is
+  // cuda and the store is a cluster. 0 = off (each read lands in a fresh pageable vector).
+  // Default: 4 GiB.
+  uint64_t pinned_buffer_bytes = uint64_t{4} << 30;
   // Load the weights and build the backend and engine. False opens the model's config,
   // fingerprint and tokenizer and the store only (Runtime::engine stays null): an indexer whose
   // blocks a remote worker encodes. Default: true.
@@ -123,6 +129,7 @@ class BackendRegions final : public HostRegionListener {
 struct Runtime {
   ~Runtime() { relay.Attach(nullptr); }
   HostRegionRelay relay;                    // outlives the cluster client, which tells it
+  std::unique_ptr<HostBufferPool> buffers;  // pinned; the cluster client's Get buffers, or null
   std::unique_ptr<BackendRegions> backend_regions;  // the relay's target once the engine exists
   LoadedModel model;
   std::unique_ptr<Tokenizer> tokenizer;
