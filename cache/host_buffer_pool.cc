@@ -29,14 +29,16 @@ HostBufferAllocator DefaultHostBufferAllocator() {
       .allocate = [](uint64_t bytes) -> absl::StatusOr<void*> {
         void* p = ::operator new(bytes, kDefaultAlignment, std::nothrow);
         if (p == nullptr) {
-          return absl::ResourceExhaustedError(absl::StrCat("operator new of ", bytes, " bytes failed"));
+          return absl::ResourceExhaustedError(
+              absl::StrCat("operator new of ", bytes, " bytes failed"));
         }
         return p;
       },
-      .deallocate = [](void* p) {
-        ::operator delete(p, kDefaultAlignment);
-        return absl::OkStatus();
-      },
+      .deallocate =
+          [](void* p) {
+            ::operator delete(p, kDefaultAlignment);
+            return absl::OkStatus();
+          },
   };
 }
 
@@ -95,7 +97,8 @@ absl::StatusOr<std::unique_ptr<HostBufferPool>> HostBufferPool::Create(
     const HostBufferPoolOptions& options, HostBufferAllocator allocator) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   if (!allocator.allocate || !allocator.deallocate) {
-    return absl::InvalidArgumentError("host buffer pool: the allocator needs allocate and deallocate");
+    return absl::InvalidArgumentError(
+        "host buffer pool: the allocator needs allocate and deallocate");
   }
   return std::unique_ptr<HostBufferPool>(
       new HostBufferPool(options, std::make_shared<State>(options, std::move(allocator))));
@@ -123,9 +126,8 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   if (bytes > options_.capacity_bytes) {
     internal::MutexLock lock(&s.mu);
     ++s.stats.exhausted;
-    return absl::ResourceExhaustedError(absl::StrCat("host buffer pool: ", bytes,
-                                                     " bytes asked, capacity ",
-                                                     options_.capacity_bytes));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "host buffer pool: ", bytes, " bytes asked, capacity ", options_.capacity_bytes));
   }
   std::vector<std::pair<void*, uint64_t>> evicted;
   const uint64_t capacity =
@@ -139,8 +141,8 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
     // Best fit: the smallest idle slab that holds `bytes`, if it is not much larger than the
     // slab a new one would be.
     if (auto it = s.idle.lower_bound(bytes);
-        it != s.idle.end() &&
-        static_cast<double>(it->first) <= options_.max_waste_ratio * static_cast<double>(capacity)) {
+        it != s.idle.end() && static_cast<double>(it->first) <=
+                                  options_.max_waste_ratio * static_cast<double>(capacity)) {
       reused_capacity = it->first;
       reused = it->second;
       s.idle.erase(it);
@@ -171,10 +173,9 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   if (reused != nullptr) return Wrap(reused, reused_capacity, bytes);
   s.Free(evicted);
   if (!room) {
-    return absl::ResourceExhaustedError(absl::StrCat("host buffer pool: ", taken, " of ",
-                                                     options_.capacity_bytes,
-                                                     " bytes are taken; no room for a slab of ",
-                                                     capacity));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("host buffer pool: ", taken, " of ", options_.capacity_bytes,
+                     " bytes are taken; no room for a slab of ", capacity));
   }
   absl::StatusOr<void*> p = s.allocator.allocate(capacity);
   {
@@ -191,8 +192,8 @@ absl::StatusOr<HostBuffer> HostBufferPool::Take(uint64_t bytes) {
   }
   if (!p.ok() || *p == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "host buffer pool: allocating ", capacity, " bytes failed: ",
-        p.ok() ? std::string("null") : std::string(p.status().message())));
+        "host buffer pool: allocating ", capacity,
+        " bytes failed: ", p.ok() ? std::string("null") : std::string(p.status().message())));
   }
   return Wrap(*p, capacity, bytes);
 }

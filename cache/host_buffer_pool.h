@@ -9,9 +9,10 @@
 //
 // Reuse: a Take of n bytes gets the smallest idle slab of capacity >= n if that capacity is at
 // most max_waste_ratio times the size of a new slab for n (best fit within bounded waste);
-// otherwise a new slab: n rounded up to slab_rounding_bytes. The pool holds at most capacity_bytes of slabs (taken and idle); a new
-// slab that would not fit first frees idle slabs, largest first, and then fails with
-// RESOURCE_EXHAUSTED. Idle slabs are kept until the pool needs their room or is destroyed.
+// otherwise a new slab: n rounded up to slab_rounding_bytes. The pool holds at most capacity_bytes
+// of slabs (taken and idle); a new slab that would not fit first frees idle slabs, largest first,
+// and then fails with RESOURCE_EXHAUSTED. Idle slabs are kept until the pool needs their room or is
+// destroyed.
 #pragma once
 
 #include <cstdint>
@@ -68,16 +69,16 @@ struct HostBufferPoolOptions {
 
 // Counters of a pool (current values unless marked as monotonic).
 struct HostBufferPoolStats {
-  uint64_t slabs = 0;         // allocated slabs, taken or idle
-  uint64_t idle_slabs = 0;    // slabs waiting for a Take
-  uint64_t bytes_held = 0;    // capacity of all slabs, including ones being allocated
-  uint64_t bytes_taken = 0;   // capacity of the slabs handed out
-  uint64_t takes = 0;         // successful Takes (monotonic)
-  uint64_t reuses = 0;        // Takes served by an idle slab (monotonic)
-  uint64_t allocations = 0;   // slabs allocated (monotonic)
-  uint64_t evictions = 0;     // idle slabs freed to make room (monotonic)
-  uint64_t exhausted = 0;     // Takes answered RESOURCE_EXHAUSTED (monotonic)
-  uint64_t free_errors = 0;   // deallocate calls that failed (monotonic)
+  uint64_t slabs = 0;        // allocated slabs, taken or idle
+  uint64_t idle_slabs = 0;   // slabs waiting for a Take
+  uint64_t bytes_held = 0;   // capacity of all slabs, including ones being allocated
+  uint64_t bytes_taken = 0;  // capacity of the slabs handed out
+  uint64_t takes = 0;        // successful Takes (monotonic)
+  uint64_t reuses = 0;       // Takes served by an idle slab (monotonic)
+  uint64_t allocations = 0;  // slabs allocated (monotonic)
+  uint64_t evictions = 0;    // idle slabs freed to make room (monotonic)
+  uint64_t exhausted = 0;    // Takes answered RESOURCE_EXHAUSTED (monotonic)
+  uint64_t free_errors = 0;  // deallocate calls that failed (monotonic)
 };
 
 class HostBufferPool final : public HostBufferSource {

@@ -37,11 +37,12 @@ struct CountingAllocator {
           }
           return p;
         },
-        .deallocate = [this, base](void* p) {
-          --live;
-          ++freed;
-          return base.deallocate(p);
-        },
+        .deallocate =
+            [this, base](void* p) {
+              --live;
+              ++freed;
+              return base.deallocate(p);
+            },
     };
   }
 };
@@ -96,7 +97,8 @@ TEST(HostBufferPool, AReleasedSlabComesBackForTheNextTake) {
 TEST(HostBufferPool, BestFitAmongIdleSlabsWithinTheWasteBound) {
   CountingAllocator alloc;
   auto pool = MakePool(alloc, 64 * kMiB);
-  HostBuffer s2 = TakeOk(*pool, 2 * kMiB), s4 = TakeOk(*pool, 4 * kMiB), s8 = TakeOk(*pool, 8 * kMiB);
+  HostBuffer s2 = TakeOk(*pool, 2 * kMiB), s4 = TakeOk(*pool, 4 * kMiB),
+             s8 = TakeOk(*pool, 8 * kMiB);
   const uint8_t* p2 = s2.bytes.data();
   const uint8_t* p4 = s4.bytes.data();
   const uint8_t* p8 = s8.bytes.data();

@@ -3,20 +3,28 @@
 // as unregistered), stay so when a slab is reused, and a block made resident from a payload in
 // one (CudaBackend::MakeResident, the engine's path for blocks fetched over UCX) gives exactly
 // the device KV that the same payload gives from pageable memory, equal to the payload's own.
+// End to end: a runtime with the cuda backend over a cache server in this process (UCX on
+// loopback) reads the blocks another runtime wrote into its pinned pool, and generates the same
+// tokens.
 #include "worker/engine/cuda/pinned_memory.h"
 
 #include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <vector>
 
 #include "cache/block_payload.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "services/cache_server.h"
+#include "tests/services/cluster_test_util.h"
 #include "tests/worker/engine/cuda/fixture_dirs.h"
 #include "worker/engine/cuda/cuda_backend.h"
 #include "worker/model/model.h"
+#include "worker/service/runtime.h"
 
 namespace kvblock {
 namespace {
@@ -101,7 +109,8 @@ TEST(PinnedBufferPool, MakeResidentFromAPinnedBufferMatchesPageableMemory) {
   meta.num_kv_heads = static_cast<uint32_t>(c.num_kv_heads);
   meta.head_dim = static_cast<uint32_t>(c.head_dim);
   meta.num_tokens = 48;
-  const size_t n = static_cast<size_t>(c.num_layers * c.num_kv_heads * meta.num_tokens * c.head_dim);
+  const size_t n =
+      static_cast<size_t>(c.num_layers * c.num_kv_heads * meta.num_tokens * c.head_dim);
   std::vector<float> k(n), v(n);
   for (float& x : k) x = normal(rng);
   for (float& x : v) x = normal(rng);
@@ -118,9 +127,11 @@ TEST(PinnedBufferPool, MakeResidentFromAPinnedBufferMatchesPageableMemory) {
   ExpectPinned(pinned->bytes.data());
 
   std::vector<std::vector<float>> ks, vs;
-  for (Backend* b : {static_cast<Backend*>(from_pinned->get()), static_cast<Backend*>(from_pageable->get())}) {
-    const absl::Span<const uint8_t> bytes =
-        b == from_pinned->get() ? absl::Span<const uint8_t>(pinned->bytes) : absl::MakeConstSpan(*payload);
+  for (Backend* b :
+       {static_cast<Backend*>(from_pinned->get()), static_cast<Backend*>(from_pageable->get())}) {
+    const absl::Span<const uint8_t> bytes = b == from_pinned->get()
+                                                ? absl::Span<const uint8_t>(pinned->bytes)
+                                                : absl::MakeConstSpan(*payload);
     auto view = BlockView::Parse(bytes);
     ASSERT_TRUE(view.ok()) << view.status();
     const Backend::ResidentBlock resident = b->MakeResident(*view);
@@ -130,7 +141,9 @@ TEST(PinnedBufferPool, MakeResidentFromAPinnedBufferMatchesPageableMemory) {
     ASSERT_TRUE(b->AppendResident(**seq, resident).ok());
     ks.emplace_back(n);
     vs.emplace_back(n);
-    ASSERT_TRUE(b->ReadKv(**seq, 0, meta.num_tokens, absl::MakeSpan(ks.back()), absl::MakeSpan(vs.back())).ok());
+    ASSERT_TRUE(
+        b->ReadKv(**seq, 0, meta.num_tokens, absl::MakeSpan(ks.back()), absl::MakeSpan(vs.back()))
+            .ok());
   }
   // The same device bytes either way; V is the payload's V, K the payload's K (re-encoded by
   // offset 0: unchanged up to rounding).
@@ -143,6 +156,65 @@ TEST(PinnedBufferPool, MakeResidentFromAPinnedBufferMatchesPageableMemory) {
     ref += double{k[i]} * k[i];
   }
   EXPECT_LE(std::sqrt(err / ref), 1e-6);
+}
+
+TEST(PinnedBufferPool, RuntimeReadsClusterBlocksIntoItsPinnedPool) {
+  const std::vector<std::string> dirs = testing::FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  testing::TempDir dir;
+  CacheServerOptions so;
+  so.listen = "127.0.0.1:0";
+  so.ucx_listen = "127.0.0.1:0";
+  so.data_dir = dir.Sub("data");
+  so.memory_bytes = 256 * kMiB;
+  so.sync = "none";
+  auto server = CacheServer::Start(so);
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  RuntimeOptions ro;
+  ro.model_dir = dirs.front();
+  ro.model_id = "pinned-memory-test";
+  ro.cluster.members = {(*server)->grpc_address()};
+  ro.cluster.replication = 1;
+  ro.local_tier = false;  // every block read goes to the cluster
+  ro.backend.name = "cuda";
+  ro.backend.dtype = "f32";
+  ro.pinned_buffer_bytes = 256 * kMiB;
+  std::ifstream in(dirs.front() + "/reference.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  GenerateRequest req;
+  req.blocks = j["blocks"].get<std::vector<std::vector<int32_t>>>();
+  req.final_block = j["final_block"].get<std::vector<int32_t>>();
+  req.max_new_tokens = 8;
+
+  // The first runtime encodes the blocks and writes them to the cluster; the second (a fresh
+  // GPU tier) fetches them over UCX.
+  auto writer = OpenRuntime(ro);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_NE((*writer)->buffers, nullptr);
+  EXPECT_EQ((*writer)->cluster->options().buffers, (*writer)->buffers.get());
+  auto wrote = (*writer)->engine->Generate(req);
+  ASSERT_TRUE(wrote.ok()) << wrote.status();
+  EXPECT_EQ(wrote->cache_misses, static_cast<int64_t>(req.blocks.size()));
+
+  auto reader = OpenRuntime(ro);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE((*reader)->cluster->HasDataPlane(0)) << "no UCX session to the cache server";
+  auto read = (*reader)->engine->Generate(req);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->cache_hits, static_cast<int64_t>(req.blocks.size()));
+  EXPECT_EQ(read->tokens, wrote->tokens);
+  const HostBufferPoolStats st = (*reader)->buffers->Stats();
+  EXPECT_EQ(st.takes, req.blocks.size());
+  EXPECT_EQ(st.bytes_taken, 0u);  // the request let go of its blocks
+  EXPECT_EQ((*reader)->cluster->buffer_fallbacks(), 0u);
+
+  // Off: no pool, reads land in vectors.
+  ro.pinned_buffer_bytes = 0;
+  auto plain = OpenRuntime(ro);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*plain)->buffers, nullptr);
+  EXPECT_EQ((*plain)->cluster->options().buffers, nullptr);
 }
 
 }  // namespace
