@@ -579,10 +579,12 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
         std::vector<std::optional<BlockView>> views(blocks.size());
         std::vector<BlockBytes> held(blocks.size());  // shm path: the leased blocks of a run
         auto device_at = [&](size_t i) -> void* { return fetch.device.as<char>() + dev_at[i]; };
-        // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads),
-        // then its whole payload goes to HBM on the pipeline's copy stream (in arrival order,
-        // fp8 dequantized there), overlapping the fetches still running. UCX: into the pinned
-        // buffer; shm: a zero-copy Get, the copy reading the node's mapped arena.
+        // Fetch and verify every block, `fetch_threads` at a time (block i on thread i % threads).
+        // UCX: into the pinned buffer, then its whole payload goes to HBM on the pipeline's copy
+        // stream (in arrival order, fp8 dequantized there), overlapping the fetches still
+        // running. shm: a zero-copy Get (a lease, microseconds); the copies, reading the node's
+        // mapped arena, then go layer by layer under the prefill (place_and_prefill), as the
+        // engine does with blocks that arrive at the end of a fetch.
         std::mutex copy_mu;
         auto fetch_all = [&](FetchPath path) -> absl::Status {
           std::vector<absl::Status> errors(o.fetch_threads);
@@ -607,6 +609,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
                 auto v = BlockView::Parse(payload, path == FetchPath::kShm ? DataCheck::kTrusted : DataCheck::kVerify);
                 if (!v.ok()) { errors[t] = v.status(); break; }
                 views[i] = *v;
+                if (path == FetchPath::kShm) continue;
                 std::lock_guard<std::mutex> lock(copy_mu);
                 const cuda::LayerCopy copy{*v, device_at(i)};
                 errors[t] = fetch.pipeline->Enqueue({&copy, 1}, model.stream());
@@ -649,7 +652,8 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
             const auto t0 = Clock::now();
             BENCH_RETURN_IF_ERROR(fetch_all(path));
             net.push_back(Ms(Clock::now() - t0));
-            return prefill_fetched();  // waits for the copies: the leases may go after it
+            // Both wait for the copies: the leases may go after them.
+            return path == FetchPath::kShm ? place_and_prefill() : prefill_fetched();
           });
           if (!fm.ok() && path == FetchPath::kShm) {  // report it, keep the other measurements
             BENCH_RETURN_IF_ERROR(model.Synchronize());

@@ -92,6 +92,9 @@ class Backend {
   // Appends a cached block (K encoded at block-local positions 0..n-1) at offset length(),
   // re-encoding its K by that offset; V is copied as is. INVALID_ARGUMENT if the block's
   // geometry (layers, kv heads, head_dim) is not the model's or the capacity is exceeded.
+  // The block's bytes must stay valid until the sequence's next pass (Forward, ForwardBatch,
+  // DecodeStep) or ReadKv has returned: a backend may move them to its device under that pass
+  // (the CUDA backend copies them layer by layer, each layer of the pass waiting for its own).
   virtual absl::Status AppendBlock(KvSequence& seq, const BlockView& block) = 0;
 
   // Blocks a backend keeps on its device across requests (the CUDA backend's GPU tier): a hot

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -272,31 +273,36 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
   }
   out.timings.lookup_ms = MsSince(t_lookup);
 
-  // Found blocks are fetched by options_.fetch_threads workers at once, and each usable one is
-  // handed to the backend's MakeResident on a thread of its own as soon as it has arrived, so
-  // its copy to the device overlaps the fetches and encodings still running. The fetch writes
-  // only its blocks' views and held bytes, fetched_bytes, fetch_ms and fetch_status;
-  // MakeResident's thread only their resident handles; the encoding only the other blocks'
-  // entries and other fields.
+  // Found blocks are fetched by options_.fetch_threads workers at once. While the fetch runs,
+  // each usable block that has arrived is handed to the backend's MakeResident on a thread of
+  // its own, so its copy to the device overlaps the fetches and encodings still running. The
+  // blocks not placed by the time the last one arrives go to the device with the final block's
+  // prefill instead (AppendBlock: the CUDA backend copies them layer by layer under that pass),
+  // so the prefill overlaps the tail of the copies. The fetch writes only its blocks' views and
+  // held bytes, fetched_bytes, fetch_ms and fetch_status; MakeResident's thread only their
+  // resident handles; the encoding only the other blocks' entries and other fields.
   absl::Status fetch_status;
   std::atomic<bool> stop_fetch{false};
   std::mutex arrived_mu;
   std::condition_variable arrived_cv;
-  std::vector<size_t> arrived;  // fetched, usable, not yet handed to MakeResident
-  bool fetch_ended = false;
+  std::deque<size_t> arrived;  // fetched, usable, not yet handed to MakeResident
+  size_t unfetched = fetch.size();  // under arrived_mu: the fetch ends when it reaches 0
+  bool fetch_ended = fetch.empty();
   auto fetch_found = [&] {
     const Clock::time_point t0 = Clock::now();
     // fetch_threads workers take the found blocks in prompt order; a worker's result is
-    // published under arrived_mu.
+    // published under arrived_mu, together with the end of the fetch for the last one.
     std::atomic<size_t> next{0};
     auto worker = [&] {
       for (size_t j = next++; j < fetch.size() && !stop_fetch.load(); j = next++) {
         const size_t i = fetch[j];
         absl::StatusOr<BlockBytes> got = store_->Get(keys[i]);
-        if (!got.ok() && absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
         std::optional<BlockView> view;
         if (got.ok()) view = UsableHit(*got, keys[i], fingerprint_, options_.kv_dtype, r.blocks[i].size(), c);
         std::lock_guard<std::mutex> lock(arrived_mu);
+        fetch_ended = --unfetched == 0;
+        arrived_cv.notify_one();
+        if (!got.ok() && absl::IsNotFound(got.status())) continue;  // evicted since the lookup: a miss
         if (!got.ok()) {
           if (fetch_status.ok()) fetch_status = got.status();
           stop_fetch.store(true);
@@ -306,8 +312,7 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
         if (!view.has_value()) continue;
         blocks.views[i] = view;
         blocks.held[i] = *std::move(got);
-        arrived.push_back(i);
-        arrived_cv.notify_one();
+        if (!fetch_ended) arrived.push_back(i);
       }
     };
     std::vector<std::thread> more;
@@ -316,7 +321,7 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
     worker();
     for (std::thread& t : more) t.join();
     out.timings.fetch_ms = MsSince(t0);
-    std::lock_guard<std::mutex> lock(arrived_mu);
+    std::lock_guard<std::mutex> lock(arrived_mu);  // also when stopped early
     fetch_ended = true;
     arrived_cv.notify_one();
   };
@@ -324,11 +329,11 @@ absl::Status Engine::ResolveBlocks(const GenerateRequest& r, ResolvedBlocks& blo
     std::unique_lock<std::mutex> lock(arrived_mu);
     for (;;) {
       arrived_cv.wait(lock, [&] { return !arrived.empty() || fetch_ended; });
-      if (arrived.empty()) return;
-      std::vector<size_t> batch;
-      batch.swap(arrived);
+      if (fetch_ended) return;  // the rest go with the prefill
+      const size_t i = arrived.front();
+      arrived.pop_front();
       lock.unlock();
-      for (size_t i : batch) blocks.resident[i] = backend_->MakeResident(*blocks.views[i]);
+      blocks.resident[i] = backend_->MakeResident(*blocks.views[i]);
       lock.lock();
     }
   };

@@ -52,6 +52,8 @@ struct State {
   // there); its own lock, so placing blocks never waits for a model pass.
   absl::Mutex upload_mu;
   std::unique_ptr<cuda::LayerPipeline> upload ABSL_GUARDED_BY(upload_mu);
+  // The copies of blocks appended since a sequence's last pass, layer by layer under that pass.
+  std::unique_ptr<cuda::LayerPipeline> place ABSL_GUARDED_BY(mu);
 };
 
 class CudaKvSequence final : public KvSequence {
@@ -70,6 +72,13 @@ class CudaKvSequence final : public KvSequence {
   std::shared_ptr<State> state_;
   int64_t capacity_;
   std::vector<cuda::GpuTier::Handle> blocks_;  // keeps the context runs' memory alive
+  // Blocks appended since the last pass whose K/V are still to be copied into their context
+  // run (from the payload the caller keeps until that pass); the GPU tier takes them after it.
+  struct PendingBlock {
+    cuda::LayerCopy copy;
+    cuda::GpuTier::Handle block;
+  };
+  std::vector<PendingBlock> pending_;
   std::vector<cuda::KvRun> context_;
   int64_t context_tokens_ = 0;
   std::optional<cuda::SlotRange> slots_;  // allocated at the first own token
@@ -132,6 +141,17 @@ class CudaBackendImpl final : public CudaBackend {
   absl::Status RunPasses(absl::Span<KvSequence* const> seqs,
                          absl::Span<const absl::Span<const int32_t>> tokens, int32_t logit_rows,
                          absl::Span<float> logits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // The meta of `m`'s block as the GPU tier and the copy pipelines place it (the model's dtype),
+  // or nullopt if they cannot: another geometry, a dtype other than the model's or fp8, or more
+  // than the tier's budget.
+  std::optional<BlockMeta> PlacedMeta(const BlockMeta& m) const;
+  // Enqueues the pending copies of `seqs` on the placement pipeline, layer-major, after the
+  // model stream's work; returns the events a pass's layers wait for (none if nothing is
+  // pending).
+  absl::StatusOr<absl::Span<const cudaEvent_t>> EnqueuePending(absl::Span<const CudaKvSequence* const> seqs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // After a pass that waited for them: the pending blocks of `seq` go to the GPU tier.
+  void PublishPending(CudaKvSequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // The block's K/V in the model's dtype on the device (payload layout without fp8 scales).
   absl::StatusOr<DeviceMemory> Upload(const BlockView& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // Positions [at, at + n) of one piece of the sequence as f32, payload layout ([layers][K|V]
@@ -185,6 +205,9 @@ absl::Status CudaBackendImpl::ForwardChunks(CudaKvSequence& seq, absl::Span<cons
   const int64_t vocab = config_.vocab_size;
   const int64_t first_logit = n - logit_rows;
   const int64_t max_tokens = state_->options.max_batch_tokens, max_rows = state_->options.max_logit_rows;
+  const CudaKvSequence* self = &seq;
+  absl::StatusOr<absl::Span<const cudaEvent_t>> ready = EnqueuePending({&self, 1});
+  if (!ready.ok()) return ready.status();
   int64_t row = 0;
   for (int64_t i = 0; i < n;) {
     int64_t end = std::min(n, i + max_tokens);
@@ -197,7 +220,9 @@ absl::Status CudaBackendImpl::ForwardChunks(CudaKvSequence& seq, absl::Span<cons
     f.own_len = static_cast<int32_t>(seq.own_len_);
     f.position = static_cast<int32_t>(seq.length());
     f.logit_rows = static_cast<int32_t>(rows);
-    CB_RETURN_IF_ERROR(model.Forward({&f, 1}));
+    CB_RETURN_IF_ERROR(model.Forward({&f, 1}, *ready));  // later chunks follow on the stream
+    *ready = {};
+    PublishPending(seq);
     seq.own_len_ += end - i;
     if (rows > 0) {
       CB_RETURN_IF_ERROR(model.CopyLogits(logits.subspan(row * vocab, rows * vocab)));
@@ -213,7 +238,13 @@ absl::Status CudaBackendImpl::RunPasses(absl::Span<KvSequence* const> seqs,
                                         int32_t logit_rows, absl::Span<float> logits) {
   CudaModel& model = *state_->model;
   const int64_t vocab = config_.vocab_size;
-  for (KvSequence* s : seqs) CB_RETURN_IF_ERROR(EnsureSlots(static_cast<CudaKvSequence&>(*s)));
+  std::vector<const CudaKvSequence*> all;
+  for (KvSequence* s : seqs) {
+    CB_RETURN_IF_ERROR(EnsureSlots(static_cast<CudaKvSequence&>(*s)));
+    all.push_back(static_cast<const CudaKvSequence*>(s));
+  }
+  absl::StatusOr<absl::Span<const cudaEvent_t>> ready = EnqueuePending(all);
+  if (!ready.ok()) return ready.status();
   const size_t max_seqs = static_cast<size_t>(state_->options.max_decode_batch);
   const size_t max_runs = static_cast<size_t>(state_->options.max_context_runs);
   const int64_t max_tokens = state_->options.max_batch_tokens;
@@ -223,7 +254,9 @@ absl::Status CudaBackendImpl::RunPasses(absl::Span<KvSequence* const> seqs,
   int64_t group_tokens = 0;
   auto run_group = [&](size_t end) -> absl::Status {
     if (group.empty()) return absl::OkStatus();
-    CB_RETURN_IF_ERROR(model.Forward(group));
+    CB_RETURN_IF_ERROR(model.Forward(group, *ready));  // later groups follow on the stream
+    *ready = {};
+    for (KvSequence* s : seqs) PublishPending(static_cast<CudaKvSequence&>(*s));
     if (logit_rows > 0) {
       CB_RETURN_IF_ERROR(model.CopyLogits(
           logits.subspan(begin * logit_rows * vocab, (end - begin) * logit_rows * vocab)));
@@ -371,7 +404,13 @@ absl::Status CudaBackendImpl::AppendBlock(KvSequence& seq_base, const BlockView&
   if (TakesContextRun(seq) && n * model.kv_bytes_per_token() <= state_->options.gpu_tier_bytes) {
     // Into the GPU tier (the engine's FindResident counted the lookup), read in place from there.
     cuda::GpuTier::Handle h = state_->tier.Find(m.key);
-    if (h == nullptr) {
+    if (std::optional<BlockMeta> placed = PlacedMeta(m); h == nullptr && placed.has_value()) {
+      // Copied under the next pass, layer by layer, then into the tier.
+      absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(*placed));
+      if (!mem.ok()) return mem.status();
+      h = std::make_shared<const cuda::GpuBlock>(cuda::GpuBlock{*placed, std::move(*mem)});
+      seq.pending_.push_back({cuda::LayerCopy{block, h->memory.get()}, h});
+    } else if (h == nullptr) {
       absl::StatusOr<DeviceMemory> mem = Upload(block);
       if (!mem.ok()) return mem.status();
       BlockMeta placed = m;
@@ -394,19 +433,44 @@ Backend::ResidentBlock CudaBackendImpl::FindResident(const BlockKey& key, int64_
   return h;
 }
 
-Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
-  const BlockMeta& m = block.meta();
-  // Payloads the tier takes: the model's geometry, in its dtype or fp8 (dequantized on the
-  // GPU); AppendBlock converts the others.
+std::optional<BlockMeta> CudaBackendImpl::PlacedMeta(const BlockMeta& m) const {
   BlockMeta placed = m;
   placed.dtype = state_->options.dtype;
   if (m.num_layers != config_.num_layers || m.num_kv_heads != config_.num_kv_heads ||
       m.head_dim != config_.head_dim || (m.dtype != placed.dtype && m.dtype != KvDtype::kFP8E4M3) ||
       static_cast<int64_t>(DataBytes(placed)) > state_->options.gpu_tier_bytes) {
-    return nullptr;
+    return std::nullopt;
   }
+  return placed;
+}
+
+absl::StatusOr<absl::Span<const cudaEvent_t>> CudaBackendImpl::EnqueuePending(
+    absl::Span<const CudaKvSequence* const> seqs) const {
+  std::vector<cuda::LayerCopy> copies;
+  for (const CudaKvSequence* seq : seqs) {
+    for (const CudaKvSequence::PendingBlock& p : seq->pending_) copies.push_back(p.copy);
+  }
+  if (copies.empty()) return absl::Span<const cudaEvent_t>();
+  CB_RETURN_IF_ERROR(state_->place->Enqueue(copies, state_->model->stream()));
+  return state_->place->layer_events();
+}
+
+void CudaBackendImpl::PublishPending(CudaKvSequence& seq) {
+  // A tier that cannot take a block (it alone exceeds the budget) leaves it to the sequence.
+  for (const CudaKvSequence::PendingBlock& p : seq.pending_) {
+    state_->tier.Insert(p.block->meta.key, p.block).IgnoreError();
+  }
+  seq.pending_.clear();
+}
+
+Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
+  const BlockMeta& m = block.meta();
+  // Payloads the tier takes: the model's geometry, in its dtype or fp8 (dequantized on the
+  // GPU); AppendBlock converts the others.
+  const std::optional<BlockMeta> placed = PlacedMeta(m);
+  if (!placed.has_value()) return nullptr;
   if (ResidentBlock h = state_->tier.Find(m.key)) return h;
-  absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(placed));
+  absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(*placed));
   if (!mem.ok()) return nullptr;
   {
     absl::MutexLock lock(&state_->upload_mu);
@@ -417,7 +481,7 @@ Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
       return nullptr;
     }
   }
-  if (!state_->tier.Insert(m.key, cuda::GpuBlock{placed, std::move(*mem)}).ok()) return nullptr;
+  if (!state_->tier.Insert(m.key, cuda::GpuBlock{*placed, std::move(*mem)}).ok()) return nullptr;
   return state_->tier.Find(m.key);  // null if already evicted by a concurrent insert
 }
 
@@ -489,6 +553,13 @@ absl::Status CudaBackendImpl::ReadKv(const KvSequence& seq_base, int64_t begin, 
     return absl::InvalidArgumentError("ReadKv: k and v must hold layers * kv_heads * n * head_dim floats");
   }
   absl::MutexLock lock(&state_->mu);
+  // Blocks appended since the last pass: copied now (again by that pass; the same bytes).
+  const CudaKvSequence* self = &seq;
+  absl::StatusOr<absl::Span<const cudaEvent_t>> ready = EnqueuePending({&self, 1});
+  if (!ready.ok()) return ready.status();
+  if (!ready->empty()) {
+    CB_RETURN_IF_ERROR(CudaStatus(cudaStreamWaitEvent(state_->model->stream(), ready->back(), 0), "ReadKv wait"));
+  }
   // The sequence's pieces in order: context runs, then the own slots (run -1).
   std::vector<float> host;
   int64_t pos = 0;
@@ -616,9 +687,16 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(std::unique_ptr<c
   absl::StatusOr<std::unique_ptr<cuda::LayerPipeline>> upload =
       cuda::LayerPipeline::Create(spec.layers, mo.dtype, &state->host_regions);
   if (!upload.ok()) return upload.status();
+  absl::StatusOr<std::unique_ptr<cuda::LayerPipeline>> place =
+      cuda::LayerPipeline::Create(spec.layers, mo.dtype, &state->host_regions);
+  if (!place.ok()) return place.status();
   {
     absl::MutexLock lock(&state->upload_mu);
     state->upload = std::move(*upload);
+  }
+  {
+    absl::MutexLock lock(&state->mu);
+    state->place = std::move(*place);
   }
   return std::unique_ptr<CudaBackend>(new CudaBackendImpl(std::move(state), config));
 }

@@ -18,8 +18,13 @@ GpuTier::GpuTier(const GpuTierOptions& options) : options_(options) {
 }
 
 absl::Status GpuTier::Insert(const BlockKey& key, GpuBlock block) {
-  const int64_t bytes = static_cast<int64_t>(block.memory.bytes());
-  if (ValidateMeta(block.meta).ok() && static_cast<uint64_t>(bytes) < DataBytes(block.meta)) {
+  return Insert(key, std::make_shared<const GpuBlock>(std::move(block)));
+}
+
+absl::Status GpuTier::Insert(const BlockKey& key, Handle block) {
+  if (block == nullptr) return absl::InvalidArgumentError("GpuTier: null block");
+  const int64_t bytes = static_cast<int64_t>(block->memory.bytes());
+  if (ValidateMeta(block->meta).ok() && static_cast<uint64_t>(bytes) < DataBytes(block->meta)) {
     return absl::InvalidArgumentError("GpuTier: block memory smaller than its meta says");
   }
   if (bytes > options_.capacity_bytes) {
@@ -30,7 +35,7 @@ absl::Status GpuTier::Insert(const BlockKey& key, GpuBlock block) {
   if (map_.contains(key)) return absl::OkStatus();
   EvictUntil(bytes);
   lru_.push_front(key);
-  map_.emplace(key, Entry{std::make_shared<const GpuBlock>(std::move(block)), lru_.begin(), bytes});
+  map_.emplace(key, Entry{std::move(block), lru_.begin(), bytes});
   stats_.blocks = map_.size();
   stats_.bytes += bytes;
   ++stats_.inserts;

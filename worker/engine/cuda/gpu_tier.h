@@ -47,6 +47,8 @@ class GpuTier {
   // INVALID_ARGUMENT if the block alone exceeds the budget or its memory is smaller than its
   // meta says.
   absl::Status Insert(const BlockKey& key, GpuBlock block);
+  // As above, for a block others may hold already (whose memory they finished writing).
+  absl::Status Insert(const BlockKey& key, Handle block);
   // Copies a verified host payload to the device (synchronously, on `stream`) and inserts it.
   // The payload's dtype must be the one the caller's model uses (checked by the caller).
   absl::Status InsertFromHost(const BlockKey& key, const BlockView& view, cudaStream_t stream);

@@ -3,7 +3,8 @@
 // repeated request served from the GPU tier (no store read, no transfer) with the same tokens;
 // in bf16 the logits within 8e-2 relative of the CPU's. Also: ReadKv over re-encoded context
 // runs and over blocks copied after own tokens, fp8 payloads (made resident from a registered
-// read-only host region), chunked Forward calls, concurrent requests,
+// read-only host region), appended blocks copied under the next pass, chunked Forward calls,
+// concurrent requests,
 // batched DecodeStep (one pass for the batch, or groups of it) against the CPU backend, and
 // batched ForwardBatch (block encoding) against Forward per sequence and the CPU backend.
 #include <cmath>
@@ -249,6 +250,52 @@ TEST(CudaBackend, ContextRunsCopiedBlocksAndFp8PayloadsMatchCpu) {
     EXPECT_LE(RelErr(lb, la), 1e-4);
     ExpectSameKv(cb, **sa, gb, **sb, 1e-5);
   }
+}
+
+// Blocks appended as payloads in the model's dtype or fp8 are copied under the sequence's next
+// pass (layer by layer, each layer of the pass waiting for its own) and enter the GPU tier only
+// after it; ReadKv before that pass copies them first. KV and logits match the CPU backend's.
+TEST(CudaBackend, AppendedBlocksAreCopiedUnderTheNextPass) {
+  const std::vector<std::string> dirs = FixtureDirs();
+  ASSERT_FALSE(dirs.empty());
+  const Fixture fx = LoadFixture(dirs.front());
+  ASSERT_GE(fx.blocks.size(), 2u);
+  TestEngine cpu_f32 = CpuEngine(fx, KvDtype::kF32), cpu_fp8 = CpuEngine(fx, KvDtype::kFP8E4M3);
+  TestEngine gpu = CudaEngine(fx, KvDtype::kF32);
+  ASSERT_TRUE(cpu_f32.engine && cpu_fp8.engine && gpu.engine);
+  // blocks[0] as f32 (the model's dtype), blocks[1] as fp8 (dequantized on the copy stream).
+  std::vector<std::vector<uint8_t>> payloads;
+  for (size_t i = 0; i < 2; ++i) {
+    auto p = (i == 0 ? cpu_f32 : cpu_fp8).engine->EncodeBlock(fx.blocks[i]);
+    ASSERT_TRUE(p.ok()) << p.status();
+    payloads.push_back(std::move(*p));
+  }
+  Backend& cb = const_cast<Backend&>(cpu_f32.engine->backend());
+  Backend& gb = *gpu.cuda;
+  auto sa = cb.NewSequence(512), sb = gb.NewSequence(512);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  std::vector<BlockView> views;
+  for (const auto& p : payloads) {
+    auto v = BlockView::Parse(p);
+    ASSERT_TRUE(v.ok()) << v.status();
+    views.push_back(*v);
+    ASSERT_TRUE(cb.AppendBlock(**sa, *v).ok());
+    ASSERT_TRUE(gb.AppendBlock(**sb, *v).ok());
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(gb.FindResident(views[i].meta().key, views[i].meta().num_tokens), nullptr) << i;
+  }
+  ExpectSameKv(cb, **sa, gb, **sb, 1e-5);  // before the pass: ReadKv copied them
+  const int64_t vocab = fx.model.config.vocab_size;
+  std::vector<float> la(vocab), lb(vocab);
+  ASSERT_TRUE(cb.Forward(**sa, fx.final_block, 1, absl::MakeSpan(la)).ok());
+  ASSERT_TRUE(gb.Forward(**sb, fx.final_block, 1, absl::MakeSpan(lb)).ok());
+  EXPECT_LE(RelErr(lb, la), 1e-4);
+  ExpectSameKv(cb, **sa, gb, **sb, 1e-5);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_NE(gb.FindResident(views[i].meta().key, views[i].meta().num_tokens), nullptr) << i;
+  }
+  EXPECT_EQ(gpu.cuda->GpuTierStats().blocks, 2u);
 }
 
 TEST(CudaBackend, ChunkedForwardAndConcurrentRequestsGiveTheSameResult) {
