@@ -875,6 +875,7 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
       req.max_new_tokens = 1;
       uint64_t payload = 0;
       for (const auto& b : req.blocks) payload += b.size() * kv_bytes_per_token + kBlockHeaderBytes;
+      std::optional<int32_t> first_token;  // every run of both paths must agree
       for (FetchPath path : {FetchPath::kUcx, FetchPath::kShm}) {
         Engine* engine = path == FetchPath::kUcx ? over_ucx->get() : over_shm.get();
         if (engine == nullptr) continue;
@@ -887,6 +888,8 @@ absl::Status RunBenchTtft(const BenchTtftOptions& o) {
           absl::StatusOr<GenerateResult> g = engine->Generate(req);
           if (!g.ok()) return g.status();
           if (g->cache_misses != 0) return absl::InternalError("bench: the engine had to encode blocks the store holds");
+          if (!first_token.has_value()) first_token = g->tokens.at(0);
+          if (g->tokens.at(0) != *first_token) return absl::InternalError("bench: the engine's first token changed between runs");
           if (run < o.warmup) continue;
           ttft.push_back(g->timings.ttft_ms);
           fetch_ms.push_back(g->timings.fetch_ms);

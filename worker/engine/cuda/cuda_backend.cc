@@ -35,12 +35,45 @@ std::optional<DType> AsCudaDtype(KvDtype d) {
   return std::nullopt;
 }
 
+// The device memory of the GPU tier's blocks: a stream-ordered pool that keeps what evicted
+// blocks give back (it never releases memory to the device), so placing a block costs no
+// cudaMalloc and evicting one no device-wide synchronization (cudaFree's).
+struct BlockMemoryPool {
+  BlockMemoryPool() = default;
+  BlockMemoryPool(const BlockMemoryPool&) = delete;
+  BlockMemoryPool& operator=(const BlockMemoryPool&) = delete;
+  ~BlockMemoryPool() {
+    if (pool != nullptr) cudaMemPoolDestroy(pool);  // deferred until its last block is freed
+  }
+  absl::Status Create() {
+    int device = 0;
+    CB_RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    CB_RETURN_IF_ERROR(CudaStatus(cudaMemPoolCreate(&pool, &props), "cudaMemPoolCreate"));
+    uint64_t keep_all = UINT64_MAX;
+    return CudaStatus(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all),
+                      "cudaMemPoolSetAttribute");
+  }
+  cudaMemPool_t pool = nullptr;
+};
+
 // The model, its block tier and the lock every call takes. Shared with the sequences so that a
-// sequence can give its slots back even after the backend object is gone.
+// sequence can give its slots back even after the backend object is gone. Members are destroyed
+// in reverse order: the tier's blocks go back to the pool (on the model's stream) first.
 struct State {
   State(std::unique_ptr<CudaModel> m, const cuda::GpuTierOptions& tier_options,
         const CudaBackendOptions& o)
-      : model(std::move(m)), tier(tier_options), options(o) {}
+      : model_stream(m->stream()), model(std::move(m)), tier(tier_options), options(o) {}
+  // A tier block's memory: from the pool in `stream`'s order, given back in the model stream's
+  // order once the last handle goes (every read of it, on the model stream, is enqueued by then).
+  absl::StatusOr<DeviceMemory> BlockMemory(uint64_t bytes, cudaStream_t stream) const {
+    return DeviceMemory::AllocateFromPool(bytes, block_pool.pool, stream, model_stream);
+  }
+  BlockMemoryPool block_pool;
+  const cudaStream_t model_stream;
   absl::Mutex mu;
   std::unique_ptr<CudaModel> model ABSL_GUARDED_BY(mu);
   cuda::GpuTier tier;
@@ -152,6 +185,10 @@ class CudaBackendImpl final : public CudaBackend {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // After a pass that waited for them: the pending blocks of `seq` go to the GPU tier.
   void PublishPending(CudaKvSequence& seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // model.Forward(seqs, ready); if it fails, the model stream still waits for the copies (the
+  // blocks' memory goes back to the pool in its order).
+  absl::Status ForwardWaiting(CudaModel& model, absl::Span<const cuda::ForwardSeq> seqs,
+                              absl::Span<const cudaEvent_t> ready) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // The block's K/V in the model's dtype on the device (payload layout without fp8 scales).
   absl::StatusOr<DeviceMemory> Upload(const BlockView& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
   // Positions [at, at + n) of one piece of the sequence as f32, payload layout ([layers][K|V]
@@ -220,7 +257,7 @@ absl::Status CudaBackendImpl::ForwardChunks(CudaKvSequence& seq, absl::Span<cons
     f.own_len = static_cast<int32_t>(seq.own_len_);
     f.position = static_cast<int32_t>(seq.length());
     f.logit_rows = static_cast<int32_t>(rows);
-    CB_RETURN_IF_ERROR(model.Forward({&f, 1}, *ready));  // later chunks follow on the stream
+    CB_RETURN_IF_ERROR(ForwardWaiting(model, {&f, 1}, *ready));  // later chunks follow on the stream
     *ready = {};
     PublishPending(seq);
     seq.own_len_ += end - i;
@@ -254,7 +291,7 @@ absl::Status CudaBackendImpl::RunPasses(absl::Span<KvSequence* const> seqs,
   int64_t group_tokens = 0;
   auto run_group = [&](size_t end) -> absl::Status {
     if (group.empty()) return absl::OkStatus();
-    CB_RETURN_IF_ERROR(model.Forward(group, *ready));  // later groups follow on the stream
+    CB_RETURN_IF_ERROR(ForwardWaiting(model, group, *ready));  // later groups follow on the stream
     *ready = {};
     for (KvSequence* s : seqs) PublishPending(static_cast<CudaKvSequence&>(*s));
     if (logit_rows > 0) {
@@ -406,7 +443,7 @@ absl::Status CudaBackendImpl::AppendBlock(KvSequence& seq_base, const BlockView&
     cuda::GpuTier::Handle h = state_->tier.Find(m.key);
     if (std::optional<BlockMeta> placed = PlacedMeta(m); h == nullptr && placed.has_value()) {
       // Copied under the next pass, layer by layer, then into the tier.
-      absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(*placed));
+      absl::StatusOr<DeviceMemory> mem = state_->BlockMemory(DataBytes(*placed), model.stream());
       if (!mem.ok()) return mem.status();
       h = std::make_shared<const cuda::GpuBlock>(cuda::GpuBlock{*placed, std::move(*mem)});
       seq.pending_.push_back({cuda::LayerCopy{block, h->memory.get()}, h});
@@ -451,8 +488,21 @@ absl::StatusOr<absl::Span<const cudaEvent_t>> CudaBackendImpl::EnqueuePending(
     for (const CudaKvSequence::PendingBlock& p : seq->pending_) copies.push_back(p.copy);
   }
   if (copies.empty()) return absl::Span<const cudaEvent_t>();
-  CB_RETURN_IF_ERROR(state_->place->Enqueue(copies, state_->model->stream()));
+  if (absl::Status s = state_->place->Enqueue(copies, state_->model->stream()); !s.ok()) {
+    state_->place->Synchronize().IgnoreError();  // no copy still writes when the memory goes
+    return s;
+  }
   return state_->place->layer_events();
+}
+
+absl::Status CudaBackendImpl::ForwardWaiting(CudaModel& model, absl::Span<const cuda::ForwardSeq> seqs,
+                                             absl::Span<const cudaEvent_t> ready) {
+  absl::Status s = model.Forward(seqs, ready);
+  if (!s.ok() && !ready.empty()) {
+    // Best effort on a failing device: the pass's error is the one to report.
+    CudaStatus(cudaStreamWaitEvent(model.stream(), ready.back(), 0), "cudaStreamWaitEvent").IgnoreError();
+  }
+  return s;
 }
 
 void CudaBackendImpl::PublishPending(CudaKvSequence& seq) {
@@ -470,16 +520,16 @@ Backend::ResidentBlock CudaBackendImpl::MakeResident(const BlockView& block) {
   const std::optional<BlockMeta> placed = PlacedMeta(m);
   if (!placed.has_value()) return nullptr;
   if (ResidentBlock h = state_->tier.Find(m.key)) return h;
-  absl::StatusOr<DeviceMemory> mem = DeviceMemory::Allocate(DataBytes(*placed));
-  if (!mem.ok()) return nullptr;
+  absl::StatusOr<DeviceMemory> mem;
   {
     absl::MutexLock lock(&state_->upload_mu);
     cuda::LayerPipeline& pipe = *state_->upload;
+    mem = state_->BlockMemory(DataBytes(*placed), pipe.stream());
+    if (!mem.ok()) return nullptr;
     const cuda::LayerCopy copy{block, mem->get()};
-    if (!pipe.Enqueue({&copy, 1}, pipe.stream()).ok() ||
-        !CudaStatus(cudaStreamSynchronize(pipe.stream()), "MakeResident sync").ok()) {
-      return nullptr;
-    }
+    const bool enqueued = pipe.Enqueue({&copy, 1}, pipe.stream()).ok();
+    // Also after a failed Enqueue: no copy may still write the memory once it goes.
+    if (!pipe.Synchronize().ok() || !enqueued) return nullptr;
   }
   if (!state_->tier.Insert(m.key, cuda::GpuBlock{*placed, std::move(*mem)}).ok()) return nullptr;
   return state_->tier.Find(m.key);  // null if already evicted by a concurrent insert

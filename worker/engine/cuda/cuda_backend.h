@@ -6,10 +6,14 @@
 // kernel re-encodes to the block's offset as it loads K. A block already in the tier (same
 // BlockKey) costs no transfer at all. A block appended after the sequence has own tokens (or one
 // larger than the tier) is copied into the own slots with its K re-encoded (CudaModel::ImportKv).
-// The engine hands each block fetched from the store to MakeResident as soon as it arrives: a
-// payload in the model's dtype, or in fp8 (dequantized on the GPU), is copied into the tier
-// then through a LayerPipeline of its own beside the model's stream, while later blocks are
-// still being fetched or encoded.
+// Payloads in the model's dtype, or in fp8 (dequantized on the GPU), reach the tier through a
+// LayerPipeline beside the model's stream, in one of two ways:
+//   - MakeResident copies a block now (the engine calls it for blocks that arrive while others
+//     are still being fetched or encoded);
+//   - AppendBlock defers the copy to the sequence's next pass: the pending blocks are copied
+//     layer-major, each layer of the pass waiting only for its own, and enter the tier after it.
+// The tier's block memory comes from a stream-ordered pool that keeps what evicted blocks give
+// back: no cudaMalloc per block, no device-wide synchronization per eviction.
 // Own slots come from CudaModel's pool, allocated at the sequence's first Forward for the
 // capacity that the context runs leave.
 //

@@ -27,6 +27,24 @@ class DeviceMemory {
     m.bytes_ = bytes;
     return m;
   }
+  // Stream-ordered: taken from `pool` in `stream`'s order (valid for work enqueued there after
+  // this call, or ordered after it) and given back to the pool in `free_stream`'s order when the
+  // object goes, so every use must be ordered before work enqueued on `free_stream` at that time.
+  // No device-wide synchronization either way (cudaFree has one). RESOURCE_EXHAUSTED on failure.
+  static absl::StatusOr<DeviceMemory> AllocateFromPool(size_t bytes, cudaMemPool_t pool, cudaStream_t stream,
+                                                       cudaStream_t free_stream) {
+    DeviceMemory m;
+    if (bytes == 0) return m;
+    const cudaError_t err = cudaMallocFromPoolAsync(&m.ptr_, bytes, pool, stream);
+    if (err != cudaSuccess) {
+      m.ptr_ = nullptr;
+      return absl::ResourceExhaustedError(CudaStatus(err, "cudaMallocFromPoolAsync").message());
+    }
+    m.bytes_ = bytes;
+    m.pooled_ = true;
+    m.free_stream_ = free_stream;
+    return m;
+  }
   ~DeviceMemory() { Reset(); }
   DeviceMemory(DeviceMemory&& o) noexcept { *this = std::move(o); }
   DeviceMemory& operator=(DeviceMemory&& o) noexcept {
@@ -34,13 +52,17 @@ class DeviceMemory {
       Reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
       bytes_ = std::exchange(o.bytes_, 0);
+      pooled_ = std::exchange(o.pooled_, false);
+      free_stream_ = std::exchange(o.free_stream_, nullptr);
     }
     return *this;
   }
   void Reset() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    if (ptr_ != nullptr) pooled_ ? cudaFreeAsync(ptr_, free_stream_) : cudaFree(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
+    pooled_ = false;
+    free_stream_ = nullptr;
   }
   void* get() const { return ptr_; }
   template <typename T>
@@ -52,6 +74,8 @@ class DeviceMemory {
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  bool pooled_ = false;  // AllocateFromPool: freed with cudaFreeAsync on free_stream_
+  cudaStream_t free_stream_ = nullptr;
 };
 
 // Page-locked host memory (cudaMallocHost): the source/target of truly asynchronous copies.

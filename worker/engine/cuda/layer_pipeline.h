@@ -4,8 +4,9 @@
 // layer. CudaModel::Forward(seqs, layer_events()) makes layer l's attention wait for event l
 // only, so the compute of layer l overlaps the copy of layers l+1...
 // fp8-e4m3 payloads (half the bytes of bf16 over the wire and the PCIe link) are copied into a
-// device staging buffer and dequantized on the copy stream into the model's dtype (the attention
-// kernel stays untouched); other payloads must already be in the model's dtype.
+// device staging buffer and dequantized into the model's dtype (the attention kernel stays
+// untouched) on a second stream, layer by layer, so the copy of layer l + 1 runs under the
+// dequantization of layer l; other payloads must already be in the model's dtype.
 //
 // Copies go through a HostRegions when one is given, so payloads lying in a tracked host region
 // (a co-located cache node's arena) are read as registered memory.
@@ -53,17 +54,26 @@ class LayerPipeline {
   absl::Status Enqueue(absl::Span<const LayerCopy> blocks, cudaStream_t after);
   // Event l: layer l of the last Enqueue is on the device.
   absl::Span<const cudaEvent_t> layer_events() const { return events_; }
+  // The stream the events are recorded on: synchronizing it waits for every complete Enqueue.
   cudaStream_t stream() const { return stream_; }
+  // Waits for all the pipeline's work, that of a failed Enqueue included. INTERNAL on a CUDA
+  // error.
+  absl::Status Synchronize() const;
 
  private:
   LayerPipeline(DType dtype, HostRegions* regions) : dtype_(dtype), regions_(regions) {}
-  // One host-to-device copy on the pipeline's stream, through regions_ when set.
+  // One host-to-device copy on the copy stream, through regions_ when set.
   absl::Status CopyIn(void* dst, absl::Span<const uint8_t> src);
+  // Where layer l of block b goes on the device.
+  char* LayerDestination(const LayerCopy& b, uint32_t l) const;
   const DType dtype_;
   HostRegions* const regions_;
   DeviceMemory staging_;  // fp8 layers before dequantization
-  cudaStream_t stream_ = nullptr;
-  cudaEvent_t start_ = nullptr;
+  cudaStream_t copy_stream_ = nullptr;  // host-to-device copies
+  cudaStream_t stream_ = nullptr;       // fp8 dequantization, then event l for layer l
+  cudaEvent_t start_ = nullptr;         // `after`'s work at the last Enqueue
+  cudaEvent_t drained_ = nullptr;       // stream_'s work at the last Enqueue (staging is free)
+  std::vector<cudaEvent_t> copied_;     // layer l of the last Enqueue copied
   std::vector<cudaEvent_t> events_;
 };
 
