@@ -734,6 +734,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CreateCudaBackend(std::unique_ptr<c
   cuda::GpuTierOptions to;
   to.capacity_bytes = options.gpu_tier_bytes;
   auto state = std::make_shared<State>(std::move(model), to, options);
+  CB_RETURN_IF_ERROR(state->block_pool.Create());
   absl::StatusOr<std::unique_ptr<cuda::LayerPipeline>> upload =
       cuda::LayerPipeline::Create(spec.layers, mo.dtype, &state->host_regions);
   if (!upload.ok()) return upload.status();
