@@ -28,6 +28,28 @@ unsigned RegisterFlags() {
 
 }  // namespace
 
+absl::Status CopyPiecesToDevice(absl::Span<const CopyPiece> pieces, cudaStream_t stream) {
+  if (pieces.size() == 1) {
+    const CopyPiece& p = pieces[0];
+    return CudaStatus(cudaMemcpyAsync(p.dst, p.src, p.bytes, cudaMemcpyHostToDevice, stream), "H2D");
+  }
+  if (pieces.empty()) return absl::OkStatus();
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
+  for (const CopyPiece& p : pieces) {
+    dsts.push_back(p.dst);
+    srcs.push_back(p.src);
+    sizes.push_back(p.bytes);
+  }
+  cudaMemcpyAttributes attr = {};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t attr_index = 0;
+  return CudaStatus(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), pieces.size(), &attr,
+                                         &attr_index, 1, stream),
+                    "cudaMemcpyBatchAsync");
+}
+
 HostRegions::HostRegions(uint64_t chunk_bytes)
     : chunk_bytes_(chunk_bytes > 0 && chunk_bytes % 4096 == 0 ? chunk_bytes : kDefaultChunkBytes) {}
 
@@ -91,35 +113,31 @@ absl::Status HostRegions::RegisterLocked(Region& r, size_t chunk) {
   return absl::OkStatus();
 }
 
-absl::Status HostRegions::CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+absl::Status HostRegions::AddPieces(void* dst, const void* src, size_t bytes, std::vector<CopyPiece>& out) {
+  if (bytes == 0) return absl::OkStatus();
   const auto* from = static_cast<const uint8_t*>(src);
   auto* to = static_cast<uint8_t*>(dst);
-  // Pieces: (offset in the copy, length); a source outside the regions is one piece.
-  std::vector<std::pair<size_t, size_t>> pieces;
-  {
-    absl::MutexLock lock(&mu_);
-    Region* r = bytes > 0 ? FindLocked(from) : nullptr;
-    if (r == nullptr || from + bytes > r->base + r->length) {
-      pieces.emplace_back(0, bytes);
-    } else {
-      for (size_t done = 0; done < bytes;) {
-        const uint64_t at = static_cast<uint64_t>(from + done - r->base);
-        const size_t chunk = at / chunk_bytes_;
-        if (auto s = RegisterLocked(*r, chunk); !s.ok()) return s;
-        const size_t n = std::min<uint64_t>(bytes - done, (chunk + 1) * chunk_bytes_ - at);
-        pieces.emplace_back(done, n);
-        done += n;
-      }
-    }
+  absl::MutexLock lock(&mu_);
+  Region* r = FindLocked(from);
+  if (r == nullptr || from + bytes > r->base + r->length) {
+    out.push_back(CopyPiece{dst, src, bytes});
+    return absl::OkStatus();
   }
-  for (const auto& [at, n] : pieces) {
-    if (n == 0) continue;
-    if (auto s = CudaStatus(cudaMemcpyAsync(to + at, from + at, n, cudaMemcpyHostToDevice, stream), "host region H2D");
-        !s.ok()) {
-      return s;
-    }
+  for (size_t done = 0; done < bytes;) {
+    const uint64_t at = static_cast<uint64_t>(from + done - r->base);
+    const size_t chunk = at / chunk_bytes_;
+    if (auto s = RegisterLocked(*r, chunk); !s.ok()) return s;
+    const size_t n = std::min<uint64_t>(bytes - done, (chunk + 1) * chunk_bytes_ - at);
+    out.push_back(CopyPiece{to + done, from + done, n});
+    done += n;
   }
   return absl::OkStatus();
+}
+
+absl::Status HostRegions::CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  std::vector<CopyPiece> pieces;
+  if (auto s = AddPieces(dst, src, bytes, pieces); !s.ok()) return s;
+  return CopyPiecesToDevice(pieces, stream);
 }
 
 uint64_t HostRegions::registered_bytes() const {

@@ -28,6 +28,18 @@
 
 namespace kvblock::cuda {
 
+// One host-to-device copy of a batch.
+struct CopyPiece {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t bytes = 0;
+};
+
+// Enqueues the copies on `stream`, in one cudaMemcpyBatchAsync when there are several (one
+// submission instead of one per copy; source access in stream order). INTERNAL with the CUDA
+// error.
+absl::Status CopyPiecesToDevice(absl::Span<const CopyPiece> pieces, cudaStream_t stream);
+
 class HostRegions {
  public:
   // Chunk size used for lazy registration: 256 MiB (a few ms of pinning per chunk; a 512-token
@@ -51,6 +63,9 @@ class HostRegions {
   // lie in a tracked region are registered first (synchronously, once per chunk). INTERNAL with
   // the CUDA error for a failed registration or copy.
   absl::Status CopyToDevice(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+  // CopyToDevice's pieces, appended to `out` for the caller to enqueue (CopyPiecesToDevice),
+  // with the chunks they read registered; nothing is enqueued.
+  absl::Status AddPieces(void* dst, const void* src, size_t bytes, std::vector<CopyPiece>& out);
 
   // Bytes of tracked regions that copies read as registered memory so far, registered here or
   // found registered already (for tests and logs).

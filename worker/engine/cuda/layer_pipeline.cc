@@ -55,9 +55,10 @@ char* LayerPipeline::LayerDestination(const LayerCopy& b, uint32_t l) const {
   return static_cast<char*>(b.device) + uint64_t{l} * 2 * LayerElements(b.block.meta()) * DTypeBytes(dtype_);
 }
 
-absl::Status LayerPipeline::CopyIn(void* dst, absl::Span<const uint8_t> src) {
-  if (regions_ != nullptr) return regions_->CopyToDevice(dst, src.data(), src.size(), copy_stream_);
-  return CudaStatus(cudaMemcpyAsync(dst, src.data(), src.size(), cudaMemcpyHostToDevice, copy_stream_), "layer H2D");
+absl::Status LayerPipeline::AddCopy(void* dst, absl::Span<const uint8_t> src, std::vector<CopyPiece>& pieces) const {
+  if (regions_ != nullptr) return regions_->AddPieces(dst, src.data(), src.size(), pieces);
+  pieces.push_back(CopyPiece{dst, src.data(), src.size()});
+  return absl::OkStatus();
 }
 
 absl::Status LayerPipeline::Enqueue(absl::Span<const LayerCopy> blocks, cudaStream_t after) {
@@ -91,19 +92,21 @@ absl::Status LayerPipeline::Enqueue(absl::Span<const LayerCopy> blocks, cudaStre
     // Layer l of every block: copies on the copy stream, then fp8 dequantizations on stream_
     // (which then records event l), while the copy stream goes on with layer l + 1.
     std::vector<std::pair<const LayerCopy*, const char*>> staged;
+    std::vector<CopyPiece> pieces;  // the layer's copies, submitted at once
     char* stage = staging_.as<char>();  // fp8 blocks' layers, each block at its DataBytes offset
     for (const LayerCopy& b : blocks) {
       const BlockMeta& m = b.block.meta();
       const absl::Span<const uint8_t> src = b.block.Layer(l);
       if (m.dtype != KvDtype::kFP8E4M3) {
-        if (auto s = CopyIn(LayerDestination(b, l), src); !s.ok()) return s;
+        if (auto s = AddCopy(LayerDestination(b, l), src, pieces); !s.ok()) return s;
         continue;
       }
       char* s8 = stage + uint64_t{l} * src.size();
-      if (auto s = CopyIn(s8, src); !s.ok()) return s;
+      if (auto s = AddCopy(s8, src, pieces); !s.ok()) return s;
       staged.emplace_back(&b, s8);
       stage += DataBytes(m);
     }
+    if (auto s = CopyPiecesToDevice(pieces, copy_stream_); !s.ok()) return s;
     if (auto s = CudaStatus(cudaEventRecord(copied_[l], copy_stream_), "cudaEventRecord"); !s.ok()) return s;
     if (auto s = CudaStatus(cudaStreamWaitEvent(stream_, copied_[l], 0), "cudaStreamWaitEvent"); !s.ok()) return s;
     for (const auto& [b, s8] : staged) {

@@ -1,7 +1,7 @@
 // LayerPipeline: the layer-wise fetch path's last hop. Block payloads that arrived from the cache
-// cluster into pinned host memory go to HBM with cudaMemcpyAsync on a copy stream of their own,
-// layer-major across blocks (layer 0 of every block, then layer 1, ...), recording one event per
-// layer. CudaModel::Forward(seqs, layer_events()) makes layer l's attention wait for event l
+// cluster into pinned host memory go to HBM on a copy stream of their own, layer-major across
+// blocks (layer 0 of every block, then layer 1, ...; a layer's copies in one
+// cudaMemcpyBatchAsync), recording one event per layer. CudaModel::Forward(seqs, layer_events()) makes layer l's attention wait for event l
 // only, so the compute of layer l overlaps the copy of layers l+1...
 // fp8-e4m3 payloads (half the bytes of bf16 over the wire and the PCIe link) are copied into a
 // device staging buffer and dequantized into the model's dtype (the attention kernel stays
@@ -62,8 +62,8 @@ class LayerPipeline {
 
  private:
   LayerPipeline(DType dtype, HostRegions* regions) : dtype_(dtype), regions_(regions) {}
-  // One host-to-device copy on the copy stream, through regions_ when set.
-  absl::Status CopyIn(void* dst, absl::Span<const uint8_t> src);
+  // Appends one host-to-device copy's pieces (through regions_ when set) to `pieces`.
+  absl::Status AddCopy(void* dst, absl::Span<const uint8_t> src, std::vector<CopyPiece>& pieces) const;
   // Where layer l of block b goes on the device.
   char* LayerDestination(const LayerCopy& b, uint32_t l) const;
   const DType dtype_;
