@@ -29,9 +29,15 @@ unsigned RegisterFlags() {
 }  // namespace
 
 absl::Status CopyPiecesToDevice(absl::Span<const CopyPiece> pieces, cudaStream_t stream) {
-  if (pieces.size() == 1) {
-    const CopyPiece& p = pieces[0];
-    return CudaStatus(cudaMemcpyAsync(p.dst, p.src, p.bytes, cudaMemcpyHostToDevice, stream), "H2D");
+  // One copy, or the legacy default stream (which cudaMemcpyBatchAsync refuses): a copy each.
+  if (pieces.size() == 1 || stream == nullptr) {
+    for (const CopyPiece& p : pieces) {
+      if (auto s = CudaStatus(cudaMemcpyAsync(p.dst, p.src, p.bytes, cudaMemcpyHostToDevice, stream), "H2D");
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
   }
   if (pieces.empty()) return absl::OkStatus();
   std::vector<void*> dsts;

@@ -36,8 +36,8 @@ struct CopyPiece {
 };
 
 // Enqueues the copies on `stream`, in one cudaMemcpyBatchAsync when there are several (one
-// submission instead of one per copy; source access in stream order). INTERNAL with the CUDA
-// error.
+// submission instead of one per copy; source access in stream order), except on the legacy
+// default stream (nullptr), which takes them one by one. INTERNAL with the CUDA error.
 absl::Status CopyPiecesToDevice(absl::Span<const CopyPiece> pieces, cudaStream_t stream);
 
 class HostRegions {

@@ -513,9 +513,14 @@ TEST(CudaEngine, HostRegionsRegisterChunksAsCopiesReadThem) {
   HostRegions regions(kChunk);
   ASSERT_TRUE(regions.Add(mapping.region()));
   EXPECT_FALSE(regions.Add(mapping.region().subspan(kChunk, kChunk)));  // overlaps
-  // Offsets [chunk 1 + 100, chunk 3 + 5): chunks 1, 2 and 3 only.
+  // Offsets [chunk 1 + 100, chunk 3 + 5): chunks 1, 2 and 3 only; three pieces in one batch on
+  // a stream of our own (the legacy default stream below takes them one by one).
   const size_t from = kChunk + 100, n = 2 * kChunk - 95;
-  ASSERT_TRUE(regions.CopyToDevice(dev->get(), mapping.data() + from, n, nullptr).ok());
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  ASSERT_TRUE(regions.CopyToDevice(dev->get(), mapping.data() + from, n, stream).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
   std::vector<uint8_t> back(kBytes);
   ASSERT_EQ(cudaMemcpy(back.data(), dev->get(), n, cudaMemcpyDeviceToHost), cudaSuccess);
   EXPECT_TRUE(std::equal(back.begin(), back.begin() + n, bytes.begin() + from));
