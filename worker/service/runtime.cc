@@ -14,12 +14,14 @@ namespace kvblock {
 
 absl::Status LayeredStoreOptions::Validate() const {
   if (max_pending_writes == 0) return absl::InvalidArgumentError("max_pending_writes must be > 0");
+  if (max_pending_promotions == 0) return absl::InvalidArgumentError("max_pending_promotions must be > 0");
   return absl::OkStatus();
 }
 
 LayeredStore::LayeredStore(BlockStore* local, BlockStore* remote, LayeredStoreOptions options)
     : local_(local), remote_(remote), options_(options) {
   writer_ = std::thread([this] { WriterLoop(); });
+  promoter_ = std::thread([this] { PromoterLoop(); });
 }
 
 LayeredStore::~LayeredStore() {
@@ -29,6 +31,7 @@ LayeredStore::~LayeredStore() {
     stop_ = true;
   }
   writer_.join();
+  promoter_.join();
 }
 
 void LayeredStore::WriterLoop() {
@@ -54,11 +57,33 @@ void LayeredStore::WriterLoop() {
   }
 }
 
+void LayeredStore::PromoterLoop() {
+  while (true) {
+    std::pair<BlockKey, BlockBytes> item;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+            return s->stop_ || !s->promotions_.empty();
+          },
+          this));
+      if (promotions_.empty()) return;  // stop_
+      item = std::move(promotions_.front());
+      promotions_.pop_front();
+      ++promoting_;
+    }
+    local_->Put(item.first, item.second.bytes).IgnoreError();  // best effort: a full tier keeps its blocks
+    item.second = BlockBytes{};  // the bytes' owner goes before the count says so
+    absl::MutexLock lock(&mu_);
+    --promoting_;
+  }
+}
+
 void LayeredStore::WaitForWriteBacks() {
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
       +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-        return s->queue_.empty() && s->in_flight_ == 0;
+        return s->queue_.empty() && s->in_flight_ == 0 && s->promotions_.empty() && s->promoting_ == 0;
       },
       this));
 }
@@ -74,6 +99,10 @@ int64_t LayeredStore::remote_write_errors() const {
 int64_t LayeredStore::dropped_writes() const {
   absl::MutexLock lock(&mu_);
   return dropped_writes_;
+}
+int64_t LayeredStore::skipped_promotions() const {
+  absl::MutexLock lock(&mu_);
+  return skipped_promotions_;
 }
 
 absl::Status LayeredStore::Put(const BlockKey& key, absl::Span<const uint8_t> payload) {
@@ -93,9 +122,17 @@ absl::StatusOr<BlockBytes> LayeredStore::Get(const BlockKey& key) {
   absl::StatusOr<BlockBytes> local = local_->Get(key);
   if (local.ok() || local.status().code() != absl::StatusCode::kNotFound) return local;
   absl::StatusOr<BlockBytes> remote = remote_->Get(key);
-  // Best-effort promotion, except for bytes read in place from this host's memory (a co-located
-  // node's arena, BlockBytes::verified): a local copy would only duplicate them.
-  if (remote.ok() && !remote->verified) local_->Put(key, remote->bytes).IgnoreError();
+  // Best-effort promotion in the background, except for bytes read in place from this host's
+  // memory (a co-located node's arena, BlockBytes::verified): a local copy would only duplicate
+  // them.
+  if (remote.ok() && !remote->verified) {
+    absl::MutexLock lock(&mu_);
+    if (promotions_.size() >= options_.max_pending_promotions) {
+      ++skipped_promotions_;
+    } else {
+      promotions_.emplace_back(key, *remote);
+    }
+  }
   return remote;
 }
 

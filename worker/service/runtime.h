@@ -31,18 +31,22 @@ struct LayeredStoreOptions {
   size_t max_pending_writes = 1024;
   // Write misses back to the remote store at all. Default: true.
   bool write_back = true;
+  // Remote hits queued for their copy into the local store (blocks; each keeps its bytes, e.g.
+  // a pinned receive buffer, until copied); beyond it a hit is not copied. Default: 64.
+  size_t max_pending_promotions = 64;
 
   absl::Status Validate() const;
 };
 
-// Reads: local, then remote (a remote hit is copied into local, unless it lies in this host's
-// memory already: BlockBytes::verified, the same-host shared-memory path). Writes: local now, remote in
-// the background (Put returns without waiting for it). Lookup: local, then remote for the keys
-// local lacks. Thread-safe; owns neither store (both must outlive it).
+// Reads: local, then remote (a remote hit is copied into local in the background, so the
+// answer never waits for that copy, unless it lies in this host's memory already:
+// BlockBytes::verified, the same-host shared-memory path). Writes: local now, remote in the
+// background (Put returns without waiting for it). Lookup: local, then remote for the keys local
+// lacks. Thread-safe; owns neither store (both must outlive it).
 class LayeredStore final : public BlockStore {
  public:
   LayeredStore(BlockStore* local, BlockStore* remote, LayeredStoreOptions options = {});
-  // Waits for queued remote writes to finish.
+  // Waits for queued remote writes and local copies to finish.
   ~LayeredStore() override;
 
   // Local Put errors pass through; remote errors are counted (remote_write_errors()).
@@ -55,14 +59,17 @@ class LayeredStore final : public BlockStore {
   // Local tiers then remote tiers.
   std::vector<TierStats> Stats() const override;
 
-  // Blocks until every queued remote write has been attempted.
+  // Blocks until every queued remote write and local copy of a remote hit has been attempted.
   void WaitForWriteBacks();
   int64_t remote_writes() const;
   int64_t remote_write_errors() const;
   int64_t dropped_writes() const;
+  // Remote hits not copied into the local store because max_pending_promotions were queued.
+  int64_t skipped_promotions() const;
 
  private:
   void WriterLoop();
+  void PromoterLoop();
 
   BlockStore* local_;
   BlockStore* remote_;
@@ -73,8 +80,12 @@ class LayeredStore final : public BlockStore {
   int64_t remote_writes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t remote_write_errors_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t dropped_writes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::pair<BlockKey, BlockBytes>> promotions_ ABSL_GUARDED_BY(mu_);
+  int64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t skipped_promotions_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread writer_;
+  std::thread promoter_;
 };
 
 struct RuntimeOptions {

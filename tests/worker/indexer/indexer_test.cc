@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "cache/memory_tier.h"
 #include "cache/tiered_store.h"
 #include "gtest/gtest.h"
@@ -398,8 +399,10 @@ TEST(LayeredStoreTest, WritesBackInTheBackgroundAndPromotesRemoteHits) {
     EXPECT_TRUE((*remote)->Get(keys[i]).ok()) << i;
     auto got = layered.Get(keys[i]);
     ASSERT_TRUE(got.ok());
-    EXPECT_TRUE((*local)->Get(keys[i]).ok()) << "promoted " << i;
   }
+  layered.WaitForWriteBacks();  // the remote hits' copies into the local tier
+  for (size_t i = 0; i < 6; ++i) EXPECT_TRUE((*local)->Get(keys[i]).ok()) << "promoted " << i;
+  EXPECT_EQ(layered.skipped_promotions(), 0);
   BlockKey absent = keys[0];
   absent.lo ^= 1;
   EXPECT_EQ(layered.Get(absent).status().code(), absl::StatusCode::kNotFound);
@@ -422,7 +425,37 @@ TEST(LayeredStoreTest, WritesBackInTheBackgroundAndPromotesRemoteHits) {
   auto got = shared.Get(keys[4]);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(got->verified);
+  shared.WaitForWriteBacks();
   EXPECT_EQ((*fresh_local)->Get(keys[4]).status().code(), absl::StatusCode::kNotFound);
+
+  // The copy into the local tier happens after the answer: a local tier whose Put waits (up to
+  // 10 s) for the Get to have returned still gets the block; with one promotion allowed in
+  // flight, a second remote hit meanwhile is not copied.
+  class GatedLocal final : public testing::ForwardingStore {
+   public:
+    using ForwardingStore::ForwardingStore;
+    absl::Status Put(const BlockKey& key, absl::Span<const uint8_t> payload) override {
+      if (!answered.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+        return absl::DeadlineExceededError("the Get did not return before its copy");
+      }
+      return inner_->Put(key, payload);
+    }
+    absl::Notification answered;
+  };
+  auto gated_inner = MemoryTier::Create(mo);
+  ASSERT_TRUE(gated_inner.ok());
+  GatedLocal gated(gated_inner->get());
+  LayeredStoreOptions one;
+  one.max_pending_promotions = 1;
+  {
+    LayeredStore late(&gated, remote->get(), one);
+    ASSERT_TRUE(late.Get(keys[3]).ok());  // queued (or being copied: waiting at the gate)
+    ASSERT_TRUE(late.Get(keys[5]).ok());  // queued behind it, or skipped if keys[3] is still queued
+    gated.answered.Notify();
+    late.WaitForWriteBacks();
+    EXPECT_TRUE((*gated_inner)->Get(keys[3]).ok());
+    EXPECT_EQ((*gated_inner)->Get(keys[5]).ok(), late.skipped_promotions() == 0);
+  }
 }
 
 }  // namespace
