@@ -213,6 +213,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
   if (!tok.ok()) return tok.status();
   rt->tokenizer = std::move(*tok);
 
+  MemoryTier* local_memory = nullptr;  // the worker-local tier in front of a cluster
   if (options.cluster.members.empty()) {
     absl::StatusOr<std::unique_ptr<BlockStore>> store =
         OpenEmbeddedStore(options.cache_dir, options.memory_bytes);
@@ -233,6 +234,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
       mt.capacity_bytes = options.memory_bytes;
       absl::StatusOr<std::unique_ptr<MemoryTier>> local = MemoryTier::Create(mt);
       if (!local.ok()) return local.status();
+      local_memory = local->get();
       rt->embedded = std::move(*local);
       LayeredStoreOptions lo;
       lo.write_back = options.write_back;
@@ -253,6 +255,14 @@ absl::StatusOr<std::unique_ptr<Runtime>> OpenRuntime(const RuntimeOptions& optio
   rt->engine = std::move(*engine);
   rt->backend_regions = std::make_unique<BackendRegions>(placing);
   rt->relay.Attach(rt->backend_regions.get());
+  // Blocks read again from the worker-local tier go to the device from registered memory too
+  // (the CUDA backend registers the arena chunk by chunk as copies first read it). The engine,
+  // and with it the backend, goes before the tier.
+  if (local_memory != nullptr) {
+    local_memory->arena().ForEachRegion([&](void* base, size_t length) {
+      placing->AddHostRegion({static_cast<const uint8_t*>(base), length});
+    });
+  }
   return rt;
 }
 

@@ -10,6 +10,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -208,6 +209,39 @@ TEST(PinnedBufferPool, RuntimeReadsClusterBlocksIntoItsPinnedPool) {
   EXPECT_EQ(st.takes, req.blocks.size());
   EXPECT_EQ(st.bytes_taken, 0u);  // the request let go of its blocks
   EXPECT_EQ((*reader)->cluster->buffer_fallbacks(), 0u);
+
+  // With the worker-local tier on, its arena is a host region of the backend: a block read from
+  // there (one the GPU tier does not hold yet) is copied from memory registered by that copy.
+  ro.local_tier = true;
+  ro.memory_bytes = 64 * kMiB;
+  auto layered = OpenRuntime(ro);
+  ASSERT_TRUE(layered.ok()) << layered.status();
+  ASSERT_NE((*layered)->layered, nullptr);
+  std::vector<int32_t> fresh = req.blocks.front();
+  std::reverse(fresh.begin(), fresh.end());  // a block no runtime encoded yet
+  Engine& engine = *(*layered)->engine;
+  auto payload = engine.EncodeBlock(fresh);
+  ASSERT_TRUE(payload.ok()) << payload.status();
+  const BlockKey key = engine.KeyOf(fresh);
+  ASSERT_TRUE((*layered)->embedded->Put(key, *payload).ok());
+  auto local = (*layered)->embedded->Get(key);
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto registered = [](const void* p) {
+    cudaPointerAttributes a{};
+    const bool ok = cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost;
+    cudaGetLastError();
+    return ok;
+  };
+  EXPECT_FALSE(registered(local->bytes.data()));
+  auto view = BlockView::Parse(local->bytes);
+  ASSERT_TRUE(view.ok()) << view.status();
+  Backend& backend = const_cast<Backend&>(engine.backend());
+  auto seq = backend.NewSequence(static_cast<int64_t>(fresh.size() + req.final_block.size()));
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  ASSERT_TRUE(backend.AppendBlock(**seq, *view).ok());
+  std::vector<float> logits(backend.config().vocab_size);
+  ASSERT_TRUE(backend.Forward(**seq, req.final_block, 1, absl::MakeSpan(logits)).ok());
+  EXPECT_TRUE(registered(local->bytes.data()));
 
   // Off: no pool, reads land in vectors.
   ro.pinned_buffer_bytes = 0;
