@@ -26,3 +26,17 @@ function(kvblock_test name)
   endif()
   set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS "${T_LABELS}")
 endfunction()
+
+# kvblock_gpu_test(NAME SOURCES a.cc LIBS kvblock::cuda_engine ...): a GPU test, labelled `gpu`,
+# with tests/kernels/cuda/gpu_test_main.cc as its main, which exits 77 (ctest: skipped) where no
+# CUDA device exists, as in CI. Run on a GPU machine with `ctest -L gpu` or
+# scripts/gpu/run-gpu-tests.sh.
+function(kvblock_gpu_test name)
+  cmake_parse_arguments(T "" "" "SOURCES;LIBS" ${ARGN})
+  add_executable(${name} ${T_SOURCES} ${PROJECT_SOURCE_DIR}/tests/kernels/cuda/gpu_test_main.cc)
+  target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest)
+  target_compile_definitions(${name} PRIVATE
+    KVBLOCK_SHARED_DIR="${KVBLOCK_SHARED_DIR}" KVBLOCK_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "gpu" SKIP_RETURN_CODE 77 TIMEOUT 300)
+endfunction()

@@ -19,101 +19,35 @@ absl::Status LayeredStoreOptions::Validate() const {
 }
 
 LayeredStore::LayeredStore(BlockStore* local, BlockStore* remote, LayeredStoreOptions options)
-    : local_(local), remote_(remote), options_(options) {
-  writer_ = std::thread([this] { WriterLoop(); });
-  promoter_ = std::thread([this] { PromoterLoop(); });
-}
+    : local_(local),
+      remote_(remote),
+      options_(options),
+      writes_(options.max_pending_writes,
+              [this](std::pair<BlockKey, std::vector<uint8_t>>& w) {
+                const bool ok = remote_->Put(w.first, w.second).ok();
+                ++remote_writes_;
+                if (!ok) ++remote_write_errors_;
+              }),
+      promotions_(options.max_pending_promotions, [this](std::pair<BlockKey, BlockBytes>& p) {
+        local_->Put(p.first, p.second.bytes).IgnoreError();  // best effort: a full tier keeps its blocks
+      }) {}
 
-LayeredStore::~LayeredStore() {
-  WaitForWriteBacks();
-  {
-    absl::MutexLock lock(&mu_);
-    stop_ = true;
-  }
-  writer_.join();
-  promoter_.join();
-}
-
-void LayeredStore::WriterLoop() {
-  while (true) {
-    std::pair<BlockKey, std::vector<uint8_t>> item;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-            return s->stop_ || !s->queue_.empty();
-          },
-          this));
-      if (queue_.empty()) return;  // stop_
-      item = std::move(queue_.front());
-      queue_.pop_front();
-      ++in_flight_;
-    }
-    absl::Status s = remote_->Put(item.first, item.second);
-    absl::MutexLock lock(&mu_);
-    --in_flight_;
-    ++remote_writes_;
-    if (!s.ok()) ++remote_write_errors_;
-  }
-}
-
-void LayeredStore::PromoterLoop() {
-  while (true) {
-    std::pair<BlockKey, BlockBytes> item;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-            return s->stop_ || !s->promotions_.empty();
-          },
-          this));
-      if (promotions_.empty()) return;  // stop_
-      item = std::move(promotions_.front());
-      promotions_.pop_front();
-      ++promoting_;
-    }
-    local_->Put(item.first, item.second.bytes).IgnoreError();  // best effort: a full tier keeps its blocks
-    item.second = BlockBytes{};  // the bytes' owner goes before the count says so
-    absl::MutexLock lock(&mu_);
-    --promoting_;
-  }
-}
+LayeredStore::~LayeredStore() = default;
 
 void LayeredStore::WaitForWriteBacks() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](LayeredStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-        return s->queue_.empty() && s->in_flight_ == 0 && s->promotions_.empty() && s->promoting_ == 0;
-      },
-      this));
+  writes_.Wait();
+  promotions_.Wait();
 }
 
-int64_t LayeredStore::remote_writes() const {
-  absl::MutexLock lock(&mu_);
-  return remote_writes_;
-}
-int64_t LayeredStore::remote_write_errors() const {
-  absl::MutexLock lock(&mu_);
-  return remote_write_errors_;
-}
-int64_t LayeredStore::dropped_writes() const {
-  absl::MutexLock lock(&mu_);
-  return dropped_writes_;
-}
-int64_t LayeredStore::skipped_promotions() const {
-  absl::MutexLock lock(&mu_);
-  return skipped_promotions_;
-}
+int64_t LayeredStore::remote_writes() const { return remote_writes_.load(); }
+int64_t LayeredStore::remote_write_errors() const { return remote_write_errors_.load(); }
+int64_t LayeredStore::dropped_writes() const { return dropped_writes_.load(); }
+int64_t LayeredStore::skipped_promotions() const { return skipped_promotions_.load(); }
 
 absl::Status LayeredStore::Put(const BlockKey& key, absl::Span<const uint8_t> payload) {
   absl::Status local = local_->Put(key, payload);
   if (!options_.write_back) return local;
-  absl::MutexLock lock(&mu_);
-  if (queue_.size() >= options_.max_pending_writes) {
-    ++dropped_writes_;
-  } else {
-    queue_.emplace_back(key, std::vector<uint8_t>(payload.begin(), payload.end()));
-  }
+  if (!writes_.Push({key, std::vector<uint8_t>(payload.begin(), payload.end())})) ++dropped_writes_;
   // A full local tier is not the request's problem: the block is still going to the remote.
   return local.code() == absl::StatusCode::kResourceExhausted ? absl::OkStatus() : local;
 }
@@ -125,14 +59,7 @@ absl::StatusOr<BlockBytes> LayeredStore::Get(const BlockKey& key) {
   // Best-effort promotion in the background, except for bytes read in place from this host's
   // memory (a co-located node's arena, BlockBytes::verified): a local copy would only duplicate
   // them.
-  if (remote.ok() && !remote->verified) {
-    absl::MutexLock lock(&mu_);
-    if (promotions_.size() >= options_.max_pending_promotions) {
-      ++skipped_promotions_;
-    } else {
-      promotions_.emplace_back(key, *remote);
-    }
-  }
+  if (remote.ok() && !remote->verified && !promotions_.Push({key, *remote})) ++skipped_promotions_;
   return remote;
 }
 

@@ -5,6 +5,7 @@
 // written to the remote one in the background so an answer never waits for the cluster.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "cache/host_buffer_pool.h"
 #include "services/cache_client.h"
 #include "worker/engine/backend_factory.h"
+#include "worker/service/background_queue.h"
 #include "worker/engine/engine.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -68,24 +70,13 @@ class LayeredStore final : public BlockStore {
   int64_t skipped_promotions() const;
 
  private:
-  void WriterLoop();
-  void PromoterLoop();
-
   BlockStore* local_;
   BlockStore* remote_;
   const LayeredStoreOptions options_;
-  mutable absl::Mutex mu_;
-  std::deque<std::pair<BlockKey, std::vector<uint8_t>>> queue_ ABSL_GUARDED_BY(mu_);
-  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t remote_writes_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t remote_write_errors_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t dropped_writes_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<std::pair<BlockKey, BlockBytes>> promotions_ ABSL_GUARDED_BY(mu_);
-  int64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t skipped_promotions_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread writer_;
-  std::thread promoter_;
+  std::atomic<int64_t> remote_writes_{0}, remote_write_errors_{0}, dropped_writes_{0}, skipped_promotions_{0};
+  // Declared last: their threads stop (finishing what is queued) before the rest goes.
+  BackgroundQueue<std::pair<BlockKey, std::vector<uint8_t>>> writes_;  // to remote_
+  BackgroundQueue<std::pair<BlockKey, BlockBytes>> promotions_;         // remote hits to local_
 };
 
 struct RuntimeOptions {
