@@ -372,6 +372,14 @@ TEST_F(ClusterFlowTest, WholeFlow) {
     EXPECT_EQ(r.final_message.cache().hits(), pass[i].blocks.size());
     hits += r.final_message.cache().hits();
   }
+  // The instruction block computed in pass 1 went to the cluster in the background, and the
+  // passages read from the cluster were copied into the worker's local tier (none skipped).
+  EXPECT_TRUE(WaitFor([&] { return worker.Metric("kvblock_worker_write_backs_total") >= 1; },
+                      absl::Seconds(10)))
+      << worker.Metrics();
+  EXPECT_EQ(worker.Metric("kvblock_worker_write_back_errors_total"), 0);
+  EXPECT_EQ(worker.Metric("kvblock_worker_write_backs_dropped_total"), 0);
+  EXPECT_EQ(worker.Metric("kvblock_worker_promotions_skipped_total"), 0);
 
   // Python grpcio client, same prompts: same tokens; by now all hits.
   if (have_python) {

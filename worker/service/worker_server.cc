@@ -1,6 +1,8 @@
 #include "worker/service/worker_server.h"
 
 #include <atomic>
+#include <functional>
+#include <vector>
 
 #include <utility>
 
@@ -72,6 +74,46 @@ class WorkerMetrics final : public InferenceObserver {
   metrics::ServiceMetrics service_;
   metrics::Histogram* ttft_ = nullptr;
 };
+
+// The worker's store paths: LayeredStore's background write-backs and local copies of remote
+// hits (a worker in front of a cluster, with its local tier), the pinned receive buffers (a GPU
+// worker).
+absl::Status RegisterStoreMetrics(metrics::MetricsRegistry& registry, const Runtime& rt) {
+  struct Counter {
+    const char* name;
+    const char* help;
+    std::function<double()> value;
+  };
+  std::vector<Counter> counters;
+  if (const LayeredStore* l = rt.layered.get(); l != nullptr) {
+    counters.push_back({"kvblock_worker_write_backs_total", "Blocks written back to the cluster (attempts).",
+                        [l] { return double(l->remote_writes()); }});
+    counters.push_back({"kvblock_worker_write_back_errors_total", "Write-backs the cluster refused or missed.",
+                        [l] { return double(l->remote_write_errors()); }});
+    counters.push_back({"kvblock_worker_write_backs_dropped_total", "Write-backs dropped: the queue was full.",
+                        [l] { return double(l->dropped_writes()); }});
+    counters.push_back({"kvblock_worker_promotions_skipped_total",
+                        "Remote hits not copied into the local tier: the queue was full.",
+                        [l] { return double(l->skipped_promotions()); }});
+  }
+  if (const CacheClient* c = rt.cluster.get(); c != nullptr && rt.buffers != nullptr) {
+    counters.push_back({"kvblock_worker_pinned_buffer_fallbacks_total",
+                        "Cluster reads that found no pinned buffer and used pageable memory.",
+                        [c] { return double(c->buffer_fallbacks()); }});
+  }
+  for (Counter& k : counters) {
+    auto id = registry.AddCallbackCounter({k.name, k.help, {}},
+                                          [v = k.value](metrics::CollectorSink& sink) { sink.Add(0, v()); });
+    if (!id.ok()) return id.status();
+  }
+  if (const HostBufferPool* pool = rt.buffers.get(); pool != nullptr) {
+    auto id = registry.AddCallbackGauge(
+        {"kvblock_worker_pinned_buffer_bytes", "Pinned receive buffers held (idle or in use).", {}},
+        [pool](metrics::CollectorSink& sink) { sink.Add(0, double(pool->Stats().bytes_held)); });
+    if (!id.ok()) return id.status();
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -159,6 +201,7 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(Runtime* runti
         !id.ok()) {
       return id.status();
     }
+    if (absl::Status st = RegisterStoreMetrics(m.registry, *runtime); !st.ok()) return st;
     metrics::MetricsHttpServerOptions ho;
     ho.listen_address = m.options.metrics_listen;
     ho.title = absl::StrCat("worker ", m.grpc_address);
