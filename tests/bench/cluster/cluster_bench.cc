@@ -293,11 +293,18 @@ int Main(int argc, char** argv) {
     Stat mem1 = MeasureParallel(1, seconds, max_ops, bytes, copy);
     Stat memn = MeasureParallel(fetchers, seconds, max_ops, bytes, copy);
     nlohmann::json runs = nlohmann::json::array();
+    // Prints a path's row and records it in `runs`: `run` (the path's own keys) plus the rest.
     auto report = [&](const std::string& path, const Stat& u, double client_cores,
-                      double server_cores) {
+                      double server_cores, nlohmann::json run) {
       std::printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", sz.name,
                   path.c_str(), u.gbps, mem1.gbps, memn.gbps, u.gbps / mem1.gbps,
                   u.gbps / memn.gbps, u.p50_us / 1000, client_cores, server_cores);
+      run["p50_us"] = u.p50_us;
+      run["p99_us"] = u.p99_us;
+      run["ops"] = u.ops;
+      run["client_cores"] = client_cores;
+      run["server_cores"] = server_cores;
+      runs.push_back(std::move(run));
     };
     auto measure = [&](auto&& fetch, double* client_cores, double* server_cores) {
       for (int t = 0; t < fetchers; ++t) {  // warm-up: connections, registration caches
@@ -316,14 +323,7 @@ int Main(int argc, char** argv) {
       Stat u = measure(
           [&](int t, size_t i) { return shm_copy(source(t, i), dst[t]) && check(t, i); },
           &client_cores, &server_cores);
-      report("shm", u, client_cores, server_cores);
-      runs.push_back({{"path", "shm"},
-                      {"gbps", u.gbps},
-                      {"p50_us", u.p50_us},
-                      {"p99_us", u.p99_us},
-                      {"ops", u.ops},
-                      {"client_cores", client_cores},
-                      {"server_cores", server_cores}});
+      report("shm", u, client_cores, server_cores, {{"path", "shm"}, {"gbps", u.gbps}});
     }
     for (uint32_t l : lanes) {
       auto client = make(true, l);
@@ -338,14 +338,8 @@ int Main(int argc, char** argv) {
             return n.ok() && *n == bytes && check(t, i);
           },
           &client_cores, &server_cores);
-      report(absl::StrCat("UCX ", l, " lanes"), u, client_cores, server_cores);
-      runs.push_back({{"lanes", l},
-                      {"ucx_gbps", u.gbps},
-                      {"p50_us", u.p50_us},
-                      {"p99_us", u.p99_us},
-                      {"ops", u.ops},
-                      {"client_cores", client_cores},
-                      {"server_cores", server_cores}});
+      report(absl::StrCat("UCX ", l, " lanes"), u, client_cores, server_cores,
+             {{"lanes", l}, {"ucx_gbps", u.gbps}});
     }
     results.push_back({{"lanes_payload", sz.name},
                        {"bytes", bytes},

@@ -42,21 +42,6 @@ absl::Status GpuTier::Insert(const BlockKey& key, Handle block) {
   return absl::OkStatus();
 }
 
-absl::Status GpuTier::InsertFromHost(const BlockKey& key, const BlockView& view, cudaStream_t stream) {
-  if (Contains(key)) return absl::OkStatus();
-  const uint64_t bytes = DataBytes(view.meta());
-  auto mem = DeviceMemory::Allocate(bytes);
-  if (!mem.ok()) return mem.status();
-  // Layers are contiguous in the payload: one copy of the whole data section.
-  const uint8_t* data = view.Layer(0).data();
-  if (auto s = CudaStatus(cudaMemcpyAsync(mem->get(), data, bytes, cudaMemcpyHostToDevice, stream), "GpuTier H2D");
-      !s.ok()) {
-    return s;
-  }
-  if (auto s = CudaStatus(cudaStreamSynchronize(stream), "GpuTier sync"); !s.ok()) return s;
-  return Insert(key, GpuBlock{view.meta(), std::move(*mem)});
-}
-
 GpuTier::Handle GpuTier::Get(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
   Handle h = FindLocked(key);
@@ -74,11 +59,6 @@ GpuTier::Handle GpuTier::FindLocked(const BlockKey& key) {
   if (it == map_.end()) return nullptr;
   lru_.splice(lru_.begin(), lru_, it->second.lru);
   return it->second.block;
-}
-
-bool GpuTier::Contains(const BlockKey& key) const {
-  absl::MutexLock lock(&mu_);
-  return map_.contains(key);
 }
 
 TierStats GpuTier::Stats() const {

@@ -49,14 +49,10 @@ class GpuTier {
   absl::Status Insert(const BlockKey& key, GpuBlock block);
   // As above, for a block others may hold already (whose memory they finished writing).
   absl::Status Insert(const BlockKey& key, Handle block);
-  // Copies a verified host payload to the device (synchronously, on `stream`) and inserts it.
-  // The payload's dtype must be the one the caller's model uses (checked by the caller).
-  absl::Status InsertFromHost(const BlockKey& key, const BlockView& view, cudaStream_t stream);
   // The block, refreshed as most recently used; nullptr on a miss. Counted in the stats.
   Handle Get(const BlockKey& key);
   // As Get, not counted: for a lookup that an earlier Get already counted.
   Handle Find(const BlockKey& key);
-  bool Contains(const BlockKey& key) const;
   TierStats Stats() const;
 
  private:
